@@ -1,0 +1,3 @@
+//! secretsync library (code map filled in as modules land).
+pub mod naming;
+pub mod secret;
