@@ -1,3 +1,42 @@
-//! secretsync library (code map filled in as modules land).
+//! secretsync: keeps AWS Secrets Manager in step with local `.env` and YAML
+//! secret files.
+//!
+//! # Code map
+//! - [`cli`]: clap definitions; [`commands`]: the one-shot commands;
+//!   [`exit`]: exit codes; [`logging`]: tracing setup.
+//! - [`config`]: `agent.yaml` model, defaults, validation with `PATH:LINE:COL`.
+//! - [`secret`]: [`secret::SecretValue`], whose `Debug`/`Display` redact.
+//! - [`naming`]: name templates and AWS name/tag/size limits.
+//! - [`source`]: pure `.env` / YAML parsers; [`files`]: reading source files.
+//! - [`desired`]: files + mapping → the secrets that should exist (pure).
+//! - [`plan`]: desired vs actual → actions; every safety rule (pure).
+//! - [`store`]: the [`store::SecretStore`] trait, the AWS store (the only
+//!   module that names AWS SDK types) and an in-memory store for tests.
+//! - [`apply`]: runs a plan through a store with bounded concurrency.
+//! - [`reconcile`]: one pass: files → desired → AWS state → plan → apply.
+//! - [`report`]: JSON and human output models; [`state`]: `state_dir`.
+//!
+//! # Invariants
+//! - Data flows one way: sources → parse → desired → plan → apply → report.
+//! - `source`, `desired` and `plan` do no IO; their tests are tables of cases.
+//! - Only `store::aws` knows the AWS SDK; everything else uses the trait, so
+//!   the in-memory store can drive engine tests under `tokio::time::pause`.
+//! - A value is a `SecretValue` from parse to send; nothing formats it, and
+//!   errors, reports and logs carry names and keys only.
+
+pub mod apply;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod desired;
+pub mod exit;
+pub mod files;
+pub mod logging;
 pub mod naming;
+pub mod plan;
+pub mod reconcile;
+pub mod report;
 pub mod secret;
+pub mod source;
+pub mod state;
+pub mod store;

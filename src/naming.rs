@@ -174,13 +174,23 @@ mod tests {
             ("{{ syncName }}-x", Ok("app-x")),
             ("plain", Ok("plain")),
             ("{{secretKey", Err(TemplateError::Unclosed)),
-            ("{{nope}}", Err(TemplateError::UnknownVariable("nope".into()))),
+            (
+                "{{nope}}",
+                Err(TemplateError::UnknownVariable("nope".into())),
+            ),
         ];
         for (template, want) in cases {
             let got = render_template(template, &vars);
-            assert_eq!(got.as_deref().map_err(Clone::clone), want.clone(), "{template}");
+            assert_eq!(
+                got.as_deref().map_err(Clone::clone),
+                want.clone(),
+                "{template}"
+            );
         }
-        let no_env = TemplateVars { sync_name: "s", ..Default::default() };
+        let no_env = TemplateVars {
+            sync_name: "s",
+            ..Default::default()
+        };
         assert_eq!(
             render_template("{{environment}}", &no_env),
             Err(TemplateError::MissingVariable("environment".into()))

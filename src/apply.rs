@@ -1,0 +1,179 @@
+//! Apply: runs a plan's calls through a store with bounded concurrency.
+//!
+//! Steps for one secret run in plan order (restore, value, tags, metadata)
+//! and stop at the first failure; different secrets run concurrently, and
+//! the store paces the calls. Every action gets an outcome, every secret a
+//! final state.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+
+use crate::plan::{Action, Op, Plan, SecretPlan, SecretState};
+use crate::store::{SecretStore, StoreError};
+
+/// Default number of secrets worked on at once; pacing, not this, bounds
+/// the call rate, so it only needs to cover latency × rate.
+pub const DEFAULT_CONCURRENCY: usize = 32;
+
+/// What happened to one action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Report-only action (conflict, error): nothing was called.
+    NotRun,
+    /// The call succeeded.
+    Ok,
+    /// The call failed.
+    Failed(StoreError),
+    /// Not attempted because an earlier step for the same secret failed.
+    Skipped,
+}
+
+/// Result of applying a plan.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// One outcome per plan action, same order.
+    pub outcomes: Vec<Outcome>,
+    /// Final per-secret states, same order as the plan's.
+    pub secrets: Vec<SecretPlan>,
+}
+
+impl Applied {
+    /// Whether any call failed with an error that may pass by itself
+    /// (throttling, outage): the pass should be retried later.
+    pub fn has_transient_failure(&self) -> bool {
+        self.outcomes
+            .iter()
+            .any(|o| matches!(o, Outcome::Failed(e) if e.is_transient()))
+    }
+}
+
+async fn run_step<S: SecretStore>(
+    store: &S,
+    action: &Action,
+) -> Result<Option<String>, StoreError> {
+    match &action.op {
+        Op::None => Ok(None),
+        Op::Create(req) => store.create_secret(req).await.map(|w| w.version_id),
+        Op::PutValue { value, token } => store
+            .put_value(&action.name, value, token)
+            .await
+            .map(|w| w.version_id),
+        Op::Tag { set, remove } => {
+            if !set.is_empty() {
+                store.tag(&action.name, set).await?;
+            }
+            if !remove.is_empty() {
+                store.untag(&action.name, remove).await?;
+            }
+            Ok(None)
+        }
+        Op::UpdateMetadata {
+            kms_key_id,
+            description,
+        } => store
+            .update_metadata(&action.name, kms_key_id.as_deref(), description.as_deref())
+            .await
+            .map(|()| None),
+        Op::Delete {
+            recovery_window_days,
+        } => store
+            .delete_secret(&action.name, *recovery_window_days)
+            .await
+            .map(|()| None),
+        Op::Restore => store.restore_secret(&action.name).await.map(|()| None),
+    }
+}
+
+type GroupResult = (Vec<(usize, Outcome)>, Option<String>, Option<StoreError>);
+
+/// Applies `plan` through `store`, at most `concurrency` secrets at once.
+pub async fn apply<S: SecretStore>(store: Arc<S>, plan: &Plan, concurrency: usize) -> Applied {
+    let mut groups: BTreeMap<&str, Vec<(usize, Action)>> = BTreeMap::new();
+    for (i, action) in plan.actions.iter().enumerate() {
+        if action.op != Op::None {
+            groups
+                .entry(action.name.as_str())
+                .or_default()
+                .push((i, action.clone()));
+        }
+    }
+    let mut outcomes = vec![Outcome::NotRun; plan.actions.len()];
+    let mut results: BTreeMap<String, (Option<String>, Option<StoreError>)> = BTreeMap::new();
+    let limit = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut tasks: JoinSet<(String, GroupResult)> = JoinSet::new();
+    for (name, steps) in groups {
+        let store = Arc::clone(&store);
+        let limit = Arc::clone(&limit);
+        let name = name.to_string();
+        tasks.spawn(async move {
+            // The semaphore is never closed, so acquire only fails if it is;
+            // running unbounded in that impossible case is harmless.
+            let _permit = limit.acquire_owned().await.ok();
+            let mut done = Vec::with_capacity(steps.len());
+            let mut version = None;
+            let mut failure = None;
+            for (i, action) in &steps {
+                if failure.is_some() {
+                    done.push((*i, Outcome::Skipped));
+                    continue;
+                }
+                match run_step(store.as_ref(), action).await {
+                    Ok(v) => {
+                        version = v.or(version);
+                        done.push((*i, Outcome::Ok));
+                    }
+                    Err(e) => {
+                        tracing::warn!(secret = %action.name, action = ?action.kind, error = %e, "call failed");
+                        failure = Some(e.clone());
+                        done.push((*i, Outcome::Failed(e)));
+                    }
+                }
+            }
+            (name, (done, version, failure))
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((name, (done, version, failure))) => {
+                for (i, o) in done {
+                    outcomes[i] = o;
+                }
+                results.insert(name, (version, failure));
+            }
+            // A panicking task is a bug; its secrets are marked ERROR below.
+            Err(e) => tracing::error!(error = %e, "apply task failed"),
+        }
+    }
+    let secrets = plan
+        .secrets
+        .iter()
+        .map(|s| {
+            let mut s = s.clone();
+            let had_calls = plan
+                .actions
+                .iter()
+                .any(|a| a.name == s.name && a.op != Op::None);
+            match results.get(&s.name) {
+                Some((_, Some(err))) => {
+                    s.state = if err.is_transient() {
+                        SecretState::Pending
+                    } else {
+                        SecretState::Error
+                    };
+                    s.message = Some(err.to_string());
+                }
+                Some((Some(version), None)) => s.version_id = Some(version.clone()),
+                Some((None, None)) => {}
+                None if had_calls => {
+                    s.state = SecretState::Error;
+                    s.message = Some("internal error: apply task did not finish".into());
+                }
+                None => {}
+            }
+            s
+        })
+        .collect();
+    Applied { outcomes, secrets }
+}

@@ -1,0 +1,227 @@
+//! The one-shot commands: `check`, `plan`, `sync`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::config::{self, Config};
+use crate::exit::Exit;
+use crate::reconcile::{self, Mode, SyncJob};
+use crate::report::{self, Report, SyncReport, SyncStatus};
+use crate::state::State;
+use crate::store::aws::AwsStore;
+use crate::store::{Connection, SecretStore};
+
+fn load(path: &std::path::Path) -> Result<Config, Exit> {
+    config::load_config(path).map_err(|errors| {
+        eprintln!("{errors}");
+        Exit::Usage
+    })
+}
+
+/// The syncs a command works on: all, or the one named (unknown → exit 2).
+fn select<'a>(config: &'a Config, name: Option<&str>) -> Result<Vec<&'a config::SyncConfig>, Exit> {
+    match name {
+        None => Ok(config.syncs.iter().collect()),
+        Some(n) => match config.syncs.iter().find(|s| s.name == n) {
+            Some(s) => Ok(vec![s]),
+            None => {
+                eprintln!("error: no sync named '{n}' in {}", config.path.display());
+                Err(Exit::Usage)
+            }
+        },
+    }
+}
+
+/// One AWS store per distinct connection, shared by the syncs using it.
+async fn stores(jobs: &[SyncJob]) -> BTreeMap<Connection, Result<Arc<AwsStore>, String>> {
+    let mut out = BTreeMap::new();
+    for job in jobs {
+        if !out.contains_key(&job.connection) {
+            let store = AwsStore::connect(&job.connection)
+                .await
+                .map(Arc::new)
+                .map_err(|e| e.to_string());
+            out.insert(job.connection.clone(), store);
+        }
+    }
+    out
+}
+
+fn disabled_report(job: &SyncJob) -> SyncReport {
+    SyncReport {
+        name: job.spec.sync_name.clone(),
+        region: job.region.clone(),
+        sync_status: SyncStatus::Disabled,
+        last_sync_message: Some("enabled: false".into()),
+        files: vec![],
+        actions: vec![],
+        counts: Default::default(),
+        secrets: None,
+    }
+}
+
+/// `secretsync check`.
+pub async fn check(path: &std::path::Path, offline: bool) -> Exit {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    println!(
+        "{}: config OK ({} syncs)",
+        config.path.display(),
+        config.syncs.len()
+    );
+    let jobs: Vec<SyncJob> = config
+        .syncs
+        .iter()
+        .map(|s| SyncJob::from_config(&config, s))
+        .collect();
+    let mut exit = Exit::Ok;
+    for job in &jobs {
+        if let Some(why) = &job.unsupported {
+            println!("sync {}: error: {why}", job.spec.sync_name);
+            exit = Exit::Failed;
+        }
+    }
+    if offline {
+        return exit;
+    }
+    let stores = stores(&jobs).await;
+    let mut probes: BTreeMap<Connection, Result<(), String>> = BTreeMap::new();
+    for (conn, store) in &stores {
+        let result = match store {
+            Ok(s) => s.probe().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.clone()),
+        };
+        probes.insert(conn.clone(), result);
+    }
+    for job in &jobs {
+        match &probes[&job.connection] {
+            Ok(()) => println!(
+                "sync {}: {}: AWS reachable, ListSecrets allowed",
+                job.spec.sync_name, job.region
+            ),
+            Err(e) => {
+                println!(
+                    "sync {}: {}: cannot use AWS: {e}",
+                    job.spec.sync_name, job.region
+                );
+                exit = Exit::Unreachable;
+            }
+        }
+    }
+    exit
+}
+
+/// Shared body of `plan` and `sync`.
+async fn passes(
+    path: &std::path::Path,
+    only: Option<&str>,
+    mode: Mode,
+    allow_deletes: bool,
+) -> Result<(Report, State, Config), Exit> {
+    let config = load(path)?;
+    let selected = select(&config, only)?;
+    let jobs: Vec<SyncJob> = selected
+        .iter()
+        .map(|s| SyncJob::from_config(&config, s))
+        .collect();
+    let enabled: Vec<SyncJob> = jobs.iter().filter(|j| j.enabled).cloned().collect();
+    let stores = stores(&enabled).await;
+    let mut state = State::load(&config.agent.state_dir);
+    let mut syncs = Vec::new();
+    for job in &jobs {
+        if !job.enabled {
+            syncs.push(disabled_report(job));
+            continue;
+        }
+        let store = match &stores[&job.connection] {
+            Ok(s) => Arc::clone(s),
+            Err(e) => {
+                let mut r = disabled_report(job);
+                r.sync_status = SyncStatus::Failed;
+                r.last_sync_message = Some(format!("cannot set up AWS client: {e}"));
+                syncs.push(r);
+                continue;
+            }
+        };
+        let sync_state = state
+            .syncs
+            .get(&job.spec.sync_name)
+            .cloned()
+            .unwrap_or_default();
+        let pass = reconcile::run_pass(store, job, mode, allow_deletes, &sync_state).await;
+        if let (Some(plan), Some(applied)) = (&pass.plan, &pass.applied) {
+            let entry = state.syncs.entry(job.spec.sync_name.clone()).or_default();
+            reconcile::record_state(entry, plan, applied);
+            if pass.report.sync_status == SyncStatus::Synced {
+                entry.initial_sync_done = true;
+            }
+        }
+        tracing::info!(sync = %job.spec.sync_name, "{}", report::summary_line(&pass.report));
+        syncs.push(pass.report);
+    }
+    Ok((Report { syncs }, state, config))
+}
+
+fn print(report: &Report, json: bool, applied: bool) {
+    if json {
+        match serde_json::to_string_pretty(report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("error: cannot encode JSON: {e}"),
+        }
+    } else {
+        print!("{}", report::render_human(report, applied));
+    }
+}
+
+/// `secretsync plan`.
+pub async fn plan(path: &std::path::Path, only: Option<&str>, json: bool, detailed: bool) -> Exit {
+    let (report, _, _) = match passes(path, only, Mode::Plan, false).await {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    print(&report, json, false);
+    let failed = report.syncs.iter().any(|s| {
+        s.sync_status == SyncStatus::Failed
+            || (s.sync_status == SyncStatus::Pending && s.last_sync_message.is_some())
+    });
+    if failed {
+        Exit::Failed
+    } else if detailed
+        && report.syncs.iter().any(|s| {
+            s.actions.iter().any(|a| {
+                !matches!(
+                    a.action,
+                    crate::plan::ActionKind::Conflict | crate::plan::ActionKind::Error
+                )
+            })
+        })
+    {
+        Exit::Changes
+    } else {
+        Exit::Ok
+    }
+}
+
+/// `secretsync sync`.
+pub async fn sync(
+    path: &std::path::Path,
+    only: Option<&str>,
+    allow_deletes: bool,
+    json: bool,
+) -> Exit {
+    let (report, state, config) = match passes(path, only, Mode::Apply, allow_deletes).await {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    if let Err(e) = state.save(&config.agent.state_dir) {
+        tracing::warn!(error = %e, "state not saved; stale tags set by this agent may not be removed later");
+    }
+    print(&report, json, true);
+    let ok = report
+        .syncs
+        .iter()
+        .all(|s| matches!(s.sync_status, SyncStatus::Synced | SyncStatus::Disabled));
+    if ok { Exit::Ok } else { Exit::Failed }
+}

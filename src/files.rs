@@ -1,0 +1,183 @@
+//! Reading a sync's source files: glob expansion, size limit, parse.
+//!
+//! The only IO before the pure stages. A file that is missing, unreadable,
+//! too large or does not parse is reported per file and never read as
+//! "empty": the reconcile then refuses to delete anything.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::source::{self, ParseError, ParsedFile, SourceFormat};
+
+/// Why a source file gave no entries.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FileError {
+    /// The path does not exist (or a glob matched nothing).
+    #[error("{0}")]
+    Missing(String),
+    /// The file exists but could not be read.
+    #[error("cannot read: {0}")]
+    Io(String),
+    /// Larger than `agent.max_file_size`; not read.
+    #[error("file is larger than max_file_size ({max} bytes); not read")]
+    TooLarge {
+        /// The limit in bytes.
+        max: u64,
+    },
+    /// Format not configured and not guessable from the extension.
+    #[error("cannot tell the format from the file name; set source.format to env or yaml")]
+    UnknownFormat,
+    /// The content does not parse.
+    #[error("{0}")]
+    Parse(ParseError),
+}
+
+/// One source file and what came of reading it.
+#[derive(Debug, Clone)]
+pub struct FileView {
+    /// Path as configured or as a glob expanded it.
+    pub path: PathBuf,
+    /// Entries, or why there are none.
+    pub result: Result<ParsedFile, FileError>,
+}
+
+impl FileView {
+    /// `PATH:LINE:COL: message`-style one-liner for errors (never a value).
+    pub fn error_line(&self) -> Option<String> {
+        let err = self.result.as_ref().err()?;
+        Some(match err {
+            FileError::Parse(p) => format!("{}:{p}", self.path.display()),
+            other => format!("{}: {other}", self.path.display()),
+        })
+    }
+}
+
+fn has_glob_chars(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '['])
+}
+
+/// Expands `patterns` in order (matches of one glob sorted by path) and
+/// reads each file. `format: None` means by extension.
+pub fn read_sources(
+    patterns: &[String],
+    format: Option<SourceFormat>,
+    expand: bool,
+    max_size: u64,
+) -> Vec<FileView> {
+    let mut views = Vec::new();
+    for pattern in patterns {
+        if !has_glob_chars(pattern) {
+            views.push(read_one(Path::new(pattern), format, expand, max_size));
+            continue;
+        }
+        let mut paths: Vec<PathBuf> = match glob::glob(pattern) {
+            Ok(paths) => paths
+                .filter_map(Result::ok)
+                .filter(|p| p.is_file())
+                .collect(),
+            Err(e) => {
+                views.push(FileView {
+                    path: PathBuf::from(pattern),
+                    result: Err(FileError::Io(format!("bad glob: {e}"))),
+                });
+                continue;
+            }
+        };
+        paths.sort();
+        if paths.is_empty() {
+            views.push(FileView {
+                path: PathBuf::from(pattern),
+                result: Err(FileError::Missing("glob matched no files".into())),
+            });
+        }
+        for path in paths {
+            views.push(read_one(&path, format, expand, max_size));
+        }
+    }
+    views
+}
+
+/// Reads and parses one file.
+pub fn read_one(
+    path: &Path,
+    format: Option<SourceFormat>,
+    expand: bool,
+    max_size: u64,
+) -> FileView {
+    let result = read_bytes(path, max_size).and_then(|bytes| {
+        let format = format
+            .or_else(|| SourceFormat::from_path(path))
+            .ok_or(FileError::UnknownFormat)?;
+        source::parse(&bytes, format, expand).map_err(FileError::Parse)
+    });
+    FileView {
+        path: path.to_path_buf(),
+        result,
+    }
+}
+
+fn read_bytes(path: &Path, max_size: u64) -> Result<Vec<u8>, FileError> {
+    let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => FileError::Missing("file does not exist".into()),
+        _ => FileError::Io(e.to_string()),
+    })?;
+    let mut bytes = Vec::new();
+    // Read one byte past the limit to detect oversize without trusting
+    // metadata (the file may grow while we read).
+    file.take(max_size.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| FileError::Io(e.to_string()))?;
+    if bytes.len() as u64 > max_size {
+        return Err(FileError::TooLarge { max: max_size });
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_globs_in_order_and_reports_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.env"), "B=2\n").unwrap();
+        std::fs::write(dir.path().join("a.env"), "A=1\n").unwrap();
+        let glob = format!("{}/*.env", dir.path().display());
+        let missing = format!("{}/nope.env", dir.path().display());
+        let none = format!("{}/*.yaml", dir.path().display());
+        let views = read_sources(&[glob, missing, none], None, false, 1024);
+        let names: Vec<String> = views
+            .iter()
+            .map(|v| v.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["a.env", "b.env", "nope.env", "*.yaml"]);
+        assert!(views[0].result.is_ok());
+        assert!(matches!(views[2].result, Err(FileError::Missing(_))));
+        assert!(matches!(views[3].result, Err(FileError::Missing(_))));
+    }
+
+    #[test]
+    fn too_large_is_an_error_not_a_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.env");
+        std::fs::write(&p, format!("A={}\n", "x".repeat(100))).unwrap();
+        let v = read_one(&p, None, false, 50);
+        let line = v.error_line().unwrap();
+        assert!(
+            line.contains("larger than max_file_size") && !line.contains("xxx"),
+            "{line}"
+        );
+        assert_eq!(v.result.unwrap_err(), FileError::TooLarge { max: 50 });
+    }
+
+    #[test]
+    fn parse_error_line_names_file_and_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.env");
+        std::fs::write(&p, "A=1\nB=\"canary-unterminated\n").unwrap();
+        let v = read_one(&p, None, false, 1024);
+        let line = v.error_line().unwrap();
+        assert!(line.starts_with(&format!("{}:2:", p.display())), "{line}");
+        assert!(!line.contains("canary"), "{line}");
+    }
+}

@@ -1,0 +1,663 @@
+//! The planner: desired state vs actual state → the smallest set of calls.
+//!
+//! Pure and synchronous; every safety rule of the reconcile contract
+//! (ownership, no-op writes, idempotency tokens, deletion rules and guard,
+//! tag ownership) lives here so it can be proven with table tests.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::desired::{Desired, DesiredSecret, MappingSpec};
+use crate::naming;
+use crate::secret::SecretValue;
+use crate::store::{CreateSecret, RemoteSecret};
+
+/// What AWS holds for the sync: metadata for every relevant secret, and the
+/// current value of those the planner must compare.
+#[derive(Debug, Clone, Default)]
+pub struct Actual {
+    /// Secrets by name: owned by this sync plus same-named ones found by lookup.
+    pub secrets: BTreeMap<String, RemoteSecret>,
+    /// Current values by name (`Ok(None)`: binary secret; `Err`: unreadable).
+    pub values: BTreeMap<String, Result<Option<SecretValue>, String>>,
+}
+
+/// Knobs of one pass.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    /// Take over same-named secrets without ownership tags.
+    pub adopt_existing: bool,
+    /// Never delete; orphans become RETAINED.
+    pub disable_deletion: bool,
+    /// Deletion guard threshold (share of owned secrets).
+    pub max_delete_fraction: f64,
+    /// Lift the guard for this pass.
+    pub allow_deletes: bool,
+    /// Recovery window for deletions; 0 forces.
+    pub recovery_window_days: u8,
+    /// Why deletions are impossible this pass (a source file is missing or
+    /// does not parse); `None` when the sources are complete.
+    pub deletes_blocked: Option<String>,
+    /// Tag keys this agent set earlier, per secret name (from the state dir).
+    pub managed_tags: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        Self {
+            adopt_existing: false,
+            disable_deletion: false,
+            max_delete_fraction: 0.5,
+            allow_deletes: false,
+            recovery_window_days: 7,
+            deletes_blocked: None,
+            managed_tags: BTreeMap::new(),
+        }
+    }
+}
+
+/// The kind of an action, as printed by `plan` and `sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionKind {
+    /// Create a secret.
+    Create,
+    /// Write a new value.
+    Update,
+    /// Set or remove tags.
+    Tag,
+    /// Re-encrypt with another KMS key.
+    Kms,
+    /// Change the description.
+    Describe,
+    /// Schedule deletion.
+    Delete,
+    /// Cancel a scheduled deletion.
+    Restore,
+    /// Import from AWS into the files (initial sync import modes).
+    Import,
+    /// Left untouched: owned by someone else.
+    Conflict,
+    /// Cannot be synced (invalid name, oversize value, unreadable value).
+    Error,
+}
+
+/// The store call an action makes; `None` for report-only actions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Report only (conflict, error).
+    None,
+    /// `CreateSecret`.
+    Create(Box<CreateSecret>),
+    /// `PutSecretValue`.
+    PutValue {
+        /// New value.
+        value: SecretValue,
+        /// Idempotency token.
+        token: String,
+    },
+    /// `TagResource` and/or `UntagResource`.
+    Tag {
+        /// Tags to add or overwrite.
+        set: BTreeMap<String, String>,
+        /// Tag keys to remove.
+        remove: Vec<String>,
+    },
+    /// `UpdateSecret` without a value.
+    UpdateMetadata {
+        /// New KMS key.
+        kms_key_id: Option<String>,
+        /// New description.
+        description: Option<String>,
+    },
+    /// `DeleteSecret`.
+    Delete {
+        /// Recovery window; 0 forces.
+        recovery_window_days: u8,
+    },
+    /// `RestoreSecret`.
+    Restore,
+}
+
+/// One planned step for one secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    /// What kind of step.
+    pub kind: ActionKind,
+    /// Source key, if any.
+    pub key: Option<String>,
+    /// Secret name.
+    pub name: String,
+    /// Why, for humans (never a value).
+    pub reason: String,
+    /// The call to make.
+    pub op: Op,
+}
+
+/// Per-secret state, as in the status contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum SecretState {
+    /// Not yet in step.
+    Pending,
+    /// AWS matches the files.
+    Synced,
+    /// Same-named secret owned by someone else; left untouched.
+    Conflict,
+    /// Cannot be synced.
+    Error,
+    /// Deleted (scheduled) because its key left the source.
+    Deleted,
+    /// Not in the source but kept (deletion disabled, guarded or blocked).
+    Retained,
+}
+
+/// Expected state of one secret once the plan's actions succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretPlan {
+    /// Source key, if any.
+    pub key: Option<String>,
+    /// Secret name.
+    pub name: String,
+    /// State after a successful apply.
+    pub state: SecretState,
+    /// Explanation for CONFLICT/ERROR/RETAINED.
+    pub message: Option<String>,
+    /// Current version if no write is planned.
+    pub version_id: Option<String>,
+}
+
+/// A full plan for one sync.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Steps, grouped by secret in execution order (restore before update
+    /// before tag).
+    pub actions: Vec<Action>,
+    /// Every secret the sync accounts for, with its expected state.
+    pub secrets: Vec<SecretPlan>,
+    /// Set when the deletion guard held back deletions.
+    pub guard_tripped: Option<String>,
+    /// Desired secrets that need no call.
+    pub unchanged: usize,
+}
+
+impl Plan {
+    /// Number of actions of one kind.
+    pub fn count(&self, kind: ActionKind) -> usize {
+        self.actions.iter().filter(|a| a.kind == kind).count()
+    }
+
+    /// Whether applying would change anything in AWS.
+    pub fn has_changes(&self) -> bool {
+        self.actions.iter().any(|a| a.op != Op::None)
+    }
+}
+
+/// Idempotency token: a function of the secret name, the value and the
+/// version it replaces, so a retried call maps to the same version while
+/// returning to an earlier value (v1 → v2 → v1) still writes. 64 hex chars
+/// (AWS accepts 32–64).
+pub fn request_token(name: &str, value: &SecretValue, replaces: Option<&str>) -> String {
+    let mut h = Sha256::new();
+    h.update(b"secretsync/v1\0");
+    h.update(name.as_bytes());
+    h.update(b"\0");
+    h.update(replaces.unwrap_or("").as_bytes());
+    h.update(b"\0");
+    h.update(value.expose().as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Who owns a remote secret, from its tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// Both ownership tags carry our agent id and sync name.
+    Ours,
+    /// No ownership tags at all.
+    Unowned,
+    /// Some other agent or sync (or a half-tagged secret).
+    Foreign(String),
+}
+
+/// Classifies a remote secret's owner relative to `spec`.
+pub fn ownership(spec: &MappingSpec, secret: &RemoteSecret) -> Ownership {
+    let agent = secret.tags.get(naming::TAG_AGENT);
+    let sync = secret.tags.get(naming::TAG_SYNC);
+    match (agent, sync) {
+        (None, None) => Ownership::Unowned,
+        (Some(a), Some(s)) if *a == spec.agent_id && *s == spec.sync_name => Ownership::Ours,
+        (a, s) => Ownership::Foreign(format!(
+            "owned by agent '{}' sync '{}'",
+            a.map_or("?", String::as_str),
+            s.map_or("?", String::as_str)
+        )),
+    }
+}
+
+/// Whether a configured KMS key id refers to the key AWS reports. AWS may
+/// report an ARN where the config names a key id or alias, so compare the
+/// trailing resource part.
+fn kms_matches(configured: &str, remote: Option<&str>) -> bool {
+    match remote {
+        None => false,
+        Some(r) if r == configured => true,
+        Some(r) => {
+            let tail = |s: &str| s.rsplit(':').next().unwrap_or(s).to_string();
+            let ct = tail(configured);
+            let rt = tail(r);
+            ct == rt || rt.ends_with(&format!("/{ct}")) || r.ends_with(&format!("/{configured}"))
+        }
+    }
+}
+
+/// Values equal for this mapping: exact for one-to-one, semantic JSON for
+/// many-to-one (key order and whitespace in AWS do not cause a write).
+fn values_equal(desired: &DesiredSecret, remote: &SecretValue) -> bool {
+    if desired.json_keys.is_none() {
+        return desired.value == *remote;
+    }
+    let want: Result<serde_json::Value, _> = serde_json::from_str(desired.value.expose());
+    let have: Result<serde_json::Value, _> = serde_json::from_str(remote.expose());
+    matches!((want, have), (Ok(w), Ok(h)) if w == h)
+}
+
+/// Keys of a remote JSON object, if it is one.
+fn remote_json_keys(remote: &SecretValue) -> Option<BTreeSet<String>> {
+    match serde_json::from_str::<serde_json::Value>(remote.expose()) {
+        Ok(serde_json::Value::Object(map)) => Some(map.keys().cloned().collect()),
+        _ => None,
+    }
+}
+
+struct Planner<'a> {
+    spec: &'a MappingSpec,
+    opts: &'a PlanOptions,
+    plan: Plan,
+}
+
+impl Planner<'_> {
+    fn push(&mut self, kind: ActionKind, d_key: Option<&str>, name: &str, reason: String, op: Op) {
+        self.plan.actions.push(Action {
+            kind,
+            key: d_key.map(str::to_string),
+            name: name.to_string(),
+            reason,
+            op,
+        });
+    }
+
+    fn secret(
+        &mut self,
+        key: Option<&str>,
+        name: &str,
+        state: SecretState,
+        message: Option<String>,
+        version: Option<String>,
+    ) {
+        self.plan.secrets.push(SecretPlan {
+            key: key.map(str::to_string),
+            name: name.to_string(),
+            state,
+            message,
+            version_id: version,
+        });
+    }
+
+    fn report_only(&mut self, kind: ActionKind, key: Option<&str>, name: &str, message: String) {
+        let state = if kind == ActionKind::Conflict {
+            SecretState::Conflict
+        } else {
+            SecretState::Error
+        };
+        self.push(kind, key, name, message.clone(), Op::None);
+        self.secret(key, name, state, Some(message), None);
+    }
+
+    fn create(&mut self, d: &DesiredSecret) {
+        let token = request_token(&d.name, &d.value, None);
+        let req = CreateSecret {
+            name: d.name.clone(),
+            value: d.value.clone(),
+            tags: d.tags.clone(),
+            kms_key_id: self.spec.kms_key_id.clone(),
+            description: Some(self.spec.effective_description()),
+            token,
+            replica_regions: self.spec.replica_regions.clone(),
+        };
+        self.push(
+            ActionKind::Create,
+            d.key.as_deref(),
+            &d.name,
+            "not in AWS".into(),
+            Op::Create(Box::new(req)),
+        );
+        self.secret(d.key.as_deref(), &d.name, SecretState::Synced, None, None);
+    }
+
+    fn existing(&mut self, d: &DesiredSecret, r: &RemoteSecret, actual: &Actual) {
+        let key = d.key.as_deref();
+        let adopting = match ownership(self.spec, r) {
+            Ownership::Ours => false,
+            Ownership::Unowned if self.opts.adopt_existing => true,
+            Ownership::Unowned => {
+                let msg = "exists in AWS without secretsync ownership tags; set adopt_existing: true to take it over".to_string();
+                return self.report_only(ActionKind::Conflict, key, &d.name, msg);
+            }
+            Ownership::Foreign(who) => {
+                return self.report_only(
+                    ActionKind::Conflict,
+                    key,
+                    &d.name,
+                    format!("exists in AWS, {who}"),
+                );
+            }
+        };
+        let mut wrote_value = false;
+        if r.pending_deletion {
+            self.push(
+                ActionKind::Restore,
+                key,
+                &d.name,
+                "key is back in the source; secret was scheduled for deletion".into(),
+                Op::Restore,
+            );
+            // The value of a secret pending deletion cannot be read: write it.
+            let token = request_token(&d.name, &d.value, r.current_version.as_deref());
+            self.push(
+                ActionKind::Update,
+                key,
+                &d.name,
+                "restored; value rewritten".into(),
+                Op::PutValue {
+                    value: d.value.clone(),
+                    token,
+                },
+            );
+            wrote_value = true;
+        } else {
+            match actual.values.get(&d.name) {
+                Some(Ok(Some(v))) if values_equal(d, v) => {}
+                Some(Err(e)) => {
+                    return self.report_only(
+                        ActionKind::Error,
+                        key,
+                        &d.name,
+                        format!("cannot read current value: {e}"),
+                    );
+                }
+                Some(Ok(remote)) => {
+                    if let (Some(want), Some(rv)) = (&d.json_keys, remote) {
+                        if let Some(msg) = self.many_to_one_guard(want, rv) {
+                            return self.report_only(ActionKind::Error, key, &d.name, msg);
+                        }
+                    }
+                    let reason = if remote.is_some() {
+                        "value differs"
+                    } else {
+                        "AWS holds a binary value"
+                    };
+                    let token = request_token(&d.name, &d.value, r.current_version.as_deref());
+                    self.push(
+                        ActionKind::Update,
+                        key,
+                        &d.name,
+                        reason.into(),
+                        Op::PutValue {
+                            value: d.value.clone(),
+                            token,
+                        },
+                    );
+                    wrote_value = true;
+                }
+                None => {
+                    return self.report_only(
+                        ActionKind::Error,
+                        key,
+                        &d.name,
+                        "current value was not read".into(),
+                    );
+                }
+            }
+        }
+        self.tags(d, r, adopting);
+        self.metadata(d, r);
+        let version = if wrote_value {
+            None
+        } else {
+            r.current_version.clone()
+        };
+        let message = adopting.then(|| "adopted existing secret".to_string());
+        self.secret(key, &d.name, SecretState::Synced, message, version);
+    }
+
+    /// A many-to-one write that would drop keys is a deletion in disguise.
+    fn many_to_one_guard(&self, want: &BTreeSet<String>, remote: &SecretValue) -> Option<String> {
+        let have = remote_json_keys(remote)?;
+        let dropped = have.difference(want).count();
+        if dropped == 0 {
+            return None;
+        }
+        if let Some(why) = &self.opts.deletes_blocked {
+            return Some(format!(
+                "not written: it would drop {dropped} keys while {why}"
+            ));
+        }
+        let limit = self.opts.max_delete_fraction * have.len() as f64;
+        if !self.opts.allow_deletes && dropped > 1 && dropped as f64 > limit {
+            return Some(format!(
+                "deletion guard: the write would drop {dropped} of {} keys (max_delete_fraction {}); run with --allow-deletes to confirm",
+                have.len(),
+                self.opts.max_delete_fraction
+            ));
+        }
+        None
+    }
+
+    fn tags(&mut self, d: &DesiredSecret, r: &RemoteSecret, adopting: bool) {
+        let set: BTreeMap<String, String> = d
+            .tags
+            .iter()
+            .filter(|(k, v)| r.tags.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let remove: Vec<String> = self
+            .opts
+            .managed_tags
+            .get(&d.name)
+            .map(|prev| {
+                prev.iter()
+                    .filter(|k| !d.tags.contains_key(*k) && r.tags.contains_key(*k))
+                    .filter(|k| !k.starts_with(naming::RESERVED_TAG_PREFIX))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if set.is_empty() && remove.is_empty() {
+            return;
+        }
+        let reason = if adopting {
+            "adopt: add ownership tags".to_string()
+        } else {
+            let mut parts = vec![];
+            if !set.is_empty() {
+                parts.push(format!(
+                    "set {}",
+                    set.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+            if !remove.is_empty() {
+                parts.push(format!("remove {}", remove.join(", ")));
+            }
+            format!("tags differ: {}", parts.join("; "))
+        };
+        self.push(
+            ActionKind::Tag,
+            d.key.as_deref(),
+            &d.name,
+            reason,
+            Op::Tag { set, remove },
+        );
+    }
+
+    fn metadata(&mut self, d: &DesiredSecret, r: &RemoteSecret) {
+        if let Some(kms) = &self.spec.kms_key_id {
+            if !kms_matches(kms, r.kms_key_id.as_deref()) {
+                self.push(
+                    ActionKind::Kms,
+                    d.key.as_deref(),
+                    &d.name,
+                    format!("KMS key differs (want {kms})"),
+                    Op::UpdateMetadata {
+                        kms_key_id: Some(kms.clone()),
+                        description: None,
+                    },
+                );
+            }
+        }
+        let description = self.spec.effective_description();
+        if r.description.as_deref() != Some(description.as_str()) {
+            self.push(
+                ActionKind::Describe,
+                d.key.as_deref(),
+                &d.name,
+                "description differs".into(),
+                Op::UpdateMetadata {
+                    kms_key_id: None,
+                    description: Some(description),
+                },
+            );
+        }
+    }
+
+    fn deletions(&mut self, desired: &Desired, actual: &Actual) {
+        let claimed = desired.claimed_names();
+        let owned: Vec<&RemoteSecret> = actual
+            .secrets
+            .values()
+            .filter(|r| ownership(self.spec, r) == Ownership::Ours)
+            .collect();
+        let live_owned = owned.iter().filter(|r| !r.pending_deletion).count();
+        let mut orphans = vec![];
+        for r in &owned {
+            if claimed.contains(r.name.as_str()) {
+                continue;
+            }
+            if r.pending_deletion {
+                self.secret(
+                    None,
+                    &r.name,
+                    SecretState::Deleted,
+                    Some("scheduled for deletion".into()),
+                    None,
+                );
+            } else {
+                orphans.push(r.name.clone());
+            }
+        }
+        let retain_reason = if self.opts.disable_deletion {
+            Some("not in the source; disable_secret_deletion keeps it".to_string())
+        } else if let Some(why) = &self.opts.deletes_blocked {
+            Some(format!(
+                "not in the source, but deletion is skipped while {why}"
+            ))
+        } else {
+            let n = orphans.len();
+            let limit = self.opts.max_delete_fraction * live_owned as f64;
+            if !self.opts.allow_deletes && n > 1 && n as f64 > limit {
+                let msg = format!(
+                    "deletion guard: this pass would delete {n} of {live_owned} owned secrets (max_delete_fraction {}); nothing deleted; run with --allow-deletes to confirm",
+                    self.opts.max_delete_fraction
+                );
+                self.plan.guard_tripped = Some(msg.clone());
+                Some(msg)
+            } else {
+                None
+            }
+        };
+        for name in orphans {
+            match &retain_reason {
+                Some(msg) => {
+                    self.secret(None, &name, SecretState::Retained, Some(msg.clone()), None)
+                }
+                None => {
+                    let days = self.opts.recovery_window_days;
+                    let reason = if days == 0 {
+                        "not in the source; force delete (recovery_window_days: 0)".to_string()
+                    } else {
+                        format!("not in the source; recoverable for {days} days")
+                    };
+                    self.push(
+                        ActionKind::Delete,
+                        None,
+                        &name,
+                        reason,
+                        Op::Delete {
+                            recovery_window_days: days,
+                        },
+                    );
+                    self.secret(None, &name, SecretState::Deleted, None, None);
+                }
+            }
+        }
+    }
+}
+
+/// Plans one pass for one sync.
+pub fn plan(spec: &MappingSpec, desired: &Desired, actual: &Actual, opts: &PlanOptions) -> Plan {
+    let mut p = Planner {
+        spec,
+        opts,
+        plan: Plan::default(),
+    };
+    for e in &desired.errors {
+        let name = e
+            .name
+            .clone()
+            .unwrap_or_else(|| e.key.clone().unwrap_or_default());
+        p.report_only(
+            ActionKind::Error,
+            e.key.as_deref(),
+            &name,
+            e.message.clone(),
+        );
+    }
+    for d in &desired.secrets {
+        let before = p.plan.actions.len();
+        match actual.secrets.get(&d.name) {
+            None => p.create(d),
+            Some(r) => p.existing(d, r, actual),
+        }
+        if p.plan.actions.len() == before {
+            p.plan.unchanged += 1;
+        }
+    }
+    p.deletions(desired, actual);
+    p.plan
+}
+
+/// Names whose values the planner needs: desired secrets that exist, are not
+/// pending deletion, and are ours or adoptable. Anything else is not read.
+pub fn names_to_read(
+    spec: &MappingSpec,
+    desired: &Desired,
+    secrets: &BTreeMap<String, RemoteSecret>,
+    adopt_existing: bool,
+) -> Vec<String> {
+    desired
+        .secrets
+        .iter()
+        .filter_map(|d| secrets.get(&d.name))
+        .filter(|r| !r.pending_deletion)
+        .filter(|r| match ownership(spec, r) {
+            Ownership::Ours => true,
+            Ownership::Unowned => adopt_existing,
+            Ownership::Foreign(_) => false,
+        })
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

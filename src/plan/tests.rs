@@ -1,0 +1,561 @@
+//! Table tests for the planner: each case is desired (key → value), actual
+//! (remote secrets with owner and value) and options, and the expected list
+//! of `(action, name)` plus per-secret states.
+
+use super::*;
+use crate::desired::{DesiredError, MappingKind};
+
+const AGENT: &str = "web-01";
+const SYNC: &str = "app";
+
+fn spec() -> MappingSpec {
+    MappingSpec {
+        sync_name: SYNC.into(),
+        agent_id: AGENT.into(),
+        environment: None,
+        mapping: MappingKind::OneToOne,
+        key_schema: "{{secretKey}}".into(),
+        secret_name: None,
+        include: vec![],
+        exclude: vec![],
+        tags: BTreeMap::new(),
+        metadata_as_tags: false,
+        kms_key_id: None,
+        description: Some("d".into()),
+        replica_regions: vec![],
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Owner {
+    Us,
+    Nobody,
+    OtherAgent,
+    OtherSync,
+}
+
+fn remote(name: &str, owner: Owner, pending: bool) -> RemoteSecret {
+    let mut tags = BTreeMap::new();
+    let mut own = |a: &str, s: &str| {
+        tags.insert(naming::TAG_AGENT.to_string(), a.to_string());
+        tags.insert(naming::TAG_SYNC.to_string(), s.to_string());
+    };
+    match owner {
+        Owner::Us => own(AGENT, SYNC),
+        Owner::Nobody => {}
+        Owner::OtherAgent => own("web-02", SYNC),
+        Owner::OtherSync => own(AGENT, "other"),
+    }
+    RemoteSecret {
+        name: name.into(),
+        arn: format!("arn:aws:secretsmanager:us-east-1:1:secret:{name}-abc"),
+        tags,
+        kms_key_id: None,
+        description: Some("d".into()),
+        pending_deletion: pending,
+        current_version: Some(format!("v-{name}")),
+    }
+}
+
+fn desired_one(pairs: &[(&str, &str)]) -> Desired {
+    let s = spec();
+    Desired {
+        secrets: pairs
+            .iter()
+            .map(|(k, v)| DesiredSecret {
+                key: Some((*k).into()),
+                name: (*k).into(),
+                value: SecretValue::new(*v),
+                tags: s.ownership_tags(),
+                json_keys: None,
+            })
+            .collect(),
+        errors: vec![],
+    }
+}
+
+fn actual(secrets: &[(&str, Owner, bool, Option<&str>)]) -> Actual {
+    let mut a = Actual::default();
+    for (name, owner, pending, value) in secrets {
+        a.secrets
+            .insert((*name).into(), remote(name, *owner, *pending));
+        if let Some(v) = value {
+            a.values
+                .insert((*name).into(), Ok(Some(SecretValue::new(*v))));
+        }
+    }
+    a
+}
+
+fn kinds(p: &Plan) -> Vec<(ActionKind, String)> {
+    p.actions.iter().map(|a| (a.kind, a.name.clone())).collect()
+}
+
+fn states(p: &Plan) -> Vec<(String, SecretState)> {
+    let mut v: Vec<_> = p
+        .secrets
+        .iter()
+        .map(|s| (s.name.clone(), s.state))
+        .collect();
+    v.sort();
+    v
+}
+
+use ActionKind as K;
+use SecretState as S;
+
+struct Case {
+    what: &'static str,
+    desired: Desired,
+    actual: Actual,
+    opts: PlanOptions,
+    actions: Vec<(ActionKind, &'static str)>,
+    states: Vec<(&'static str, SecretState)>,
+    guard: bool,
+}
+
+fn opts() -> PlanOptions {
+    PlanOptions::default()
+}
+
+#[test]
+fn plan_table() {
+    let cases = vec![
+        Case {
+            what: "absent -> create",
+            desired: desired_one(&[("A", "1")]),
+            actual: actual(&[]),
+            opts: opts(),
+            actions: vec![(K::Create, "A")],
+            states: vec![("A", S::Synced)],
+            guard: false,
+        },
+        Case {
+            what: "equal value and tags -> nothing",
+            desired: desired_one(&[("A", "1")]),
+            actual: actual(&[("A", Owner::Us, false, Some("1"))]),
+            opts: opts(),
+            actions: vec![],
+            states: vec![("A", S::Synced)],
+            guard: false,
+        },
+        Case {
+            what: "value differs -> update",
+            desired: desired_one(&[("A", "2")]),
+            actual: actual(&[("A", Owner::Us, false, Some("1"))]),
+            opts: opts(),
+            actions: vec![(K::Update, "A")],
+            states: vec![("A", S::Synced)],
+            guard: false,
+        },
+        Case {
+            what: "unowned without adopt -> conflict, no call",
+            desired: desired_one(&[("A", "2")]),
+            actual: actual(&[("A", Owner::Nobody, false, Some("1"))]),
+            opts: opts(),
+            actions: vec![(K::Conflict, "A")],
+            states: vec![("A", S::Conflict)],
+            guard: false,
+        },
+        Case {
+            what: "unowned with adopt -> update + ownership tags",
+            desired: desired_one(&[("A", "2")]),
+            actual: actual(&[("A", Owner::Nobody, false, Some("1"))]),
+            opts: PlanOptions {
+                adopt_existing: true,
+                ..opts()
+            },
+            actions: vec![(K::Update, "A"), (K::Tag, "A")],
+            states: vec![("A", S::Synced)],
+            guard: false,
+        },
+        Case {
+            what: "other agent -> conflict even with adopt",
+            desired: desired_one(&[("A", "2")]),
+            actual: actual(&[("A", Owner::OtherAgent, false, Some("1"))]),
+            opts: PlanOptions {
+                adopt_existing: true,
+                ..opts()
+            },
+            actions: vec![(K::Conflict, "A")],
+            states: vec![("A", S::Conflict)],
+            guard: false,
+        },
+        Case {
+            what: "other sync -> conflict",
+            desired: desired_one(&[("A", "2")]),
+            actual: actual(&[("A", Owner::OtherSync, false, Some("1"))]),
+            opts: opts(),
+            actions: vec![(K::Conflict, "A")],
+            states: vec![("A", S::Conflict)],
+            guard: false,
+        },
+        Case {
+            what: "orphan owned -> delete",
+            desired: desired_one(&[("A", "1"), ("B", "1")]),
+            actual: actual(&[
+                ("A", Owner::Us, false, Some("1")),
+                ("B", Owner::Us, false, Some("1")),
+                ("C", Owner::Us, false, None),
+            ]),
+            opts: opts(),
+            actions: vec![(K::Delete, "C")],
+            states: vec![("A", S::Synced), ("B", S::Synced), ("C", S::Deleted)],
+            guard: false,
+        },
+        Case {
+            what: "orphan owned by someone else is never deleted",
+            desired: desired_one(&[]),
+            actual: actual(&[
+                ("X", Owner::OtherAgent, false, None),
+                ("Y", Owner::Nobody, false, None),
+            ]),
+            opts: opts(),
+            actions: vec![],
+            states: vec![],
+            guard: false,
+        },
+        Case {
+            what: "disable_secret_deletion -> retained",
+            desired: desired_one(&[("A", "1")]),
+            actual: actual(&[
+                ("A", Owner::Us, false, Some("1")),
+                ("C", Owner::Us, false, None),
+            ]),
+            opts: PlanOptions {
+                disable_deletion: true,
+                ..opts()
+            },
+            actions: vec![],
+            states: vec![("A", S::Synced), ("C", S::Retained)],
+            guard: false,
+        },
+        Case {
+            what: "unreadable source -> retained",
+            desired: desired_one(&[("A", "1")]),
+            actual: actual(&[
+                ("A", Owner::Us, false, Some("1")),
+                ("C", Owner::Us, false, None),
+            ]),
+            opts: PlanOptions {
+                deletes_blocked: Some("x.env does not parse".into()),
+                ..opts()
+            },
+            actions: vec![],
+            states: vec![("A", S::Synced), ("C", S::Retained)],
+            guard: false,
+        },
+        Case {
+            what: "guard: 3 of 4 -> nothing deleted",
+            desired: desired_one(&[("A", "1")]),
+            actual: actual(&[
+                ("A", Owner::Us, false, Some("1")),
+                ("B", Owner::Us, false, None),
+                ("C", Owner::Us, false, None),
+                ("D", Owner::Us, false, None),
+            ]),
+            opts: opts(),
+            actions: vec![],
+            states: vec![
+                ("A", S::Synced),
+                ("B", S::Retained),
+                ("C", S::Retained),
+                ("D", S::Retained),
+            ],
+            guard: true,
+        },
+        Case {
+            what: "guard lifted by allow_deletes",
+            desired: desired_one(&[("A", "1")]),
+            actual: actual(&[
+                ("A", Owner::Us, false, Some("1")),
+                ("B", Owner::Us, false, None),
+                ("C", Owner::Us, false, None),
+            ]),
+            opts: PlanOptions {
+                allow_deletes: true,
+                ..opts()
+            },
+            actions: vec![(K::Delete, "B"), (K::Delete, "C")],
+            states: vec![("A", S::Synced), ("B", S::Deleted), ("C", S::Deleted)],
+            guard: false,
+        },
+        Case {
+            what: "guard: a single deletion always passes",
+            desired: desired_one(&[]),
+            actual: actual(&[("B", Owner::Us, false, None)]),
+            opts: opts(),
+            actions: vec![(K::Delete, "B")],
+            states: vec![("B", S::Deleted)],
+            guard: false,
+        },
+        Case {
+            what: "guard off at fraction 1.0",
+            desired: desired_one(&[]),
+            actual: actual(&[("B", Owner::Us, false, None), ("C", Owner::Us, false, None)]),
+            opts: PlanOptions {
+                max_delete_fraction: 1.0,
+                ..opts()
+            },
+            actions: vec![(K::Delete, "B"), (K::Delete, "C")],
+            states: vec![("B", S::Deleted), ("C", S::Deleted)],
+            guard: false,
+        },
+        Case {
+            what: "key back while pending deletion -> restore + update",
+            desired: desired_one(&[("A", "1")]),
+            actual: actual(&[("A", Owner::Us, true, None)]),
+            opts: opts(),
+            actions: vec![(K::Restore, "A"), (K::Update, "A")],
+            states: vec![("A", S::Synced)],
+            guard: false,
+        },
+        Case {
+            what: "pending deletion and not desired -> deleted, no call",
+            desired: desired_one(&[]),
+            actual: actual(&[("A", Owner::Us, true, None)]),
+            opts: opts(),
+            actions: vec![],
+            states: vec![("A", S::Deleted)],
+            guard: false,
+        },
+    ];
+    for c in cases {
+        let p = plan(&spec(), &c.desired, &c.actual, &c.opts);
+        let want: Vec<(ActionKind, String)> = c
+            .actions
+            .iter()
+            .map(|(k, n)| (*k, (*n).to_string()))
+            .collect();
+        assert_eq!(kinds(&p), want, "{}", c.what);
+        let want_states: Vec<(String, SecretState)> = c
+            .states
+            .iter()
+            .map(|(n, s)| ((*n).to_string(), *s))
+            .collect();
+        assert_eq!(states(&p), want_states, "{}", c.what);
+        assert_eq!(p.guard_tripped.is_some(), c.guard, "{}", c.what);
+    }
+}
+
+#[test]
+fn delete_uses_recovery_window() {
+    for days in [0u8, 7, 30] {
+        let p = plan(
+            &spec(),
+            &desired_one(&[]),
+            &actual(&[("C", Owner::Us, false, None)]),
+            &PlanOptions {
+                recovery_window_days: days,
+                ..opts()
+            },
+        );
+        assert_eq!(
+            p.actions[0].op,
+            Op::Delete {
+                recovery_window_days: days
+            }
+        );
+    }
+}
+
+#[test]
+fn tags_ours_set_and_stale_removed_others_kept() {
+    let mut s = spec();
+    s.tags = BTreeMap::from([("team".into(), "pay".into())]);
+    let mut d = desired_one(&[("A", "1")]);
+    d.secrets[0].tags.insert("team".into(), "pay".into());
+    let mut a = actual(&[("A", Owner::Us, false, Some("1"))]);
+    let r = a.secrets.get_mut("A").unwrap();
+    r.tags.insert("old".into(), "x".into());
+    r.tags.insert("someone-else".into(), "y".into());
+    let o = PlanOptions {
+        managed_tags: BTreeMap::from([("A".to_string(), BTreeSet::from(["old".to_string()]))]),
+        ..opts()
+    };
+    let p = plan(&s, &d, &a, &o);
+    assert_eq!(kinds(&p), vec![(K::Tag, "A".to_string())]);
+    assert_eq!(
+        p.actions[0].op,
+        Op::Tag {
+            set: BTreeMap::from([("team".into(), "pay".into())]),
+            remove: vec!["old".into()],
+        }
+    );
+    // Equal tags: no call.
+    let r = a.secrets.get_mut("A").unwrap();
+    r.tags.insert("team".into(), "pay".into());
+    r.tags.remove("old");
+    assert!(plan(&s, &d, &a, &o).actions.is_empty());
+}
+
+#[test]
+fn tokens_are_stable_and_distinguish_history() {
+    let v1 = SecretValue::new("one");
+    let v2 = SecretValue::new("two");
+    assert_eq!(request_token("n", &v1, None), request_token("n", &v1, None));
+    assert_ne!(request_token("n", &v1, None), request_token("m", &v1, None));
+    let t1 = request_token("n", &v1, None);
+    let t2 = request_token("n", &v2, Some(&t1));
+    let t3 = request_token("n", &v1, Some(&t2));
+    assert_ne!(t1, t3, "v1 -> v2 -> v1 must write again");
+    assert_ne!(t2, t3);
+    assert_eq!(t1.len(), 64);
+    assert!(!t1.contains("one"));
+}
+
+#[test]
+fn update_token_depends_on_replaced_version() {
+    let p = plan(
+        &spec(),
+        &desired_one(&[("A", "2")]),
+        &actual(&[("A", Owner::Us, false, Some("1"))]),
+        &opts(),
+    );
+    let Op::PutValue { token, .. } = &p.actions[0].op else {
+        panic!("not a put")
+    };
+    assert_eq!(
+        *token,
+        request_token("A", &SecretValue::new("2"), Some("v-A"))
+    );
+}
+
+fn many(keys: &[(&str, &str)]) -> Desired {
+    let s = spec();
+    let obj: serde_json::Map<String, serde_json::Value> = keys
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), serde_json::Value::String((*v).into())))
+        .collect();
+    Desired {
+        secrets: vec![DesiredSecret {
+            key: None,
+            name: "M".into(),
+            value: SecretValue::new(serde_json::Value::Object(obj).to_string()),
+            tags: s.ownership_tags(),
+            json_keys: Some(keys.iter().map(|(k, _)| (*k).to_string()).collect()),
+        }],
+        errors: vec![],
+    }
+}
+
+#[test]
+fn many_to_one_compares_semantically() {
+    let d = many(&[("A", "1"), ("B", "2")]);
+    let a = actual(&[(
+        "M",
+        Owner::Us,
+        false,
+        Some("{ \"B\": \"2\",\n \"A\": \"1\" }"),
+    )]);
+    assert!(plan(&spec(), &d, &a, &opts()).actions.is_empty());
+    let a = actual(&[("M", Owner::Us, false, Some(r#"{"A":"1","B":"3"}"#))]);
+    assert_eq!(
+        kinds(&plan(&spec(), &d, &a, &opts())),
+        vec![(K::Update, "M".to_string())]
+    );
+    let a = actual(&[("M", Owner::Us, false, Some("not json"))]);
+    assert_eq!(
+        kinds(&plan(&spec(), &d, &a, &opts())),
+        vec![(K::Update, "M".to_string())]
+    );
+}
+
+#[test]
+fn many_to_one_guard_on_dropped_keys() {
+    let d = many(&[("A", "1")]);
+    let a = actual(&[(
+        "M",
+        Owner::Us,
+        false,
+        Some(r#"{"A":"1","B":"2","C":"3","D":"4"}"#),
+    )]);
+    let p = plan(&spec(), &d, &a, &opts());
+    assert_eq!(kinds(&p), vec![(K::Error, "M".to_string())]);
+    let p = plan(
+        &spec(),
+        &d,
+        &a,
+        &PlanOptions {
+            allow_deletes: true,
+            ..opts()
+        },
+    );
+    assert_eq!(kinds(&p), vec![(K::Update, "M".to_string())]);
+    let p = plan(
+        &spec(),
+        &d,
+        &a,
+        &PlanOptions {
+            allow_deletes: true,
+            deletes_blocked: Some("f missing".into()),
+            ..opts()
+        },
+    );
+    assert_eq!(
+        kinds(&p),
+        vec![(K::Error, "M".to_string())],
+        "unreadable source never drops keys"
+    );
+}
+
+#[test]
+fn kms_and_description() {
+    let mut s = spec();
+    s.kms_key_id = Some("alias/app".into());
+    let d = desired_one(&[("A", "1")]);
+    let mut a = actual(&[("A", Owner::Us, false, Some("1"))]);
+    assert_eq!(
+        kinds(&plan(&s, &d, &a, &opts())),
+        vec![(K::Kms, "A".to_string())]
+    );
+    a.secrets.get_mut("A").unwrap().kms_key_id = Some("arn:aws:kms:us-east-1:1:alias/app".into());
+    assert!(plan(&s, &d, &a, &opts()).actions.is_empty());
+    a.secrets.get_mut("A").unwrap().description = Some("changed by hand".into());
+    assert_eq!(
+        kinds(&plan(&s, &d, &a, &opts())),
+        vec![(K::Describe, "A".to_string())]
+    );
+}
+
+#[test]
+fn desired_errors_are_reported_and_their_names_kept() {
+    let mut d = desired_one(&[]);
+    d.errors.push(DesiredError {
+        key: Some("BIG".into()),
+        name: Some("BIG".into()),
+        message: "too big".into(),
+    });
+    let a = actual(&[("BIG", Owner::Us, false, None)]);
+    let p = plan(&spec(), &d, &a, &opts());
+    assert_eq!(kinds(&p), vec![(K::Error, "BIG".to_string())]);
+    assert_eq!(states(&p), vec![("BIG".to_string(), S::Error)]);
+}
+
+#[test]
+fn unreadable_value_is_error_not_write() {
+    let d = desired_one(&[("A", "1")]);
+    let mut a = actual(&[("A", Owner::Us, false, None)]);
+    a.values.insert("A".into(), Err("access denied".into()));
+    let p = plan(&spec(), &d, &a, &opts());
+    assert_eq!(kinds(&p), vec![(K::Error, "A".to_string())]);
+}
+
+#[test]
+fn only_needed_values_are_read() {
+    let d = desired_one(&[("A", "1"), ("B", "1"), ("C", "1"), ("D", "1")]);
+    let a = actual(&[
+        ("A", Owner::Us, false, None),
+        ("B", Owner::Nobody, false, None),
+        ("C", Owner::OtherAgent, false, None),
+        ("D", Owner::Us, true, None),
+    ]);
+    assert_eq!(
+        names_to_read(&spec(), &d, &a.secrets, false),
+        vec!["A".to_string()]
+    );
+    assert_eq!(
+        names_to_read(&spec(), &d, &a.secrets, true),
+        vec!["A".to_string(), "B".to_string()]
+    );
+}

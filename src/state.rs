@@ -1,0 +1,123 @@
+//! Agent state kept in `state_dir`: which syncs finished their initial sync
+//! and which tag keys the agent set on each secret (so tags it no longer
+//! configures can be removed without touching tags set by others).
+//!
+//! Losing the file is never fatal: the agent then only stops removing stale
+//! tags it set earlier, and treats every sync as not yet initially synced.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// File name inside `state_dir`.
+pub const STATE_FILE: &str = "state.json";
+
+/// Remembered facts about one sync.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncState {
+    /// The first pass finished (initial-sync behaviour done).
+    #[serde(default)]
+    pub initial_sync_done: bool,
+    /// Tag keys this agent set, per secret name (ownership tags excluded).
+    #[serde(default)]
+    pub managed_tags: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The whole state file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Format version.
+    #[serde(default)]
+    pub version: u32,
+    /// Per-sync state by sync name.
+    #[serde(default)]
+    pub syncs: BTreeMap<String, SyncState>,
+}
+
+/// Why the state could not be saved.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write state file {path}: {source}")]
+pub struct StateError {
+    /// The file.
+    pub path: PathBuf,
+    /// The IO error.
+    pub source: std::io::Error,
+}
+
+impl State {
+    /// Loads `dir/state.json`; a missing file gives the empty state, a
+    /// corrupt one is logged and replaced by the empty state.
+    pub fn load(dir: &Path) -> State {
+        let path = dir.join(STATE_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "state file is corrupt; starting from an empty state");
+                State::default()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read state file; starting from an empty state");
+                State::default()
+            }
+        }
+    }
+
+    /// Writes atomically: temp file in the same directory, fsync, rename,
+    /// fsync the directory. Mode 0600: tag keys are not secret, but nobody
+    /// else needs them.
+    pub fn save(&self, dir: &Path) -> Result<(), StateError> {
+        let path = dir.join(STATE_FILE);
+        let err = |source| StateError {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let tmp = dir.join(format!(".{STATE_FILE}.{}.tmp", std::process::id()));
+        let body = serde_json::to_vec_pretty(&State {
+            version: 1,
+            ..self.clone()
+        })
+        .map_err(|e| err(std::io::Error::other(e)))?;
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(err)?;
+            f.write_all(&body).map_err(err)?;
+            f.sync_all().map_err(err)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(err)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_recover_from_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(State::load(dir.path()), State::default());
+        let mut s = State::default();
+        s.syncs
+            .entry("app".into())
+            .or_default()
+            .managed_tags
+            .insert("n".into(), BTreeSet::from(["team".into()]));
+        s.save(dir.path()).unwrap();
+        let loaded = State::load(dir.path());
+        assert_eq!(loaded.syncs, s.syncs);
+        std::fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
+        assert_eq!(State::load(dir.path()), State::default());
+    }
+}

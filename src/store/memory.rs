@@ -1,0 +1,1420 @@
+//! In-memory [`SecretStore`] that behaves like AWS Secrets Manager where the
+//! engine's correctness depends on it (and where the moto emulator does not):
+//! name uniqueness, `ClientRequestToken` idempotency, refusal of writes to
+//! secrets scheduled for deletion, AWS's size and tag limits, prefix-matching
+//! list filters and per-page / per-batch call counts.
+//!
+//! Engine tests use it to assert *which* calls a pass makes ([`MemoryStore::calls`]),
+//! to inject throttling and outages ([`MemoryStore::fail_next`],
+//! [`MemoryStore::fail_all`]) and, with [`MemoryStore::set_latency`] under
+//! `tokio::time::pause`, to benchmark pacing and concurrency in virtual time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use super::{
+    BATCH_GET_MAX, CreateSecret, LIST_PAGE_MAX, NAME_FILTER_MAX, RemoteSecret, RemoteValue,
+    SecretStore, StoreError, ValueRead, WriteResult,
+};
+use crate::naming::{
+    MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TAGS, MAX_VALUE_BYTES, TAG_SYNC, validate_secret_name,
+};
+use crate::secret::SecretValue;
+
+/// `CreateSecret`.
+pub const OP_CREATE: &str = "CreateSecret";
+/// `PutSecretValue`.
+pub const OP_PUT: &str = "PutSecretValue";
+/// `TagResource`.
+pub const OP_TAG: &str = "TagResource";
+/// `UntagResource`.
+pub const OP_UNTAG: &str = "UntagResource";
+/// `UpdateSecret`.
+pub const OP_UPDATE: &str = "UpdateSecret";
+/// `DeleteSecret`.
+pub const OP_DELETE: &str = "DeleteSecret";
+/// `RestoreSecret`.
+pub const OP_RESTORE: &str = "RestoreSecret";
+/// `ListSecrets` (one per page).
+pub const OP_LIST: &str = "ListSecrets";
+/// `BatchGetSecretValue` (one per ≤ 20 ids).
+pub const OP_BATCH_GET: &str = "BatchGetSecretValue";
+
+/// Operations that change AWS state, as counted by [`MemoryStore::write_calls`].
+pub const WRITE_OPS: [&str; 7] = [
+    OP_CREATE, OP_PUT, OP_TAG, OP_UNTAG, OP_UPDATE, OP_DELETE, OP_RESTORE,
+];
+/// Every operation the store can be asked to count or fail.
+pub const ALL_OPS: [&str; 9] = [
+    OP_CREATE,
+    OP_PUT,
+    OP_TAG,
+    OP_UNTAG,
+    OP_UPDATE,
+    OP_DELETE,
+    OP_RESTORE,
+    OP_LIST,
+    OP_BATCH_GET,
+];
+
+/// AWS's limit on a secret description.
+const MAX_DESCRIPTION_LEN: usize = 2_048;
+/// AWS's limit on a KMS key id/ARN/alias.
+const MAX_KMS_KEY_LEN: usize = 2_048;
+/// AWS's bounds for `ClientRequestToken`.
+const TOKEN_LEN: std::ops::RangeInclusive<usize> = 32..=64;
+/// Account and region used in generated ARNs.
+const ARN_PREFIX: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:";
+
+/// AWS's wording, so tests and status output read like the real thing.
+const MSG_MARKED_FOR_DELETION: &str =
+    "You can't perform this operation on the secret because it was marked for deletion.";
+const MSG_CREATE_SCHEDULED: &str = "You can't create this secret because a secret with this name is already scheduled for deletion.";
+
+/// An in-memory Secrets Manager for engine tests and benchmarks.
+///
+/// Every method that stands for an AWS call counts it, waits the injected
+/// latency, then fails if an outage or an injected fault says so, and only
+/// then acts, as a real request would: a call AWS rejects is still a call.
+/// The lock is never held across an `.await`.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    secrets: BTreeMap<String, Entry>,
+    calls: BTreeMap<&'static str, u64>,
+    faults: Vec<Fault>,
+    outage: Option<StoreError>,
+    latency: Duration,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// Metadata; `current_version` is kept in step with `versions`.
+    meta: RemoteSecret,
+    /// Every version ever written, oldest first.
+    versions: Vec<Version>,
+}
+
+#[derive(Debug)]
+struct Version {
+    id: String,
+    value: SecretValue,
+}
+
+#[derive(Debug)]
+struct Fault {
+    op: &'static str,
+    err: StoreError,
+    remaining: u32,
+}
+
+impl Entry {
+    fn current_value(&self) -> Option<&SecretValue> {
+        let current = self.meta.current_version.as_deref()?;
+        self.versions
+            .iter()
+            .find(|v| v.id == current)
+            .map(|v| &v.value)
+    }
+}
+
+impl MemoryStore {
+    /// An empty store with no faults and no latency.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Calls made so far, per AWS operation name (pages and batches counted
+    /// as AWS bills them: one `ListSecrets` per page of up to 100 results,
+    /// one `BatchGetSecretValue` per 20 ids). Failed calls count too.
+    pub fn calls(&self) -> BTreeMap<&'static str, u64> {
+        self.lock().calls.clone()
+    }
+
+    /// Sum of the write operations in [`WRITE_OPS`]: "saving a file unchanged
+    /// makes zero write calls" is asserted with this.
+    pub fn write_calls(&self) -> u64 {
+        let inner = self.lock();
+        WRITE_OPS.iter().filter_map(|op| inner.calls.get(op)).sum()
+    }
+
+    /// Forgets the call counts (secrets and faults stay).
+    pub fn reset_calls(&self) {
+        self.lock().calls.clear();
+    }
+
+    /// Makes the next `times` calls of `op` fail with `err` (its `op` field
+    /// is rewritten to `op`). Faults queue: several for the same operation
+    /// are used in the order they were added.
+    ///
+    /// # Panics
+    /// If `op` is not one of [`ALL_OPS`]: a misspelt operation would make the
+    /// fault silently never fire, hiding a broken test.
+    pub fn fail_next(&self, op: &'static str, err: StoreError, times: u32) {
+        assert!(
+            ALL_OPS.contains(&op),
+            "unknown operation {op:?}; expected one of {ALL_OPS:?}"
+        );
+        if times > 0 {
+            self.lock().faults.push(Fault {
+                op,
+                err,
+                remaining: times,
+            });
+        }
+    }
+
+    /// Simulates an outage: every call fails with `err` until [`Self::heal`].
+    pub fn fail_all(&self, err: StoreError) {
+        self.lock().outage = Some(err);
+    }
+
+    /// Ends an outage and drops pending injected faults.
+    pub fn heal(&self) {
+        let mut inner = self.lock();
+        inner.outage = None;
+        inner.faults.clear();
+    }
+
+    /// Delay added to every call (per page / per batch), via
+    /// `tokio::time::sleep`, so it runs in virtual time under
+    /// `tokio::time::pause`.
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().latency = latency;
+    }
+
+    /// Seeds (or replaces) a secret directly, without counting a call.
+    /// An empty `arn` is generated. With a value, one version is created whose
+    /// id is `secret.current_version` (or a generated one); without a value
+    /// the secret has no versions and `current_version` is cleared, like a
+    /// secret created without `SecretString`.
+    pub fn insert(&self, mut secret: RemoteSecret, value: Option<SecretValue>) {
+        if secret.arn.is_empty() {
+            secret.arn = make_arn(&secret.name);
+        }
+        let versions = match value {
+            Some(value) => {
+                let id = secret.current_version.clone().unwrap_or_else(make_uuid);
+                secret.current_version = Some(id.clone());
+                vec![Version { id, value }]
+            }
+            None => {
+                secret.current_version = None;
+                Vec::new()
+            }
+        };
+        self.lock().secrets.insert(
+            secret.name.clone(),
+            Entry {
+                meta: secret,
+                versions,
+            },
+        );
+    }
+
+    /// A secret's metadata and current value, without counting a call.
+    pub fn get(&self, name: &str) -> Option<(RemoteSecret, Option<SecretValue>)> {
+        let inner = self.lock();
+        let entry = inner.secrets.get(name)?;
+        Some((entry.meta.clone(), entry.current_value().cloned()))
+    }
+
+    /// Version ids of a secret, oldest first (empty if unknown): proves that a
+    /// retried write made no second version.
+    pub fn versions(&self, name: &str) -> Vec<String> {
+        self.lock()
+            .secrets
+            .get(name)
+            .map(|e| e.versions.iter().map(|v| v.id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Removes a secret outright, as if someone else force-deleted it.
+    /// Returns whether it existed. Not counted as a call.
+    pub fn remove(&self, name: &str) -> bool {
+        self.lock().secrets.remove(name).is_some()
+    }
+
+    /// Names of all secrets, pending deletion included.
+    pub fn names(&self) -> Vec<String> {
+        self.lock().secrets.keys().cloned().collect()
+    }
+
+    /// Locks the state. Every critical section leaves it consistent before
+    /// anything can panic, so a poisoned lock is safe to keep using.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One simulated AWS call: count, wait, then maybe fail.
+    async fn call(&self, op: &'static str) -> Result<(), StoreError> {
+        let latency = {
+            let mut inner = self.lock();
+            *inner.calls.entry(op).or_default() += 1;
+            inner.latency
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let mut inner = self.lock();
+        if let Some(err) = &inner.outage {
+            return Err(with_op(err.clone(), op));
+        }
+        if let Some(pos) = inner.faults.iter().position(|f| f.op == op) {
+            let fault = &mut inner.faults[pos];
+            fault.remaining -= 1;
+            let err = with_op(fault.err.clone(), op);
+            if fault.remaining == 0 {
+                inner.faults.remove(pos);
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Pages through the secrets matching `server` (AWS's coarse, prefix
+    /// filter), one counted `ListSecrets` call per page, and keeps those
+    /// matching `exact` (our client-side filter).
+    async fn list_paged(
+        &self,
+        server: impl Fn(&RemoteSecret) -> bool,
+        exact: impl Fn(&RemoteSecret) -> bool,
+    ) -> Result<Vec<RemoteSecret>, StoreError> {
+        let page_size = usize::try_from(LIST_PAGE_MAX).unwrap_or(100);
+        let mut out = Vec::new();
+        let mut page = 0usize;
+        loop {
+            self.call(OP_LIST).await?;
+            let inner = self.lock();
+            let matching: Vec<&Entry> =
+                inner.secrets.values().filter(|e| server(&e.meta)).collect();
+            let start = page * page_size;
+            out.extend(
+                matching
+                    .iter()
+                    .skip(start)
+                    .take(page_size)
+                    .filter(|e| exact(&e.meta))
+                    .map(|e| e.meta.clone()),
+            );
+            if start + page_size >= matching.len() {
+                return Ok(out);
+            }
+            page += 1;
+        }
+    }
+}
+
+/// Rewrites the operation an injected error names.
+fn with_op(err: StoreError, op: &'static str) -> StoreError {
+    match err {
+        StoreError::Throttled { message, .. } => StoreError::Throttled { op, message },
+        StoreError::Unavailable { message, .. } => StoreError::Unavailable { op, message },
+        StoreError::NotFound { .. } => StoreError::NotFound { op },
+        StoreError::AlreadyExists { message, .. } => StoreError::AlreadyExists { op, message },
+        StoreError::AccessDenied { message, .. } => StoreError::AccessDenied { op, message },
+        StoreError::Rejected { message, .. } => StoreError::Rejected { op, message },
+        StoreError::Config(message) => StoreError::Config(message),
+    }
+}
+
+/// Shorthand for [`StoreError::Rejected`].
+fn rejected(op: &'static str, message: impl Into<String>) -> StoreError {
+    StoreError::Rejected {
+        op,
+        message: message.into(),
+    }
+}
+
+/// An ARN shaped like AWS's: name plus a hyphen and 6 random characters.
+fn make_arn(name: &str) -> String {
+    let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
+        .take(6)
+        .collect();
+    format!("{ARN_PREFIX}{name}-{suffix}")
+}
+
+/// A random UUID-shaped version id for seeded secrets.
+fn make_uuid() -> String {
+    let hex = |n: usize| -> String {
+        std::iter::repeat_with(|| char::from_digit(fastrand::u32(0..16), 16).unwrap_or('0'))
+            .take(n)
+            .collect()
+    };
+    format!("{}-{}-{}-{}-{}", hex(8), hex(4), hex(4), hex(4), hex(12))
+}
+
+/// AWS's parameter checks for a value, in AWS's order of concern.
+fn check_value(op: &'static str, value: &SecretValue) -> Result<(), StoreError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(rejected(
+            op,
+            format!(
+                "ValidationException: SecretString is {} bytes, the limit is {MAX_VALUE_BYTES}",
+                value.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// AWS's length rule for `ClientRequestToken`.
+fn check_token(op: &'static str, token: &str) -> Result<(), StoreError> {
+    if !TOKEN_LEN.contains(&token.len()) {
+        return Err(rejected(
+            op,
+            format!(
+                "ValidationException: ClientRequestToken must be 32 to 64 characters, got {}",
+                token.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// AWS's secret name rules (shared with config validation).
+fn check_name(op: &'static str, name: &str) -> Result<(), StoreError> {
+    validate_secret_name(name).map_err(|m| rejected(op, format!("ValidationException: {m}")))
+}
+
+/// AWS's tag key rules: length and the reserved `aws:` prefix.
+fn check_tag_key(op: &'static str, key: &str) -> Result<(), StoreError> {
+    if key.is_empty() || key.chars().count() > MAX_TAG_KEY_LEN {
+        return Err(rejected(
+            op,
+            format!("ValidationException: tag key must be 1 to {MAX_TAG_KEY_LEN} characters"),
+        ));
+    }
+    if key.to_ascii_lowercase().starts_with("aws:") {
+        return Err(rejected(
+            op,
+            "InvalidParameterException: tag keys starting with 'aws:' are reserved",
+        ));
+    }
+    Ok(())
+}
+
+/// AWS's per-tag rules for a set of tags.
+fn check_tags(op: &'static str, tags: &BTreeMap<String, String>) -> Result<(), StoreError> {
+    for (key, value) in tags {
+        check_tag_key(op, key)?;
+        if value.chars().count() > MAX_TAG_VALUE_LEN {
+            return Err(rejected(
+                op,
+                format!(
+                    "ValidationException: tag '{key}' value is longer than {MAX_TAG_VALUE_LEN} characters"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// AWS's 50-tags-per-secret rule.
+fn check_tag_count(op: &'static str, count: usize) -> Result<(), StoreError> {
+    if count > MAX_TAGS {
+        return Err(rejected(
+            op,
+            format!("ValidationException: a secret can have at most {MAX_TAGS} tags, got {count}"),
+        ));
+    }
+    Ok(())
+}
+
+/// AWS's length rules for KMS key id and description.
+fn check_metadata(
+    op: &'static str,
+    kms_key_id: Option<&str>,
+    description: Option<&str>,
+) -> Result<(), StoreError> {
+    if kms_key_id.is_some_and(|k| k.is_empty() || k.len() > MAX_KMS_KEY_LEN) {
+        return Err(rejected(
+            op,
+            format!("ValidationException: KmsKeyId must be 1 to {MAX_KMS_KEY_LEN} characters"),
+        ));
+    }
+    if description.is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_LEN) {
+        return Err(rejected(
+            op,
+            format!(
+                "ValidationException: Description is longer than {MAX_DESCRIPTION_LEN} characters"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Inner {
+    /// Finds a secret by name or ARN, like `SecretId`.
+    fn find_mut(&mut self, id: &str) -> Option<&mut Entry> {
+        if self.secrets.contains_key(id) {
+            return self.secrets.get_mut(id);
+        }
+        self.secrets.values_mut().find(|e| e.meta.arn == id)
+    }
+
+    fn find(&self, id: &str) -> Option<&Entry> {
+        self.secrets
+            .get(id)
+            .or_else(|| self.secrets.values().find(|e| e.meta.arn == id))
+    }
+
+    /// A live (not pending deletion) secret, or AWS's error.
+    fn live_mut(&mut self, op: &'static str, id: &str) -> Result<&mut Entry, StoreError> {
+        let entry = self.find_mut(id).ok_or(StoreError::NotFound { op })?;
+        if entry.meta.pending_deletion {
+            return Err(rejected(
+                op,
+                format!("InvalidRequestException: {MSG_MARKED_FOR_DELETION}"),
+            ));
+        }
+        Ok(entry)
+    }
+}
+
+impl SecretStore for MemoryStore {
+    async fn list_by_sync(&self, sync: &str) -> Result<Vec<RemoteSecret>, StoreError> {
+        // AWS: tag-key and tag-value are independent prefix filters.
+        self.list_paged(
+            |s| {
+                s.tags.keys().any(|k| k.starts_with(TAG_SYNC))
+                    && s.tags.values().any(|v| v.starts_with(sync))
+            },
+            |s| s.tags.get(TAG_SYNC).map(String::as_str) == Some(sync),
+        )
+        .await
+    }
+
+    async fn lookup_names(&self, names: &[String]) -> Result<Vec<RemoteSecret>, StoreError> {
+        let wanted: Vec<&String> = names.iter().collect::<BTreeSet<_>>().into_iter().collect();
+        let mut out = Vec::new();
+        for chunk in wanted.chunks(NAME_FILTER_MAX) {
+            out.extend(
+                self.list_paged(
+                    |s| chunk.iter().any(|n| s.name.starts_with(n.as_str())),
+                    |s| chunk.iter().any(|n| s.name == **n),
+                )
+                .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn get_values(&self, ids: &[String]) -> Result<Vec<ValueRead>, StoreError> {
+        let mut seen = BTreeSet::new();
+        let unique: Vec<&String> = ids.iter().filter(|id| seen.insert(*id)).collect();
+        let mut out = Vec::with_capacity(unique.len());
+        for chunk in unique.chunks(BATCH_GET_MAX) {
+            self.call(OP_BATCH_GET).await?;
+            let inner = self.lock();
+            for id in chunk {
+                let read = match inner.find(id) {
+                    None => Err(StoreError::NotFound { op: OP_BATCH_GET }),
+                    Some(e) if e.meta.pending_deletion => Err(rejected(
+                        OP_BATCH_GET,
+                        format!("InvalidRequestException: {MSG_MARKED_FOR_DELETION}"),
+                    )),
+                    Some(e) => match e.current_value() {
+                        // AWS: "can't find the specified secret value for staging label: AWSCURRENT"
+                        None => Err(StoreError::NotFound { op: OP_BATCH_GET }),
+                        Some(v) => Ok(RemoteValue {
+                            name: e.meta.name.clone(),
+                            version_id: e.meta.current_version.clone(),
+                            value: Some(v.clone()),
+                        }),
+                    },
+                };
+                out.push(((*id).clone(), read));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create_secret(&self, req: &CreateSecret) -> Result<WriteResult, StoreError> {
+        self.call(OP_CREATE).await?;
+        check_name(OP_CREATE, &req.name)?;
+        check_value(OP_CREATE, &req.value)?;
+        check_token(OP_CREATE, &req.token)?;
+        check_tags(OP_CREATE, &req.tags)?;
+        check_tag_count(OP_CREATE, req.tags.len())?;
+        check_metadata(
+            OP_CREATE,
+            req.kms_key_id.as_deref(),
+            req.description.as_deref(),
+        )?;
+        let mut inner = self.lock();
+        if let Some(existing) = inner.secrets.get(&req.name) {
+            if existing.meta.pending_deletion {
+                return Err(rejected(
+                    OP_CREATE,
+                    format!("InvalidRequestException: {MSG_CREATE_SCHEDULED}"),
+                ));
+            }
+            // A retried create with the same token and value is ignored.
+            let same = existing
+                .versions
+                .iter()
+                .any(|v| v.id == req.token && v.value == req.value);
+            if same {
+                return Ok(WriteResult {
+                    version_id: Some(req.token.clone()),
+                });
+            }
+            return Err(StoreError::AlreadyExists {
+                op: OP_CREATE,
+                message: format!(
+                    "ResourceExistsException: The operation failed because the secret {} already exists.",
+                    req.name
+                ),
+            });
+        }
+        let meta = RemoteSecret {
+            name: req.name.clone(),
+            arn: make_arn(&req.name),
+            tags: req.tags.clone(),
+            kms_key_id: req.kms_key_id.clone(),
+            description: req.description.clone(),
+            pending_deletion: false,
+            current_version: Some(req.token.clone()),
+        };
+        inner.secrets.insert(
+            req.name.clone(),
+            Entry {
+                meta,
+                versions: vec![Version {
+                    id: req.token.clone(),
+                    value: req.value.clone(),
+                }],
+            },
+        );
+        Ok(WriteResult {
+            version_id: Some(req.token.clone()),
+        })
+    }
+
+    async fn put_value(
+        &self,
+        name: &str,
+        value: &SecretValue,
+        token: &str,
+    ) -> Result<WriteResult, StoreError> {
+        self.call(OP_PUT).await?;
+        check_value(OP_PUT, value)?;
+        check_token(OP_PUT, token)?;
+        let mut inner = self.lock();
+        let entry = inner.live_mut(OP_PUT, name)?;
+        if let Some(existing) = entry.versions.iter().find(|v| v.id == token) {
+            if existing.value == *value {
+                // Idempotent retry: ignored, no new version, labels unchanged.
+                return Ok(WriteResult {
+                    version_id: Some(token.to_owned()),
+                });
+            }
+            // AWS says ResourceExistsException; `AwsStore` reports it as
+            // Rejected for this operation, and so does this twin.
+            return Err(rejected(
+                OP_PUT,
+                format!(
+                    "ResourceExistsException: You can't use ClientRequestToken {token} because \
+                     that value is already in use for a version of secret {}.",
+                    entry.meta.arn
+                ),
+            ));
+        }
+        entry.versions.push(Version {
+            id: token.to_owned(),
+            value: value.clone(),
+        });
+        entry.meta.current_version = Some(token.to_owned());
+        Ok(WriteResult {
+            version_id: Some(token.to_owned()),
+        })
+    }
+
+    async fn tag(&self, name: &str, tags: &BTreeMap<String, String>) -> Result<(), StoreError> {
+        if tags.is_empty() {
+            return Ok(()); // AwsStore makes no call for this either.
+        }
+        self.call(OP_TAG).await?;
+        check_tags(OP_TAG, tags)?;
+        let mut inner = self.lock();
+        let entry = inner.live_mut(OP_TAG, name)?;
+        let after = entry
+            .meta
+            .tags
+            .keys()
+            .chain(tags.keys())
+            .collect::<BTreeSet<_>>()
+            .len();
+        check_tag_count(OP_TAG, after)?;
+        for (k, v) in tags {
+            entry.meta.tags.insert(k.clone(), v.clone());
+        }
+        Ok(())
+    }
+
+    async fn untag(&self, name: &str, keys: &[String]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(()); // AwsStore makes no call for this either.
+        }
+        self.call(OP_UNTAG).await?;
+        for key in keys {
+            check_tag_key(OP_UNTAG, key)?;
+        }
+        let mut inner = self.lock();
+        let entry = inner.live_mut(OP_UNTAG, name)?;
+        for key in keys {
+            entry.meta.tags.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn update_metadata(
+        &self,
+        name: &str,
+        kms_key_id: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<(), StoreError> {
+        if kms_key_id.is_none() && description.is_none() {
+            return Ok(()); // AwsStore makes no call for this either.
+        }
+        self.call(OP_UPDATE).await?;
+        check_metadata(OP_UPDATE, kms_key_id, description)?;
+        let mut inner = self.lock();
+        let entry = inner.live_mut(OP_UPDATE, name)?;
+        if let Some(k) = kms_key_id {
+            entry.meta.kms_key_id = Some(k.to_owned());
+        }
+        if let Some(d) = description {
+            entry.meta.description = Some(d.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn delete_secret(&self, name: &str, recovery_window_days: u8) -> Result<(), StoreError> {
+        self.call(OP_DELETE).await?;
+        if recovery_window_days != 0 && !(7..=30).contains(&recovery_window_days) {
+            return Err(rejected(
+                OP_DELETE,
+                format!(
+                    "InvalidParameterException: RecoveryWindowInDays must be 7 to 30, got {recovery_window_days}"
+                ),
+            ));
+        }
+        let mut inner = self.lock();
+        let entry = inner
+            .find_mut(name)
+            .ok_or(StoreError::NotFound { op: OP_DELETE })?;
+        if recovery_window_days == 0 {
+            // Force delete also works on a secret already scheduled for deletion.
+            let key = entry.meta.name.clone();
+            inner.secrets.remove(&key);
+            return Ok(());
+        }
+        if entry.meta.pending_deletion {
+            return Err(rejected(
+                OP_DELETE,
+                format!("InvalidRequestException: {MSG_MARKED_FOR_DELETION}"),
+            ));
+        }
+        entry.meta.pending_deletion = true;
+        Ok(())
+    }
+
+    async fn restore_secret(&self, name: &str) -> Result<(), StoreError> {
+        self.call(OP_RESTORE).await?;
+        let mut inner = self.lock();
+        let entry = inner
+            .find_mut(name)
+            .ok_or(StoreError::NotFound { op: OP_RESTORE })?;
+        entry.meta.pending_deletion = false;
+        Ok(())
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.call(OP_LIST).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tokio::time::Instant;
+
+    /// A 32-character token derived from `s`.
+    fn tok(s: &str) -> String {
+        format!("{s:0>32}")
+    }
+
+    fn val(s: &str) -> SecretValue {
+        SecretValue::new(s)
+    }
+
+    fn owned_tags(sync: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("secretsync:agent".to_owned(), "web-01".to_owned()),
+            (TAG_SYNC.to_owned(), sync.to_owned()),
+        ])
+    }
+
+    fn req(name: &str, value: &str, token: &str) -> CreateSecret {
+        CreateSecret {
+            name: name.to_owned(),
+            value: val(value),
+            tags: owned_tags("app"),
+            kms_key_id: None,
+            description: Some("managed by secretsync".into()),
+            token: tok(token),
+            replica_regions: vec![],
+        }
+    }
+
+    fn seed(store: &MemoryStore, name: &str, sync: &str, pending: bool) {
+        store.insert(
+            RemoteSecret {
+                name: name.to_owned(),
+                tags: owned_tags(sync),
+                pending_deletion: pending,
+                ..Default::default()
+            },
+            Some(val("v")),
+        );
+    }
+
+    fn is_rejected(r: &Result<impl std::fmt::Debug, StoreError>, needle: &str) -> bool {
+        matches!(r, Err(StoreError::Rejected { message, .. }) if message.contains(needle))
+    }
+
+    #[tokio::test]
+    async fn create_then_read_back() {
+        let s = MemoryStore::new();
+        let out = s.create_secret(&req("prod/DB", "one", "t1")).await;
+        assert_eq!(
+            out,
+            Ok(WriteResult {
+                version_id: Some(tok("t1"))
+            })
+        );
+        let (meta, value) = s.get("prod/DB").expect("created");
+        assert_eq!(value, Some(val("one")));
+        assert_eq!(meta.current_version, Some(tok("t1")));
+        assert!(meta.arn.starts_with(ARN_PREFIX) && meta.arn.contains("prod/DB-"));
+        assert_eq!(meta.description.as_deref(), Some("managed by secretsync"));
+        assert_eq!(s.versions("prod/DB"), vec![tok("t1")]);
+        assert_eq!(s.calls(), BTreeMap::from([(OP_CREATE, 1)]));
+    }
+
+    #[tokio::test]
+    async fn create_existing_name() {
+        let s = MemoryStore::new();
+        s.create_secret(&req("a", "one", "t1"))
+            .await
+            .expect("create");
+        // A retried create (same token, same value) is ignored.
+        let retry = s.create_secret(&req("a", "one", "t1")).await;
+        assert_eq!(
+            retry,
+            Ok(WriteResult {
+                version_id: Some(tok("t1"))
+            })
+        );
+        assert_eq!(s.versions("a").len(), 1);
+        // Anything else is a conflict.
+        let other = s.create_secret(&req("a", "two", "t2")).await;
+        assert!(
+            matches!(other, Err(StoreError::AlreadyExists { op: OP_CREATE, .. })),
+            "{other:?}"
+        );
+        assert_eq!(s.get("a").expect("a").1, Some(val("one")));
+    }
+
+    #[tokio::test]
+    async fn create_over_pending_deletion_is_rejected_like_aws() {
+        let s = MemoryStore::new();
+        seed(&s, "a", "app", true);
+        let r = s.create_secret(&req("a", "one", "t1")).await;
+        assert!(is_rejected(&r, "scheduled for deletion"), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn put_value_token_idempotency() {
+        let s = MemoryStore::new();
+        s.create_secret(&req("a", "v1", "t1"))
+            .await
+            .expect("create");
+        let put = s.put_value("a", &val("v2"), &tok("t2")).await;
+        assert_eq!(
+            put,
+            Ok(WriteResult {
+                version_id: Some(tok("t2"))
+            })
+        );
+        // Same token, same value: same version, nothing new.
+        let again = s.put_value("a", &val("v2"), &tok("t2")).await;
+        assert_eq!(again, put);
+        assert_eq!(s.versions("a"), vec![tok("t1"), tok("t2")]);
+        // Same token, other value: AWS refuses to modify a version.
+        let clash = s.put_value("a", &val("v3"), &tok("t2")).await;
+        assert!(is_rejected(&clash, "already in use"), "{clash:?}");
+        // Going back to an earlier value with a new token writes.
+        s.put_value("a", &val("v1"), &tok("t3"))
+            .await
+            .expect("back to v1");
+        assert_eq!(s.versions("a"), vec![tok("t1"), tok("t2"), tok("t3")]);
+        let (meta, value) = s.get("a").expect("a");
+        assert_eq!(
+            (meta.current_version, value),
+            (Some(tok("t3")), Some(val("v1")))
+        );
+        assert_eq!(s.calls().get(OP_PUT), Some(&4));
+    }
+
+    #[tokio::test]
+    async fn pending_deletion_refuses_writes() {
+        let s = MemoryStore::new();
+        seed(&s, "a", "app", true);
+        let tags = BTreeMap::from([("team".to_owned(), "x".to_owned())]);
+        let results = [
+            s.put_value("a", &val("v"), &tok("t")).await.map(|_| ()),
+            s.tag("a", &tags).await,
+            s.untag("a", &["team".to_owned()]).await,
+            s.update_metadata("a", None, Some("d")).await,
+            s.delete_secret("a", 7).await,
+        ];
+        for r in &results {
+            assert!(is_rejected(r, "marked for deletion"), "{r:?}");
+        }
+        assert_eq!(s.get("a").expect("a").0.tags, owned_tags("app"));
+    }
+
+    #[tokio::test]
+    async fn missing_secret_is_not_found() {
+        let s = MemoryStore::new();
+        let tags = BTreeMap::from([("k".to_owned(), "v".to_owned())]);
+        assert_eq!(
+            s.put_value("nope", &val("v"), &tok("t")).await,
+            Err(StoreError::NotFound { op: OP_PUT })
+        );
+        assert_eq!(
+            s.tag("nope", &tags).await,
+            Err(StoreError::NotFound { op: OP_TAG })
+        );
+        assert_eq!(
+            s.untag("nope", &["k".to_owned()]).await,
+            Err(StoreError::NotFound { op: OP_UNTAG })
+        );
+        assert_eq!(
+            s.update_metadata("nope", Some("k"), None).await,
+            Err(StoreError::NotFound { op: OP_UPDATE })
+        );
+        assert_eq!(
+            s.delete_secret("nope", 7).await,
+            Err(StoreError::NotFound { op: OP_DELETE })
+        );
+        assert_eq!(
+            s.restore_secret("nope").await,
+            Err(StoreError::NotFound { op: OP_RESTORE })
+        );
+    }
+
+    #[tokio::test]
+    async fn aws_limits_are_enforced_and_the_call_still_counts() {
+        let s = MemoryStore::new();
+        let big = "x".repeat(MAX_VALUE_BYTES + 1);
+        assert!(is_rejected(
+            &s.create_secret(&req("a", &big, "t")).await,
+            "65536"
+        ));
+        let max = "x".repeat(MAX_VALUE_BYTES);
+        s.create_secret(&req("a", &max, "t"))
+            .await
+            .expect("65,536 bytes fit");
+        assert!(is_rejected(
+            &s.put_value("a", &val(&big), &tok("t2")).await,
+            "65536"
+        ));
+        // Multi-byte characters count as bytes.
+        let wide = "é".repeat(MAX_VALUE_BYTES / 2 + 1);
+        assert!(is_rejected(
+            &s.put_value("a", &val(&wide), &tok("t3")).await,
+            "bytes"
+        ));
+
+        for bad in ["a b", "", "ü", &"n".repeat(513)] {
+            let r = s.create_secret(&req(bad, "v", "t")).await;
+            assert!(is_rejected(&r, "ValidationException"), "{bad:?}: {r:?}");
+        }
+        s.create_secret(&req(&"n".repeat(512), "v", "t"))
+            .await
+            .expect("512 chars");
+        s.create_secret(&req("A-z0/_+=.@-9", "v", "t"))
+            .await
+            .expect("charset");
+
+        let short_token = s.put_value("a", &val("v"), "short").await;
+        assert!(
+            is_rejected(&short_token, "ClientRequestToken"),
+            "{short_token:?}"
+        );
+        let long_token = s.put_value("a", &val("v"), &"t".repeat(65)).await;
+        assert!(
+            is_rejected(&long_token, "ClientRequestToken"),
+            "{long_token:?}"
+        );
+
+        let mut many = owned_tags("app");
+        for i in 0..49 {
+            many.insert(format!("k{i}"), "v".into());
+        }
+        let mut too_many = req("b", "v", "t");
+        too_many.tags = many;
+        assert!(is_rejected(&s.create_secret(&too_many).await, "at most 50"));
+
+        let tag = |k: &str, v: &str| BTreeMap::from([(k.to_owned(), v.to_owned())]);
+        assert!(is_rejected(
+            &s.tag("a", &tag(&"k".repeat(129), "v")).await,
+            "tag key"
+        ));
+        assert!(is_rejected(
+            &s.tag("a", &tag("k", &"v".repeat(257))).await,
+            "value"
+        ));
+        assert!(is_rejected(
+            &s.tag("a", &tag("aws:owner", "v")).await,
+            "aws:"
+        ));
+        assert!(is_rejected(
+            &s.tag("a", &tag("AWS:owner", "v")).await,
+            "aws:"
+        ));
+        assert!(is_rejected(
+            &s.untag("a", &["aws:x".to_owned()]).await,
+            "aws:"
+        ));
+        s.tag("a", &tag(&"k".repeat(128), &"v".repeat(256)))
+            .await
+            .expect("at the limits");
+
+        // 2 ownership tags + 1 above + 47 more = 50: fine; one more is not.
+        let fill: BTreeMap<String, String> =
+            (0..47).map(|i| (format!("f{i}"), "v".to_owned())).collect();
+        s.tag("a", &fill).await.expect("50 tags");
+        assert!(is_rejected(
+            &s.tag("a", &tag("one-more", "v")).await,
+            "at most 50"
+        ));
+        // Overwriting an existing key does not add a tag.
+        s.tag("a", &tag("f0", "new")).await.expect("overwrite");
+
+        assert!(is_rejected(
+            &s.update_metadata("a", None, Some(&"d".repeat(2049))).await,
+            "Description"
+        ));
+        assert!(is_rejected(
+            &s.delete_secret("a", 6).await,
+            "RecoveryWindowInDays"
+        ));
+        assert!(is_rejected(
+            &s.delete_secret("a", 31).await,
+            "RecoveryWindowInDays"
+        ));
+
+        // Every rejected request was still a call: engine tests use this to
+        // prove a limit is checked *before* calling (count stays 0).
+        assert!(s.calls()[OP_CREATE] >= 7);
+        assert!(s.write_calls() > 20);
+    }
+
+    #[tokio::test]
+    async fn list_by_sync_filters_exactly_and_counts_pages() {
+        let s = MemoryStore::new();
+        for i in 0..150 {
+            seed(&s, &format!("app/{i:03}"), "app", i % 10 == 0);
+        }
+        for i in 0..100 {
+            seed(&s, &format!("prod/{i:03}"), "app-prod", false);
+        }
+        // Tag value "app" under another key: AWS's tag filters still match it.
+        s.insert(
+            RemoteSecret {
+                name: "other".into(),
+                tags: BTreeMap::from([
+                    (TAG_SYNC.to_owned(), "billing".to_owned()),
+                    ("team".to_owned(), "app".to_owned()),
+                ]),
+                ..Default::default()
+            },
+            None,
+        );
+        seed(&s, "unrelated", "billing", false);
+
+        let app = s.list_by_sync("app").await.expect("list");
+        assert_eq!(app.len(), 150);
+        assert!(app.iter().all(|r| r.tags[TAG_SYNC] == "app"));
+        assert_eq!(app.iter().filter(|r| r.pending_deletion).count(), 15);
+        // Server side "app" matched 150 + 100 (prefix) + 1 (other key) = 251: 3 pages.
+        assert_eq!(s.calls()[OP_LIST], 3);
+
+        s.reset_calls();
+        assert_eq!(s.list_by_sync("app-prod").await.expect("list").len(), 100);
+        assert_eq!(s.calls()[OP_LIST], 1);
+
+        s.reset_calls();
+        assert!(s.list_by_sync("none").await.expect("list").is_empty());
+        assert_eq!(s.calls()[OP_LIST], 1, "an empty listing is still one call");
+    }
+
+    #[tokio::test]
+    async fn lookup_names_exact_and_chunked() {
+        let s = MemoryStore::new();
+        for name in ["a", "ab", "abc", "b", "gone"] {
+            seed(&s, name, "x", name == "gone");
+        }
+        let mut names: Vec<String> = vec!["a".into(), "b".into(), "gone".into(), "a".into()];
+        let found = s.lookup_names(&names).await.expect("lookup");
+        let got: Vec<&str> = found.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(got, ["a", "b", "gone"]);
+        assert!(found.iter().any(|r| r.name == "gone" && r.pending_deletion));
+        assert_eq!(s.calls()[OP_LIST], 1);
+
+        s.reset_calls();
+        names = (0..25).map(|i| format!("n{i}")).collect();
+        assert!(s.lookup_names(&names).await.expect("lookup").is_empty());
+        assert_eq!(s.calls()[OP_LIST], 3, "10 names per call");
+
+        s.reset_calls();
+        assert!(s.lookup_names(&[]).await.expect("lookup").is_empty());
+        assert!(s.calls().is_empty(), "nothing to look up, no call");
+    }
+
+    #[tokio::test]
+    async fn get_values_batches_and_reports_per_secret() {
+        let s = MemoryStore::new();
+        for i in 0..40 {
+            seed(&s, &format!("s{i:02}"), "app", false);
+        }
+        seed(&s, "pending", "app", true);
+        s.insert(
+            RemoteSecret {
+                name: "empty".into(),
+                ..Default::default()
+            },
+            None,
+        );
+        let arn = s.get("s00").expect("s00").0.arn;
+
+        let mut ids: Vec<String> = (0..40).map(|i| format!("s{i:02}")).collect();
+        ids.extend(["pending", "empty", "missing", "s01"].map(String::from));
+        ids.push(arn.clone());
+        let reads = s.get_values(&ids).await.expect("reads");
+        // 44 unique ids → 3 batches of ≤ 20.
+        assert_eq!(s.calls()[OP_BATCH_GET], 3);
+        assert_eq!(reads.len(), 44);
+        let by_id: BTreeMap<&str, &Result<RemoteValue, StoreError>> =
+            reads.iter().map(|(id, r)| (id.as_str(), r)).collect();
+        assert_eq!(by_id.len(), 44, "every id exactly once");
+        let ok = by_id["s05"].as_ref().expect("s05");
+        assert_eq!(
+            (ok.name.as_str(), ok.value.as_ref()),
+            ("s05", Some(&val("v")))
+        );
+        assert!(ok.version_id.is_some());
+        assert!(matches!(by_id["pending"], Err(StoreError::Rejected { .. })));
+        assert_eq!(
+            *by_id["empty"],
+            Err(StoreError::NotFound { op: OP_BATCH_GET })
+        );
+        assert_eq!(
+            *by_id["missing"],
+            Err(StoreError::NotFound { op: OP_BATCH_GET })
+        );
+        let by_arn = by_id[arn.as_str()].as_ref().expect("by arn");
+        assert_eq!(by_arn.name, "s00");
+    }
+
+    #[tokio::test]
+    async fn delete_restore_and_force_delete() {
+        let s = MemoryStore::new();
+        s.create_secret(&req("a", "v", "t")).await.expect("create");
+        s.delete_secret("a", 7).await.expect("schedule");
+        assert!(s.get("a").expect("a").0.pending_deletion);
+        assert!(s.list_by_sync("app").await.expect("list")[0].pending_deletion);
+        s.restore_secret("a").await.expect("restore");
+        assert!(!s.get("a").expect("a").0.pending_deletion);
+        s.restore_secret("a")
+            .await
+            .expect("restoring a live secret is a no-op");
+        s.put_value("a", &val("w"), &tok("t2"))
+            .await
+            .expect("writable again");
+
+        s.delete_secret("a", 30).await.expect("schedule");
+        s.delete_secret("a", 0)
+            .await
+            .expect("force works on a pending secret");
+        assert!(s.get("a").is_none());
+        // The name is free again.
+        s.create_secret(&req("a", "v", "t3"))
+            .await
+            .expect("recreate");
+    }
+
+    #[tokio::test]
+    async fn fail_next_then_recover() {
+        let s = MemoryStore::new();
+        s.create_secret(&req("a", "v", "t")).await.expect("create");
+        let throttled = StoreError::Throttled {
+            op: "x",
+            message: "Rate exceeded".into(),
+        };
+        s.fail_next(OP_PUT, throttled, 2);
+        s.fail_next(
+            OP_PUT,
+            StoreError::Unavailable {
+                op: "x",
+                message: "503".into(),
+            },
+            1,
+        );
+        let mut errs = Vec::new();
+        for _ in 0..3 {
+            errs.push(
+                s.put_value("a", &val("w"), &tok("t2"))
+                    .await
+                    .expect_err("injected"),
+            );
+        }
+        assert!(matches!(errs[0], StoreError::Throttled { op: OP_PUT, .. }));
+        assert!(matches!(errs[1], StoreError::Throttled { op: OP_PUT, .. }));
+        assert!(matches!(
+            errs[2],
+            StoreError::Unavailable { op: OP_PUT, .. }
+        ));
+        assert!(errs.iter().all(StoreError::is_transient));
+        // Injected failures had no effect; the next call goes through.
+        assert_eq!(s.versions("a"), vec![tok("t")]);
+        s.put_value("a", &val("w"), &tok("t2"))
+            .await
+            .expect("healed");
+        assert_eq!(s.calls()[OP_PUT], 4);
+        // Other operations were never affected.
+        s.fail_next(
+            OP_BATCH_GET,
+            StoreError::Unavailable {
+                op: "x",
+                message: "m".into(),
+            },
+            1,
+        );
+        assert!(s.list_by_sync("app").await.is_ok());
+        assert!(s.get_values(&["a".into()]).await.is_err());
+        assert!(s.get_values(&["a".into()]).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn fail_next_on_a_later_page() {
+        let s = MemoryStore::new();
+        for i in 0..150 {
+            seed(&s, &format!("n{i:03}"), "app", false);
+        }
+        s.fail_next(
+            OP_LIST,
+            StoreError::Throttled {
+                op: "x",
+                message: "m".into(),
+            },
+            1,
+        );
+        assert!(matches!(
+            s.list_by_sync("app").await,
+            Err(StoreError::Throttled { op: OP_LIST, .. })
+        ));
+        assert_eq!(s.list_by_sync("app").await.expect("list").len(), 150);
+    }
+
+    #[test]
+    #[should_panic(expected = "unknown operation")]
+    fn fail_next_rejects_unknown_operations() {
+        MemoryStore::new().fail_next("PutSecret", StoreError::Config("x".into()), 1);
+    }
+
+    #[tokio::test]
+    async fn outage_and_heal() {
+        let s = MemoryStore::new();
+        s.create_secret(&req("a", "v", "t")).await.expect("create");
+        s.fail_all(StoreError::Unavailable {
+            op: "x",
+            message: "connection refused".into(),
+        });
+        assert!(matches!(
+            s.probe().await,
+            Err(StoreError::Unavailable { op: OP_LIST, .. })
+        ));
+        assert!(matches!(
+            s.delete_secret("a", 7).await,
+            Err(StoreError::Unavailable { op: OP_DELETE, .. })
+        ));
+        assert!(s.get_values(&["a".into()]).await.is_err());
+        assert!(
+            !s.get("a").expect("a").0.pending_deletion,
+            "nothing happened during the outage"
+        );
+        s.heal();
+        s.delete_secret("a", 7).await.expect("after heal");
+        assert_eq!(s.calls()[OP_DELETE], 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn latency_runs_in_virtual_time_per_call() {
+        let s = MemoryStore::new();
+        s.set_latency(Duration::from_millis(40));
+        for i in 0..250 {
+            seed(&s, &format!("n{i:03}"), "app", false);
+        }
+        let start = Instant::now();
+        s.list_by_sync("app").await.expect("list");
+        assert_eq!(
+            Instant::now() - start,
+            Duration::from_millis(120),
+            "3 pages"
+        );
+        let start = Instant::now();
+        s.put_value("n000", &val("x"), &tok("t"))
+            .await
+            .expect("put");
+        assert_eq!(Instant::now() - start, Duration::from_millis(40));
+        // Concurrent callers overlap: the lock is not held while "in flight".
+        let s = Arc::new(s);
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                let s = Arc::clone(&s);
+                tokio::spawn(
+                    async move { s.put_value(&format!("n{i:03}"), &val("y"), &tok("u")).await },
+                )
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("join").expect("put");
+        }
+        assert_eq!(Instant::now() - start, Duration::from_millis(40));
+    }
+
+    #[tokio::test]
+    async fn call_accounting() {
+        let s = MemoryStore::new();
+        s.create_secret(&req("a", "v", "t")).await.expect("create");
+        s.put_value("a", &val("w"), &tok("t2")).await.expect("put");
+        s.tag("a", &BTreeMap::from([("k".into(), "v".into())]))
+            .await
+            .expect("tag");
+        s.untag("a", &["k".into()]).await.expect("untag");
+        s.update_metadata("a", Some("alias/x"), Some("d"))
+            .await
+            .expect("update");
+        s.delete_secret("a", 7).await.expect("delete");
+        s.restore_secret("a").await.expect("restore");
+        s.list_by_sync("app").await.expect("list");
+        s.lookup_names(&["a".into()]).await.expect("lookup");
+        s.get_values(&["a".into()]).await.expect("get");
+        s.probe().await.expect("probe");
+        let calls = s.calls();
+        for op in WRITE_OPS {
+            assert_eq!(calls[op], 1, "{op}");
+        }
+        assert_eq!(calls[OP_LIST], 3);
+        assert_eq!(calls[OP_BATCH_GET], 1);
+        assert_eq!(s.write_calls(), 7);
+        s.reset_calls();
+        assert!(s.calls().is_empty());
+        assert_eq!(s.write_calls(), 0);
+        let (meta, _) = s.get("a").expect("a");
+        assert_eq!(meta.kms_key_id.as_deref(), Some("alias/x"));
+        assert_eq!(meta.description.as_deref(), Some("d"));
+        assert!(!meta.tags.contains_key("k"));
+    }
+
+    #[tokio::test]
+    async fn empty_changes_make_no_call_like_aws_store() {
+        let s = MemoryStore::new();
+        s.tag("missing", &BTreeMap::new()).await.expect("tag");
+        s.untag("missing", &[]).await.expect("untag");
+        s.update_metadata("missing", None, None)
+            .await
+            .expect("update");
+        assert!(s.get_values(&[]).await.expect("get").is_empty());
+        assert!(s.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn seeding_and_inspection() {
+        let s = MemoryStore::new();
+        s.insert(
+            RemoteSecret {
+                name: "x".into(),
+                current_version: Some("v-1".into()),
+                ..Default::default()
+            },
+            Some(val("seeded")),
+        );
+        let (meta, value) = s.get("x").expect("x");
+        assert_eq!(meta.current_version.as_deref(), Some("v-1"));
+        assert_eq!(value, Some(val("seeded")));
+        assert!(!meta.arn.is_empty());
+        assert!(s.calls().is_empty(), "seeding is not a call");
+
+        s.insert(
+            RemoteSecret {
+                name: "y".into(),
+                current_version: Some("bogus".into()),
+                ..Default::default()
+            },
+            None,
+        );
+        assert_eq!(
+            s.get("y").expect("y"),
+            (
+                RemoteSecret {
+                    name: "y".into(),
+                    arn: s.get("y").expect("y").0.arn,
+                    ..Default::default()
+                },
+                None
+            )
+        );
+        assert!(s.versions("y").is_empty());
+        assert_eq!(s.names(), ["x", "y"]);
+        assert!(s.remove("x"));
+        assert!(!s.remove("x"));
+        assert!(s.get("x").is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_are_safe() {
+        let s = Arc::new(MemoryStore::new());
+        s.create_secret(&req("a", "v0", "t0"))
+            .await
+            .expect("create");
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let s = Arc::clone(&s);
+                tokio::spawn(async move {
+                    // Half the writers retry the same token and value.
+                    let t = tok(&format!("t{}", i % 25));
+                    s.put_value("a", &val(&format!("v{}", i % 25)), &t).await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("join").expect("put");
+        }
+        assert_eq!(s.versions("a").len(), 25, "t0 from create + 24 new tokens");
+        assert_eq!(s.calls()[OP_PUT], 50);
+    }
+}

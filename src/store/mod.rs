@@ -1,0 +1,240 @@
+//! The storage boundary: what the engine needs from a secrets backend.
+//!
+//! The engine, planner and apply code talk only to [`SecretStore`]; the AWS
+//! SDK lives behind it in [`aws`], and [`memory`] is an in-memory twin with
+//! fault injection and call counting for engine tests. Values cross this
+//! boundary only as [`SecretValue`].
+
+pub mod aws;
+pub mod memory;
+pub mod pacing;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use crate::secret::SecretValue;
+
+/// Most ids one `BatchGetSecretValue` call accepts.
+pub const BATCH_GET_MAX: usize = 20;
+/// Most results one `ListSecrets` page returns.
+pub const LIST_PAGE_MAX: i32 = 100;
+/// Most values one `ListSecrets` name filter accepts.
+pub const NAME_FILTER_MAX: usize = 10;
+
+/// One secret as AWS describes it, without its value.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RemoteSecret {
+    /// Secret name (the identity the planner works with).
+    pub name: String,
+    /// Full ARN, as returned by AWS.
+    pub arn: String,
+    /// All tags, ours and others'.
+    pub tags: BTreeMap<String, String>,
+    /// KMS key id/ARN/alias the secret is encrypted with; `None` = AWS managed key.
+    pub kms_key_id: Option<String>,
+    /// The secret's description.
+    pub description: Option<String>,
+    /// Scheduled for deletion (has a `DeletedDate`).
+    pub pending_deletion: bool,
+    /// Version id labelled `AWSCURRENT`, if known.
+    pub current_version: Option<String>,
+}
+
+/// The current value of one secret, as read from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteValue {
+    /// Secret name.
+    pub name: String,
+    /// Version id of the value read.
+    pub version_id: Option<String>,
+    /// `SecretString`; `None` when the secret holds only `SecretBinary`.
+    pub value: Option<SecretValue>,
+}
+
+/// Result of reading one secret's value in a batch.
+pub type ValueRead = (String, Result<RemoteValue, StoreError>);
+
+/// Everything needed to create a secret in one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateSecret {
+    /// Secret name.
+    pub name: String,
+    /// Initial `SecretString`.
+    pub value: SecretValue,
+    /// Tags to set at creation (ownership tags included).
+    pub tags: BTreeMap<String, String>,
+    /// KMS key; `None` = AWS managed key.
+    pub kms_key_id: Option<String>,
+    /// Secret description.
+    pub description: Option<String>,
+    /// Idempotency token (also the new version id).
+    pub token: String,
+    /// Regions to replicate to at creation.
+    pub replica_regions: Vec<String>,
+}
+
+/// Outcome of a call that writes a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteResult {
+    /// Version id AWS assigned (equals the idempotency token).
+    pub version_id: Option<String>,
+}
+
+/// Store failures, classified by what the caller should do about them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Rate limited after the store's own retries; try the pass again later.
+    #[error("{op}: throttled by AWS: {message}")]
+    Throttled {
+        /// Operation name, e.g. `PutSecretValue`.
+        op: &'static str,
+        /// AWS's message (never contains a value).
+        message: String,
+    },
+    /// Network error, timeout or 5xx after retries; worth retrying later.
+    #[error("{op}: AWS unavailable: {message}")]
+    Unavailable {
+        /// Operation name.
+        op: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// The secret does not exist.
+    #[error("{op}: secret not found")]
+    NotFound {
+        /// Operation name.
+        op: &'static str,
+    },
+    /// A secret with that name already exists (possibly pending deletion).
+    #[error("{op}: secret already exists: {message}")]
+    AlreadyExists {
+        /// Operation name.
+        op: &'static str,
+        /// AWS's message.
+        message: String,
+    },
+    /// Credentials lack a permission (IAM or KMS).
+    #[error("{op}: access denied: {message}")]
+    AccessDenied {
+        /// Operation name.
+        op: &'static str,
+        /// AWS's message.
+        message: String,
+    },
+    /// AWS rejected the request itself (limits, state such as pending deletion).
+    #[error("{op}: rejected by AWS: {message}")]
+    Rejected {
+        /// Operation name.
+        op: &'static str,
+        /// AWS's message.
+        message: String,
+    },
+    /// Credentials or client configuration could not be set up.
+    #[error("AWS configuration: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed later without any change on our side.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Throttled { .. } | Self::Unavailable { .. })
+    }
+}
+
+/// A secrets backend. Implementations pace and retry on their own; errors
+/// that come out are final for this attempt.
+pub trait SecretStore: Send + Sync + 'static {
+    /// Secrets tagged `secretsync:sync=<sync>` (any agent), pending deletion
+    /// included. Cheap: paged listing filtered server-side by tag.
+    fn list_by_sync(
+        &self,
+        sync: &str,
+    ) -> impl Future<Output = Result<Vec<RemoteSecret>, StoreError>> + Send;
+
+    /// Secrets whose names are exactly in `names` (any owner), pending
+    /// deletion included; used for names the sync does not own yet.
+    fn lookup_names(
+        &self,
+        names: &[String],
+    ) -> impl Future<Output = Result<Vec<RemoteSecret>, StoreError>> + Send;
+
+    /// Current values of the given secrets (names or ARNs), batched.
+    /// Per-secret failures are reported per entry; the outer error means the
+    /// whole read failed.
+    fn get_values(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<ValueRead>, StoreError>> + Send;
+
+    /// Creates a secret with value, tags, KMS key and description.
+    fn create_secret(
+        &self,
+        req: &CreateSecret,
+    ) -> impl Future<Output = Result<WriteResult, StoreError>> + Send;
+
+    /// Writes a new current value, idempotent through `token`.
+    fn put_value(
+        &self,
+        name: &str,
+        value: &SecretValue,
+        token: &str,
+    ) -> impl Future<Output = Result<WriteResult, StoreError>> + Send;
+
+    /// Sets (adds or overwrites) tags.
+    fn tag(
+        &self,
+        name: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes tags by key.
+    fn untag(
+        &self,
+        name: &str,
+        keys: &[String],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Changes KMS key and/or description without touching the value.
+    fn update_metadata(
+        &self,
+        name: &str,
+        kms_key_id: Option<&str>,
+        description: Option<&str>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Schedules deletion; `recovery_window_days == 0` forces immediate deletion.
+    fn delete_secret(
+        &self,
+        name: &str,
+        recovery_window_days: u8,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Cancels a scheduled deletion.
+    fn restore_secret(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Read-only permission probe for `check` (one cheap listing call).
+    fn probe(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Connection settings for one destination; syncs with equal settings share
+/// one store (one client, one pacing budget).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Connection {
+    /// AWS region.
+    pub region: String,
+    /// Named profile, or the default credential chain.
+    pub profile: Option<String>,
+    /// Role to assume.
+    pub role_arn: Option<String>,
+    /// External id for the assumed role.
+    pub external_id: Option<String>,
+    /// Endpoint override (emulators); `AWS_ENDPOINT_URL` is honoured too.
+    pub endpoint_url: Option<String>,
+    /// Client-side write pacing, calls per second.
+    pub max_write_tps: u32,
+    /// Client-side read pacing, calls per second.
+    pub max_read_tps: u32,
+    /// Timeout per attempt.
+    pub call_timeout: Duration,
+}

@@ -1,0 +1,491 @@
+//! End-to-end tests of the one-shot commands: the real binary against a real
+//! moto server, through the counting/fault-injecting proxy.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use aws_sdk_secretsmanager::types::Tag;
+use serde_json::Value;
+use support::{Fault, FaultProxy, Moto};
+
+const CANARY: &str = "canary-5f1c9e-do-not-print";
+
+struct Env {
+    rt: tokio::runtime::Runtime,
+    _moto: Moto,
+    proxy: FaultProxy,
+    client: aws_sdk_secretsmanager::Client,
+    dir: tempfile::TempDir,
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+impl Env {
+    fn new() -> Env {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let moto = Moto::start();
+        let proxy = FaultProxy::start(&moto.endpoint);
+        let client = rt.block_on(moto.client());
+        Env {
+            rt,
+            _moto: moto,
+            proxy,
+            client,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Writes agent.yaml with the given `syncs:` block (already indented by 2).
+    fn config(&self, syncs: &str) -> PathBuf {
+        let text = format!(
+            "agent:\n  id: test-agent\n  state_dir: {state}\naws:\n  region: us-east-1\n  endpoint_url: {ep}\n  max_write_tps: 500\n  max_read_tps: 500\n  call_timeout: 5s\nsyncs:\n{syncs}",
+            state = self.path("state").display(),
+            ep = self.proxy.endpoint,
+        );
+        self.write("agent.yaml", &text)
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        let out = Command::new(env!("CARGO_BIN_EXE_secretsync"))
+            .args(args)
+            .env("SECRETSYNC_CONFIG", self.path("agent.yaml"))
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_PROFILE")
+            .env("RUST_LOG", "debug")
+            .output()
+            .unwrap();
+        let run = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert!(
+            !run.stdout.contains(CANARY) && !run.stderr.contains(CANARY),
+            "canary value leaked in output of {args:?}"
+        );
+        run
+    }
+
+    fn value(&self, name: &str) -> Option<String> {
+        self.rt.block_on(async {
+            self.client
+                .get_secret_value()
+                .secret_id(name)
+                .send()
+                .await
+                .ok()
+                .and_then(|o| o.secret_string)
+        })
+    }
+
+    fn tags(&self, name: &str) -> BTreeMap<String, String> {
+        self.rt.block_on(async {
+            let d = self
+                .client
+                .describe_secret()
+                .secret_id(name)
+                .send()
+                .await
+                .unwrap();
+            d.tags()
+                .iter()
+                .map(|t| {
+                    (
+                        t.key().unwrap_or_default().to_string(),
+                        t.value().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+    }
+
+    fn pending_deletion(&self, name: &str) -> bool {
+        self.rt.block_on(async {
+            self.client
+                .describe_secret()
+                .secret_id(name)
+                .send()
+                .await
+                .unwrap()
+                .deleted_date
+                .is_some()
+        })
+    }
+
+    fn versions(&self, name: &str) -> usize {
+        self.rt.block_on(async {
+            self.client
+                .list_secret_version_ids()
+                .secret_id(name)
+                .include_deprecated(true)
+                .send()
+                .await
+                .unwrap()
+                .versions()
+                .len()
+        })
+    }
+
+    fn create_foreign(&self, name: &str, value: &str, tags: &[(&str, &str)]) {
+        self.rt.block_on(async {
+            let mut req = self.client.create_secret().name(name).secret_string(value);
+            for (k, v) in tags {
+                req = req.tags(Tag::builder().key(*k).value(*v).build());
+            }
+            req.send().await.unwrap();
+        });
+    }
+}
+
+fn one_to_one(env: &Env, extra: &str) -> PathBuf {
+    let file = env.path("app/prod.env");
+    env.config(&format!(
+        "  - name: app\n    source:\n      files: [{}]\n      environment: prod\n    destination:\n      key_schema: \"{{{{environment}}}}/app/{{{{secretKey}}}}\"\n      tags: {{team: payments}}\n{extra}",
+        file.display()
+    ))
+}
+
+#[test]
+fn create_then_noop_then_update_then_delete() {
+    let env = Env::new();
+    env.write(
+        "app/prod.env",
+        &format!("DB_URL=postgres://db\nAPI_KEY={CANARY}\nOLD=1\nKEEP=1\n"),
+    );
+    one_to_one(&env, "");
+
+    let run = env.run(&["sync", "--json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let j = run.json();
+    assert_eq!(j["syncs"][0]["counts"]["create"], 4);
+    assert_eq!(j["syncs"][0]["sync_status"], "SYNCED");
+    assert_eq!(
+        env.value("prod/app/DB_URL").as_deref(),
+        Some("postgres://db")
+    );
+    assert_eq!(env.value("prod/app/API_KEY").as_deref(), Some(CANARY));
+    let tags = env.tags("prod/app/DB_URL");
+    assert_eq!(tags["secretsync:agent"], "test-agent");
+    assert_eq!(tags["secretsync:sync"], "app");
+    assert_eq!(tags["team"], "payments");
+    assert_eq!(env.proxy.count("CreateSecret"), 4);
+
+    // Unchanged files: zero write calls.
+    env.proxy.reset_counts();
+    let run = env.run(&["sync", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(env.proxy.writes(), 0, "calls: {:?}", env.proxy.calls());
+    assert_eq!(run.json()["syncs"][0]["counts"]["unchanged"], 4);
+
+    // One changed key: exactly one PutSecretValue.
+    env.write(
+        "app/prod.env",
+        &format!("DB_URL=postgres://db2\nAPI_KEY={CANARY}\nOLD=1\nKEEP=1\n"),
+    );
+    env.proxy.reset_counts();
+    let run = env.run(&["sync"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(env.proxy.writes(), 1, "calls: {:?}", env.proxy.calls());
+    assert_eq!(env.proxy.count("PutSecretValue"), 1);
+    assert_eq!(
+        env.value("prod/app/DB_URL").as_deref(),
+        Some("postgres://db2")
+    );
+
+    // A removed key is scheduled for deletion (1 of 4: under the guard).
+    env.write(
+        "app/prod.env",
+        &format!("DB_URL=postgres://db2\nAPI_KEY={CANARY}\nKEEP=1\n"),
+    );
+    let run = env.run(&["sync", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(env.pending_deletion("prod/app/OLD"));
+    let secrets = run.json()["syncs"][0]["secrets"].clone();
+    let old = secrets
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "prod/app/OLD")
+        .unwrap()
+        .clone();
+    assert_eq!(old["state"], "DELETED");
+
+    // The key comes back: restored and updated.
+    env.write(
+        "app/prod.env",
+        &format!("DB_URL=postgres://db2\nAPI_KEY={CANARY}\nKEEP=1\nOLD=2\n"),
+    );
+    let run = env.run(&["sync", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!env.pending_deletion("prod/app/OLD"));
+    assert_eq!(env.value("prod/app/OLD").as_deref(), Some("2"));
+    assert_eq!(run.json()["syncs"][0]["counts"]["restore"], 1);
+}
+
+#[test]
+fn plan_shows_actions_without_values_and_writes_nothing() {
+    let env = Env::new();
+    env.write("app/prod.env", &format!("A={CANARY}\nB=2\n"));
+    one_to_one(&env, "");
+    let run = env.run(&["plan", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let j = run.json();
+    assert_eq!(j["syncs"][0]["actions"][0]["action"], "create");
+    assert_eq!(j["syncs"][0]["actions"][0]["name"], "prod/app/A");
+    assert_eq!(j["syncs"][0]["actions"][0]["reason"], "not in AWS");
+    assert_eq!(env.proxy.writes(), 0);
+    let run = env.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(run.code, 4, "{}", run.stdout);
+    assert!(run.stdout.contains("prod/app/A"));
+    env.run(&["sync"]);
+    assert_eq!(env.run(&["plan", "--detailed-exitcode"]).code, 0);
+}
+
+#[test]
+fn unowned_secret_is_a_conflict_unless_adopted() {
+    let env = Env::new();
+    env.create_foreign("prod/app/A", "theirs", &[("owner", "bob")]);
+    env.create_foreign(
+        "prod/app/B",
+        "other-agent",
+        &[("secretsync:agent", "web-99"), ("secretsync:sync", "app")],
+    );
+    env.write("app/prod.env", "A=ours\nB=ours\nC=ours\n");
+    one_to_one(&env, "");
+    let run = env.run(&["sync", "--json"]);
+    assert_eq!(run.code, 1, "conflicts must fail the sync: {}", run.stdout);
+    assert_eq!(env.value("prod/app/A").as_deref(), Some("theirs"));
+    assert_eq!(env.value("prod/app/B").as_deref(), Some("other-agent"));
+    assert_eq!(env.value("prod/app/C").as_deref(), Some("ours"));
+    let j = run.json();
+    assert_eq!(j["syncs"][0]["counts"]["conflict"], 2);
+    assert_eq!(j["syncs"][0]["sync_status"], "FAILED");
+
+    // adopt_existing takes over the untagged one only.
+    one_to_one(&env, "      adopt_existing: true\n");
+    let run = env.run(&["sync", "--json"]);
+    assert_eq!(run.code, 1);
+    assert_eq!(env.value("prod/app/A").as_deref(), Some("ours"));
+    assert_eq!(env.tags("prod/app/A")["secretsync:agent"], "test-agent");
+    assert_eq!(env.tags("prod/app/A")["owner"], "bob", "others' tags stay");
+    assert_eq!(env.value("prod/app/B").as_deref(), Some("other-agent"));
+}
+
+#[test]
+fn deletion_guard_and_allow_deletes() {
+    let env = Env::new();
+    env.write("app/prod.env", "A=1\nB=1\nC=1\nD=1\n");
+    one_to_one(&env, "");
+    assert_eq!(env.run(&["sync"]).code, 0);
+    env.write("app/prod.env", "A=1\n");
+    let run = env.run(&["sync", "--json"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.json()["syncs"][0]["last_sync_message"]
+            .as_str()
+            .unwrap()
+            .contains("deletion guard")
+    );
+    for k in ["B", "C", "D"] {
+        assert!(!env.pending_deletion(&format!("prod/app/{k}")));
+    }
+    let run = env.run(&["sync", "--allow-deletes"]);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    for k in ["B", "C", "D"] {
+        assert!(env.pending_deletion(&format!("prod/app/{k}")));
+    }
+}
+
+#[test]
+fn missing_or_broken_source_deletes_nothing() {
+    let env = Env::new();
+    env.write("app/prod.env", "A=1\nB=1\n");
+    one_to_one(&env, "");
+    assert_eq!(env.run(&["sync"]).code, 0);
+    env.write("app/prod.env", &format!("A=1\nB=\"{CANARY}\n"));
+    let run = env.run(&["sync", "--json", "--allow-deletes"]);
+    assert_eq!(run.code, 1);
+    let file = &run.json()["syncs"][0]["files"][0];
+    assert_eq!(file["status"], "error");
+    assert!(
+        file["error"].as_str().unwrap().contains("prod.env:2:"),
+        "{file}"
+    );
+    assert!(!env.pending_deletion("prod/app/A"));
+    std::fs::remove_file(env.path("app/prod.env")).unwrap();
+    let run = env.run(&["sync", "--allow-deletes"]);
+    assert_eq!(run.code, 1);
+    assert!(!env.pending_deletion("prod/app/A") && !env.pending_deletion("prod/app/B"));
+}
+
+#[test]
+fn many_to_one_yaml_with_metadata_tags_and_semantic_compare() {
+    let env = Env::new();
+    env.write(
+        "app/db.yaml",
+        &format!("PORT: 0080\nPASSWORD:\n  value: {CANARY}\n  metadata: {{owner: alice}}\n"),
+    );
+    env.config(&format!(
+        "  - name: db\n    source:\n      files: [{}]\n    destination:\n      mapping: many-to-one\n      secret_name: \"{{{{syncName}}}}/config\"\n      sync_metadata_as_tags: true\n",
+        env.path("app/db.yaml").display()
+    ));
+    let run = env.run(&["sync"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let v: Value = serde_json::from_str(&env.value("db/config").unwrap()).unwrap();
+    assert_eq!(v["PORT"], "0080");
+    assert_eq!(v["PASSWORD"], CANARY);
+    assert_eq!(env.tags("db/config")["owner"], "alice");
+    // Someone reformats the JSON in AWS: same content, no write.
+    env.rt.block_on(async {
+        let pretty = format!("{{\n  \"PASSWORD\": \"{CANARY}\",\n  \"PORT\": \"0080\"\n}}");
+        env.client
+            .put_secret_value()
+            .secret_id("db/config")
+            .secret_string(pretty)
+            .send()
+            .await
+            .unwrap();
+    });
+    env.proxy.reset_counts();
+    assert_eq!(env.run(&["sync"]).code, 0);
+    assert_eq!(env.proxy.writes(), 0, "{:?}", env.proxy.calls());
+}
+
+#[test]
+fn oversize_value_is_error_and_others_sync() {
+    let env = Env::new();
+    env.write(
+        "app/prod.env",
+        &format!("BIG={}\nOK=1\n", "x".repeat(70_000)),
+    );
+    one_to_one(&env, "");
+    let run = env.run(&["sync", "--json"]);
+    assert_eq!(run.code, 1);
+    assert_eq!(env.value("prod/app/OK").as_deref(), Some("1"));
+    assert!(env.value("prod/app/BIG").is_none());
+    assert_eq!(
+        env.proxy.count("CreateSecret"),
+        1,
+        "no call for the oversize value"
+    );
+    let j = run.json();
+    let big = j["syncs"][0]["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["key"] == "BIG")
+        .unwrap()
+        .clone();
+    assert_eq!(big["state"], "ERROR");
+    assert!(big["message"].as_str().unwrap().contains("65536"));
+}
+
+#[test]
+fn throttling_is_retried_without_duplicate_versions() {
+    let env = Env::new();
+    let body: String = (0..30).map(|i| format!("K{i}=v{i}\n")).collect();
+    env.write("app/prod.env", &body);
+    one_to_one(&env, "");
+    env.proxy.inject(Fault::Throttle {
+        op: None,
+        every_nth: 3,
+    });
+    let run = env.run(&["sync", "--json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    env.proxy.clear_faults();
+    for i in 0..30 {
+        assert_eq!(
+            env.value(&format!("prod/app/K{i}")).as_deref(),
+            Some(format!("v{i}").as_str())
+        );
+        assert_eq!(env.versions(&format!("prod/app/K{i}")), 1);
+    }
+}
+
+#[test]
+fn reading_1000_owned_secrets_is_cheap() {
+    let env = Env::new();
+    let body: String = (0..1000).map(|i| format!("K{i:04}=v{i}\n")).collect();
+    env.write("app/prod.env", &body);
+    one_to_one(&env, "");
+    let run = env.run(&["sync"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    env.proxy.reset_counts();
+    let run = env.run(&["plan", "--json"]);
+    assert_eq!(run.code, 0);
+    assert_eq!(run.json()["syncs"][0]["counts"]["unchanged"], 1000);
+    let list = env.proxy.count("ListSecrets");
+    let batch = env.proxy.count("BatchGetSecretValue");
+    assert!(list <= 10, "ListSecrets calls: {list}");
+    assert!(batch <= 50, "BatchGetSecretValue calls: {batch}");
+    assert_eq!(
+        env.proxy.count("GetSecretValue") + env.proxy.count("DescribeSecret"),
+        0
+    );
+}
+
+#[test]
+fn invalid_config_exits_2_with_positions() {
+    let env = Env::new();
+    env.config(concat!(
+        "  - name: Bad_Name\n    source:\n      files: [/x.env]\n",
+        "  - name: two\n    source:\n      files: [/y.env]\n    unknown: 1\n",
+    ));
+    let run = env.run(&["check", "--offline"]);
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    assert!(
+        run.stderr.lines().count() >= 2,
+        "all errors at once: {}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("agent.yaml:"), "{}", run.stderr);
+    assert_eq!(env.run(&["plan", "--sync", "nope"]).code, 2);
+}
+
+#[test]
+fn check_probes_aws() {
+    let env = Env::new();
+    env.write("app/prod.env", "A=1\n");
+    one_to_one(&env, "");
+    let run = env.run(&["check"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("AWS reachable"));
+    assert_eq!(env.proxy.writes(), 0);
+    env.proxy.inject(Fault::Outage);
+    let run = env.run(&["check"]);
+    assert_eq!(run.code, 3, "{}", run.stdout);
+}
