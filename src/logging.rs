@@ -6,20 +6,30 @@
 //! request bodies, and request bodies carry secret values.
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 
 use crate::store::aws::SDK_LOG_DIRECTIVES;
 
-/// Builds a filter from `RUST_LOG` (or `default`) with the SDK caps added last,
-/// so they win over any broader directive.
+/// Builds a filter from `RUST_LOG` (or `default`), then caps the SDK's
+/// wire-level targets: each at the lower of its cap and the most verbose
+/// level asked for, so the caps never make the SDK louder than requested.
 pub fn filter(default: &str) -> EnvFilter {
-    let base = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| default.to_string());
-    let mut f = EnvFilter::try_new(&base).unwrap_or_else(|_| EnvFilter::new(default));
+    filter_from(std::env::var("RUST_LOG").ok().as_deref(), default)
+}
+
+fn filter_from(rust_log: Option<&str>, default: &str) -> EnvFilter {
+    let base = rust_log.filter(|s| !s.trim().is_empty()).unwrap_or(default);
+    let mut f = EnvFilter::try_new(base).unwrap_or_else(|_| EnvFilter::new(default));
+    let loudest = f.max_level_hint().unwrap_or(LevelFilter::TRACE);
     for d in SDK_LOG_DIRECTIVES {
-        if let Ok(d) = d.parse() {
-            f = f.add_directive(d);
+        let Some((target, level)) = d.split_once('=') else {
+            continue;
+        };
+        let Ok(cap) = level.parse::<LevelFilter>() else {
+            continue;
+        };
+        if let Ok(directive) = format!("{target}={}", cap.min(loudest)).parse() {
+            f = f.add_directive(directive);
         }
     }
     f
@@ -32,4 +42,45 @@ pub fn init_cli() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    fn enabled(rust_log: Option<&str>, target_level: Level) -> (bool, bool) {
+        let subscriber = tracing_subscriber::registry().with(filter_from(rust_log, "warn"));
+        tracing::subscriber::with_default(subscriber, || {
+            let sdk = match target_level {
+                Level::TRACE => {
+                    tracing::enabled!(target: "aws_smithy_runtime::client", Level::TRACE)
+                }
+                Level::DEBUG => {
+                    tracing::enabled!(target: "aws_smithy_runtime::client", Level::DEBUG)
+                }
+                _ => tracing::enabled!(target: "aws_smithy_runtime::client", Level::INFO),
+            };
+            let ours = tracing::enabled!(target: "secretsync", Level::DEBUG);
+            (sdk, ours)
+        })
+    }
+
+    #[test]
+    fn sdk_caps_never_raise_the_level() {
+        // Regression: the caps used to enable SDK debug logs at the default level.
+        assert_eq!(enabled(None, Level::DEBUG), (false, false));
+        assert_eq!(enabled(Some("info"), Level::DEBUG), (false, false));
+        assert_eq!(enabled(Some("debug"), Level::DEBUG), (true, true));
+    }
+
+    #[test]
+    fn sdk_wire_logs_stay_off_at_trace() {
+        assert!(!enabled(Some("trace"), Level::TRACE).0);
+        assert_eq!(
+            enabled(Some("aws_smithy_runtime=trace"), Level::TRACE).0,
+            false
+        );
+    }
 }

@@ -27,6 +27,19 @@ pub enum SyncStatus {
     Disabled,
 }
 
+impl SyncStatus {
+    /// The contract's spelling (`SYNCED`, …), for human output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncStatus::Pending => "PENDING",
+            SyncStatus::Running => "RUNNING",
+            SyncStatus::Synced => "SYNCED",
+            SyncStatus::Failed => "FAILED",
+            SyncStatus::Disabled => "DISABLED",
+        }
+    }
+}
+
 /// Counts of actions by kind, plus unchanged secrets.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ActionCounts {
@@ -251,10 +264,10 @@ pub fn render_human(report: &Report, applied: bool) -> String {
         let c = &s.counts;
         let _ = writeln!(
             out,
-            "sync {} ({}) — {:?}: {} create, {} update, {} tag, {} kms/description, {} delete, {} restore, {} conflict, {} error, {} unchanged",
+            "sync {} ({}) — {}: {} create, {} update, {} tag, {} kms/description, {} delete, {} restore, {} conflict, {} error, {} unchanged",
             s.name,
             s.region,
-            s.sync_status,
+            s.sync_status.as_str(),
             c.create,
             c.update,
             c.tag,
@@ -311,5 +324,5 @@ pub fn summary_line(s: &SyncReport) -> String {
         }
     }
     let parts: Vec<String> = parts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    format!("{} {:?} {}", s.name, s.sync_status, parts.join(" "))
+    format!("{} {} {}", s.name, s.sync_status.as_str(), parts.join(" "))
 }
