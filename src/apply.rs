@@ -121,6 +121,7 @@ pub async fn apply<S: SecretStore>(store: Arc<S>, plan: &Plan, concurrency: usiz
                 }
                 match run_step(store.as_ref(), action).await {
                     Ok(v) => {
+                        tracing::info!(secret = %action.name, action = ?action.kind, "write");
                         version = v.or(version);
                         done.push((*i, Outcome::Ok));
                     }

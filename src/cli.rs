@@ -16,6 +16,17 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Default control socket path.
+pub const DEFAULT_SOCKET: &str = "/run/secretsync/control.sock";
+
+/// Socket option shared by commands that talk to the running agent.
+#[derive(Debug, clap::Args)]
+pub struct SocketArg {
+    /// Control socket of the running agent.
+    #[arg(long, short = 's', env = "SECRETSYNC_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
 /// Config file option shared by commands that read the config.
 #[derive(Debug, clap::Args)]
 pub struct ConfigArg {
@@ -27,6 +38,11 @@ pub struct ConfigArg {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the agent in the foreground (systemd Type=notify).
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Validate the config and (unless --offline) test AWS access per destination.
     Check {
         #[command(flatten)]
@@ -62,5 +78,46 @@ pub enum Command {
         /// Machine-readable output on stdout.
         #[arg(long)]
         json: bool,
+    },
+    /// Show the running agent's status.
+    Status {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Print the status JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Only this sync, with one row per secret.
+        name: Option<String>,
+    },
+    /// Re-read sources and reconcile now (all syncs if none named).
+    Resync {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Syncs to resync.
+        names: Vec<String>,
+        /// Lift the deletion guard for this pass.
+        #[arg(long)]
+        allow_deletes: bool,
+        /// Return once queued instead of waiting for the result.
+        #[arg(long)]
+        no_wait: bool,
+        /// Print the result JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reload the agent's config (same as SIGHUP).
+    Reload {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Schedule deletion of every secret owned by sync NAME ("unsync").
+    Remove {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The sync whose secrets to remove.
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
 }

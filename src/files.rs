@@ -7,6 +7,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest, Sha256};
+
 use crate::source::{self, ParseError, ParsedFile, SourceFormat};
 
 /// Why a source file gave no entries.
@@ -39,6 +41,9 @@ pub struct FileView {
     pub path: PathBuf,
     /// Entries, or why there are none.
     pub result: Result<ParsedFile, FileError>,
+    /// SHA-256 of the bytes read (`None` when nothing could be read), so
+    /// the agent can drop events that did not change any content.
+    pub digest: Option<[u8; 32]>,
 }
 
 impl FileView {
@@ -79,6 +84,7 @@ pub fn read_sources(
                 views.push(FileView {
                     path: PathBuf::from(pattern),
                     result: Err(FileError::Io(format!("bad glob: {e}"))),
+                    digest: None,
                 });
                 continue;
             }
@@ -88,6 +94,7 @@ pub fn read_sources(
             views.push(FileView {
                 path: PathBuf::from(pattern),
                 result: Err(FileError::Missing("glob matched no files".into())),
+                digest: None,
             });
         }
         for path in paths {
@@ -104,7 +111,9 @@ pub fn read_one(
     expand: bool,
     max_size: u64,
 ) -> FileView {
-    let result = read_bytes(path, max_size).and_then(|bytes| {
+    let bytes = read_bytes(path, max_size);
+    let digest = bytes.as_ref().ok().map(|b| Sha256::digest(b).into());
+    let result = bytes.and_then(|bytes| {
         let format = format
             .or_else(|| SourceFormat::from_path(path))
             .ok_or(FileError::UnknownFormat)?;
@@ -113,6 +122,7 @@ pub fn read_one(
     FileView {
         path: path.to_path_buf(),
         result,
+        digest,
     }
 }
 

@@ -24,19 +24,26 @@
 //! - A value is a `SecretValue` from parse to send; nothing formats it, and
 //!   errors, reports and logs carry names and keys only.
 
+pub mod agent_cli;
 pub mod apply;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod desired;
+pub mod engine;
 pub mod exit;
 pub mod files;
 pub mod logging;
 pub mod naming;
 pub mod plan;
 pub mod reconcile;
+pub mod remove;
 pub mod report;
 pub mod secret;
 pub mod source;
 pub mod state;
+pub mod status;
 pub mod store;
+pub mod watch;

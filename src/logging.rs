@@ -7,7 +7,10 @@
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
+use crate::config::{AgentSettings, LogFormat};
 use crate::store::aws::SDK_LOG_DIRECTIVES;
 
 /// Builds a filter from `RUST_LOG` (or `default`), then caps the SDK's
@@ -42,6 +45,49 @@ pub fn init_cli() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+/// Logging for the agent, per `agent.log_format` and `agent.log_level`
+/// (`RUST_LOG` wins when set). `auto` means journald when systemd connected
+/// our stderr to the journal (`JOURNAL_STREAM`), else text on stderr. If the
+/// journal socket cannot be opened, text on stderr is used and said so.
+pub fn init_agent(agent: &AgentSettings) {
+    let level = agent.log_level.as_str();
+    let format = match agent.log_format {
+        LogFormat::Auto if std::env::var_os("JOURNAL_STREAM").is_some() => LogFormat::Journald,
+        LogFormat::Auto => LogFormat::Text,
+        other => other,
+    };
+    let registry = tracing_subscriber::registry().with(filter(level));
+    match format {
+        LogFormat::Journald => match tracing_journald::layer() {
+            Ok(layer) => {
+                let _ = registry
+                    .with(layer.with_syslog_identifier("secretsync".into()))
+                    .try_init();
+            }
+            Err(e) => {
+                let _ = registry
+                    .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                    .try_init();
+                tracing::warn!(error = %e, "journald unavailable; logging text to stderr");
+            }
+        },
+        LogFormat::Json => {
+            let _ = registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .json()
+                        .with_writer(std::io::stderr),
+                )
+                .try_init();
+        }
+        LogFormat::Auto | LogFormat::Text => {
+            let _ = registry
+                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                .try_init();
+        }
+    }
 }
 
 #[cfg(test)]

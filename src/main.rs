@@ -5,11 +5,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use secretsync::cli::{Cli, Command};
-use secretsync::{commands, logging};
+use secretsync::{agent_cli, commands, daemon, logging, remove};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init_cli();
+    if !matches!(cli.command, Command::Run { .. }) {
+        logging::init_cli();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -22,6 +24,21 @@ fn main() -> ExitCode {
     };
     let exit = runtime.block_on(async {
         match cli.command {
+            Command::Run { config } => daemon::run(&config.config).await,
+            Command::Status { socket, json, name } => {
+                agent_cli::status(&socket.socket, json, name).await
+            }
+            Command::Resync {
+                socket,
+                names,
+                allow_deletes,
+                no_wait,
+                json,
+            } => agent_cli::resync(&socket.socket, names, allow_deletes, no_wait, json).await,
+            Command::Reload { socket } => agent_cli::reload(&socket.socket).await,
+            Command::Remove { config, name, yes } => {
+                remove::remove(&config.config, &name, yes).await
+            }
             Command::Check { config, offline } => commands::check(&config.config, offline).await,
             Command::Plan {
                 config,

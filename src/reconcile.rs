@@ -41,6 +41,11 @@ pub struct SyncJob {
 }
 
 impl SyncJob {
+    /// Reads and parses the sync's source files (the only IO before planning).
+    pub fn read_files(&self) -> Vec<FileView> {
+        files::read_sources(&self.files, self.format, self.expand, self.max_file_size)
+    }
+
     /// Resolves one sync of a validated config.
     pub fn from_config(config: &Config, sync: &SyncConfig) -> SyncJob {
         let d = &sync.destination;
@@ -195,14 +200,39 @@ pub async fn run_pass<S: SecretStore>(
     allow_deletes: bool,
     state: &SyncState,
 ) -> PassResult {
+    let files = job.read_files();
+    run_pass_with_files(
+        store,
+        job,
+        &files,
+        &BTreeMap::new(),
+        mode,
+        allow_deletes,
+        state,
+    )
+    .await
+}
+
+/// Runs one pass on files already read. `last_good` supplies, per path, the
+/// last view that parsed, used in place of a file that now fails (the
+/// agent keeps syncing what it knew; deletions stay blocked while any file
+/// fails).
+pub async fn run_pass_with_files<S: SecretStore>(
+    store: Arc<S>,
+    job: &SyncJob,
+    files: &[FileView],
+    last_good: &BTreeMap<std::path::PathBuf, crate::source::ParsedFile>,
+    mode: Mode,
+    allow_deletes: bool,
+    state: &SyncState,
+) -> PassResult {
     let now = report::now_rfc3339();
-    let files = files::read_sources(&job.files, job.format, job.expand, job.max_file_size);
     let mut rep = SyncReport {
         name: job.spec.sync_name.clone(),
         region: job.region.clone(),
         sync_status: SyncStatus::Pending,
         last_sync_message: None,
-        files: report::file_views(&files, &now),
+        files: report::file_views(files, &now),
         actions: vec![],
         counts: Default::default(),
         secrets: None,
@@ -219,12 +249,12 @@ pub async fn run_pass<S: SecretStore>(
     }
     let parsed: Vec<_> = files
         .iter()
-        .filter_map(|f| f.result.as_ref().ok())
+        .filter_map(|f| f.result.as_ref().ok().or_else(|| last_good.get(&f.path)))
         .collect();
     let desired = desired::build_desired(&job.spec, &parsed);
     let mut opts = job.options.clone();
     opts.allow_deletes = allow_deletes;
-    opts.deletes_blocked = blocked_reason(&files);
+    opts.deletes_blocked = blocked_reason(files);
     opts.managed_tags = state.managed_tags.clone();
     let actual = match read_actual(store.as_ref(), &job.spec, &desired, opts.adopt_existing).await {
         Ok(a) => a,

@@ -1,0 +1,420 @@
+//! The control socket server inside the agent.
+//!
+//! Limits keep a misbehaving client from hurting the agent: 64 KiB per
+//! request line, 10 s idle timeout, at most 64 clients at once (the 65th
+//! gets a `busy` reply). Handlers only read status and send requests to the
+//! engine handle; they never touch sync state.
+
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+
+use super::auth::{self, Peer};
+use super::proto::{ErrorCode, MAX_REQUEST_BYTES, Reply, Request};
+use crate::config::Config;
+use crate::engine::{EngineError, EngineHandle, Request as EngineRequest};
+
+/// Idle time after which a connection is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most concurrent clients.
+pub const MAX_CLIENTS: usize = 64;
+
+/// Socket settings from the config.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Socket path.
+    pub socket: PathBuf,
+    /// File mode of the socket.
+    pub mode: u32,
+    /// Extra uids allowed to resync/reload.
+    pub allow_uids: Vec<u32>,
+    /// Groups allowed to resync/reload.
+    pub allow_groups: Vec<String>,
+    /// Idle timeout per connection.
+    pub idle_timeout: Duration,
+    /// Concurrent client limit.
+    pub max_clients: usize,
+}
+
+impl ServerSettings {
+    /// Settings of the running config.
+    pub fn from_config(config: &Config) -> ServerSettings {
+        ServerSettings {
+            socket: config.agent.socket.clone(),
+            mode: config.agent.socket_mode,
+            allow_uids: config.control.allow_uids.clone(),
+            allow_groups: config.control.allow_groups.clone(),
+            idle_timeout: IDLE_TIMEOUT,
+            max_clients: MAX_CLIENTS,
+        }
+    }
+}
+
+/// Why the socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Another agent answers on this socket.
+    #[error("another secretsync agent is already running on {0}")]
+    AlreadyRunning(PathBuf),
+    /// Something that is not a socket is in the way; we do not delete it.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// Any other IO failure.
+    #[error("cannot bind {path}: {source}")]
+    Io {
+        /// Socket path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Binds the socket: a stale socket file (nobody answers) is replaced, a
+/// live one makes this fail, and the mode is set before the agent reports
+/// ready.
+pub async fn bind(settings: &ServerSettings) -> Result<UnixListener, BindError> {
+    let path = &settings.socket;
+    let io = |source| BindError::Io {
+        path: path.clone(),
+        source,
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(BindError::NotASocket(path.clone()));
+        }
+        match UnixStream::connect(path).await {
+            Ok(_) => return Err(BindError::AlreadyRunning(path.clone())),
+            Err(_) => {
+                tracing::info!(path = %path.display(), "replacing stale control socket");
+                std::fs::remove_file(path).map_err(io)?;
+            }
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(settings.mode)).map_err(io)?;
+    Ok(listener)
+}
+
+/// Removes the socket file at exit.
+pub fn cleanup(socket: &Path) {
+    if std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(socket);
+    }
+}
+
+/// Accepts clients until `shutdown` resolves.
+pub async fn serve(
+    listener: UnixListener,
+    handle: EngineHandle,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let limit = Arc::new(Semaphore::new(settings.max_clients));
+    let settings = Arc::new(settings);
+    let allowed_gids: Arc<Vec<u32>> = Arc::new(auth::resolve_groups(&settings.allow_groups));
+    let agent_uid = nix::unistd::Uid::current().as_raw();
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+                        tokio::spawn(reject_busy(stream));
+                        continue;
+                    };
+                    let conn = Connection {
+                        handle: handle.clone(),
+                        settings: Arc::clone(&settings),
+                        allowed_gids: Arc::clone(&allowed_gids),
+                        agent_uid,
+                    };
+                    tokio::spawn(async move {
+                        conn.run(stream).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn reject_busy(mut stream: UnixStream) {
+    let reply = Reply::err(Value::Null, ErrorCode::Busy, "too many clients; try again");
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&reply.to_line())).await;
+}
+
+/// Outcome of reading one request line.
+enum Line {
+    Data(Vec<u8>),
+    TooLong,
+    Eof,
+}
+
+/// Reads up to a newline, never buffering more than `limit` bytes.
+async fn read_line_limited<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    limit: usize,
+) -> std::io::Result<Line> {
+    let mut line = Vec::new();
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(if line.is_empty() {
+                Line::Eof
+            } else {
+                Line::Data(line)
+            });
+        }
+        let (chunk, found) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (&buf[..i], i + 1),
+            None => (buf, buf.len()),
+        };
+        let newline = chunk.len() < found;
+        if line.len() + chunk.len() > limit {
+            return Ok(Line::TooLong);
+        }
+        line.extend_from_slice(chunk);
+        reader.consume(found);
+        if newline {
+            return Ok(Line::Data(line));
+        }
+    }
+}
+
+struct Connection {
+    handle: EngineHandle,
+    settings: Arc<ServerSettings>,
+    allowed_gids: Arc<Vec<u32>>,
+    agent_uid: u32,
+}
+
+impl Connection {
+    async fn run(self, stream: UnixStream) {
+        let peer = match stream.peer_cred() {
+            Ok(c) => Peer {
+                uid: c.uid(),
+                gid: c.gid(),
+                pid: c.pid(),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "control connection without peer credentials; closing");
+                return;
+            }
+        };
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        loop {
+            let line = match tokio::time::timeout(
+                self.settings.idle_timeout,
+                read_line_limited(&mut reader, MAX_REQUEST_BYTES),
+            )
+            .await
+            {
+                Err(_) | Ok(Err(_)) | Ok(Ok(Line::Eof)) => return,
+                Ok(Ok(Line::TooLong)) => {
+                    let reply = Reply::err(
+                        Value::Null,
+                        ErrorCode::BadRequest,
+                        format!("request larger than {MAX_REQUEST_BYTES} bytes"),
+                    );
+                    let _ = write.write_all(&reply.to_line()).await;
+                    return;
+                }
+                Ok(Ok(Line::Data(bytes))) => bytes,
+            };
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let reply = self.answer(&peer, &line).await;
+            if write.write_all(&reply.to_line()).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn answer(&self, peer: &Peer, line: &[u8]) -> Reply {
+        let request: Request = match serde_json::from_slice(line) {
+            Ok(r) => r,
+            Err(e) => {
+                let id = serde_json::from_slice::<Value>(line)
+                    .ok()
+                    .and_then(|v| v.get("id").cloned())
+                    .unwrap_or(Value::Null);
+                return Reply::err(id, ErrorCode::BadRequest, format!("invalid request: {e}"));
+            }
+        };
+        let id = request.id.clone();
+        if !auth::is_read_only(&request.cmd) && !self.authorized(peer) {
+            tracing::warn!(uid = peer.uid, pid = ?peer.pid, cmd = %request.cmd, "control request denied");
+            return Reply::err(
+                id,
+                ErrorCode::Forbidden,
+                format!(
+                    "uid {} may not run '{}'; allowed: root, the agent's user, control.allow_uids, control.allow_groups",
+                    peer.uid, request.cmd
+                ),
+            );
+        }
+        match self.dispatch(request).await {
+            Ok(result) => Reply::ok(id, result),
+            Err((code, message)) => Reply::err(id, code, message),
+        }
+    }
+
+    fn authorized(&self, peer: &Peer) -> bool {
+        let cheap = auth::may_change(
+            peer,
+            self.agent_uid,
+            &self.settings.allow_uids,
+            &self.allowed_gids,
+            &[],
+        );
+        cheap
+            || (!self.allowed_gids.is_empty()
+                && auth::may_change(
+                    peer,
+                    self.agent_uid,
+                    &self.settings.allow_uids,
+                    &self.allowed_gids,
+                    &auth::peer_groups(peer),
+                ))
+    }
+
+    async fn dispatch(&self, request: Request) -> Result<Value, (ErrorCode, String)> {
+        let to_json = |v: Result<Value, serde_json::Error>| {
+            v.map_err(|e| (ErrorCode::Internal, format!("encode: {e}")))
+        };
+        match request.cmd.as_str() {
+            "status" => {
+                let status = self.handle.status();
+                match &request.sync {
+                    None => to_json(serde_json::to_value(&*status)),
+                    Some(name) => {
+                        let mut one = (*status).clone();
+                        one.syncs.retain(|s| &s.name == name);
+                        if one.syncs.is_empty() {
+                            return Err((ErrorCode::NotFound, format!("no sync named '{name}'")));
+                        }
+                        to_json(serde_json::to_value(&one))
+                    }
+                }
+            }
+            "plan" => {
+                let report = self.handle.plan(request.sync).await.map_err(engine_error)?;
+                to_json(serde_json::to_value(&report))
+            }
+            "resync" => {
+                let mut names = request.syncs.unwrap_or_default();
+                names.extend(request.sync);
+                if request.wait == Some(false) {
+                    let status = self.handle.status();
+                    if let Some(unknown) = names
+                        .iter()
+                        .find(|n| !status.syncs.iter().any(|s| &s.name == *n))
+                    {
+                        return Err((ErrorCode::NotFound, format!("no sync named '{unknown}'")));
+                    }
+                    let sent = self.handle.send(EngineRequest::Resync {
+                        syncs: names.clone(),
+                        allow_deletes: request.allow_deletes,
+                        reply: None,
+                    });
+                    if !sent {
+                        return Err(engine_error(EngineError::Stopped));
+                    }
+                    return Ok(json!({ "queued": names }));
+                }
+                let reports = self
+                    .handle
+                    .resync(names, request.allow_deletes)
+                    .await
+                    .map_err(engine_error)?;
+                to_json(serde_json::to_value(json!({ "syncs": reports })))
+            }
+            "reload" => {
+                self.handle.reload().await.map_err(engine_error)?;
+                Ok(json!({ "reloaded": true }))
+            }
+            other => Err((
+                ErrorCode::BadRequest,
+                format!(
+                    "unknown cmd '{}' (status, plan, resync, reload)",
+                    other.escape_default()
+                ),
+            )),
+        }
+    }
+}
+
+fn engine_error(e: EngineError) -> (ErrorCode, String) {
+    let code = match &e {
+        EngineError::UnknownSync(_) => ErrorCode::NotFound,
+        EngineError::InvalidConfig(_) => ErrorCode::InvalidConfig,
+        EngineError::Stopped => ErrorCode::Busy,
+    };
+    (code, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn line_reader_limits_and_splits() {
+        let data = b"one\ntwo\n\nlast".to_vec();
+        let mut r = BufReader::with_capacity(3, &data[..]);
+        let mut got = vec![];
+        loop {
+            match read_line_limited(&mut r, 10).await.unwrap() {
+                Line::Data(d) => got.push(String::from_utf8(d).unwrap()),
+                Line::TooLong => panic!("too long"),
+                Line::Eof => break,
+            }
+        }
+        assert_eq!(got, ["one", "two", "", "last"]);
+        let big = [b'x'; 100];
+        let mut r = BufReader::with_capacity(8, &big[..]);
+        assert!(matches!(
+            read_line_limited(&mut r, 64).await.unwrap(),
+            Line::TooLong
+        ));
+    }
+
+    #[test]
+    fn engine_errors_map_to_contract_codes() {
+        assert_eq!(
+            engine_error(EngineError::UnknownSync("x".into())).0,
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            engine_error(EngineError::InvalidConfig("x".into())).0,
+            ErrorCode::InvalidConfig
+        );
+    }
+
+    #[test]
+    fn replies_are_single_lines() {
+        let r = Reply::err(json!(7), ErrorCode::BadRequest, "multi\nline");
+        let line = r.to_line();
+        assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+        let v: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["error"]["code"], "bad_request");
+    }
+}

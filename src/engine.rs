@@ -1,0 +1,947 @@
+//! The engine: owns every sync's runtime state, decides when passes run,
+//! runs them, and is the only writer of status.
+//!
+//! Inputs arrive as [`Request`]s (file events, resync, plan, reload, ping,
+//! shutdown) on one channel; the loop turns them into per-sync deadlines
+//! (debounce), starts at most one pass per sync at a time (edits during a
+//! pass queue exactly one follow-up), retries transient failures with
+//! backoff, runs the drift check on its interval, and publishes a fresh
+//! [`Status`] after every change. Nothing else mutates sync state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::config::{self, Config};
+use crate::files::FileView;
+use crate::plan::SecretState;
+use crate::reconcile::{self, Mode, PassResult, SyncJob};
+use crate::report::{self, Report, StateCounts, SyncReport, SyncStatus};
+use crate::source::ParsedFile;
+use crate::state::State;
+use crate::status::{AgentStatus, Status, SyncStatusView};
+use crate::store::aws::AwsStore;
+use crate::store::{Connection, SecretStore, StoreError};
+use crate::watch::{self as fswatch, DirWatcher};
+
+/// Longest wait between retries of a sync whose pass failed transiently.
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Builds stores for connections; the engine caches one per connection.
+pub trait StoreFactory: Send + Sync + 'static {
+    /// The store type.
+    type Store: SecretStore;
+    /// Creates a store for `conn`.
+    fn connect(
+        &self,
+        conn: &Connection,
+    ) -> impl Future<Output = Result<Arc<Self::Store>, StoreError>> + Send;
+}
+
+/// Production factory: one [`AwsStore`] per connection.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AwsStoreFactory;
+
+impl StoreFactory for AwsStoreFactory {
+    type Store = AwsStore;
+    async fn connect(&self, conn: &Connection) -> Result<Arc<AwsStore>, StoreError> {
+        AwsStore::connect(conn).await.map(Arc::new)
+    }
+}
+
+/// Errors the engine returns to callers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// No sync of that name in the running config.
+    #[error("no sync named '{0}'")]
+    UnknownSync(String),
+    /// A reload was rejected; the old config keeps running.
+    #[error("invalid config, old config kept:\n{0}")]
+    InvalidConfig(String),
+    /// The engine has stopped (shutdown in progress).
+    #[error("the agent is shutting down")]
+    Stopped,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+
+/// What callers can ask of the engine.
+#[derive(Debug)]
+pub enum Request {
+    /// Paths that changed on disk (from the watcher).
+    FilesChanged(Vec<PathBuf>),
+    /// Re-read and reconcile now (all enabled syncs if `syncs` is empty);
+    /// the reply comes when those passes finish.
+    Resync {
+        /// Sync names; empty = all enabled.
+        syncs: Vec<String>,
+        /// Lift the deletion guard for these passes.
+        allow_deletes: bool,
+        /// Where to send the reports (`None`: do not wait).
+        reply: Option<Reply<Vec<SyncReport>>>,
+    },
+    /// Dry run now, without touching status.
+    Plan {
+        /// One sync, or all.
+        sync: Option<String>,
+        /// The plan.
+        reply: Reply<Report>,
+    },
+    /// Re-read the config file.
+    Reload {
+        /// Ok, or the validation errors.
+        reply: Option<Reply<()>>,
+    },
+    /// Liveness check for the systemd watchdog.
+    Ping {
+        /// Answered by the loop.
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A cheap, cloneable handle to a running engine.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    tx: mpsc::UnboundedSender<Request>,
+    status: watch::Receiver<Arc<Status>>,
+}
+
+impl EngineHandle {
+    /// Sends a request; `false` if the engine has stopped.
+    pub fn send(&self, request: Request) -> bool {
+        self.tx.send(request).is_ok()
+    }
+
+    /// The latest published status.
+    pub fn status(&self) -> Arc<Status> {
+        Arc::clone(&self.status.borrow())
+    }
+
+    /// A receiver that wakes on every status change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Status>> {
+        self.status.clone()
+    }
+
+    /// Resync and wait for the passes.
+    pub async fn resync(
+        &self,
+        syncs: Vec<String>,
+        allow_deletes: bool,
+    ) -> Result<Vec<SyncReport>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Request::Resync {
+            syncs,
+            allow_deletes,
+            reply: Some(reply),
+        }) {
+            return Err(EngineError::Stopped);
+        }
+        rx.await.unwrap_or(Err(EngineError::Stopped))
+    }
+
+    /// Plan now.
+    pub async fn plan(&self, sync: Option<String>) -> Result<Report, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Request::Plan { sync, reply }) {
+            return Err(EngineError::Stopped);
+        }
+        rx.await.unwrap_or(Err(EngineError::Stopped))
+    }
+
+    /// Reload the config and wait for the verdict.
+    pub async fn reload(&self) -> Result<(), EngineError> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Request::Reload { reply: Some(reply) }) {
+            return Err(EngineError::Stopped);
+        }
+        rx.await.unwrap_or(Err(EngineError::Stopped))
+    }
+
+    /// Whether the engine loop answers within `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Request::Ping { reply }) {
+            return false;
+        }
+        matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())))
+    }
+}
+
+type Digests = Vec<(PathBuf, Option<[u8; 32]>)>;
+
+/// Runtime state of one sync.
+struct Slot {
+    job: SyncJob,
+    auto_sync: bool,
+    dirs: BTreeSet<PathBuf>,
+    /// When the next pass should start.
+    due: Option<Instant>,
+    /// The next pass must run even if no file content changed.
+    force: bool,
+    /// The next pass was asked for explicitly (writes even without auto_sync).
+    explicit: bool,
+    allow_deletes: bool,
+    running: bool,
+    /// Waiting for the next pass to start.
+    waiting: Vec<Reply<SyncReport>>,
+    /// Waiting for the running pass.
+    riding: Vec<Reply<SyncReport>>,
+    digests: Option<Digests>,
+    last_good: BTreeMap<PathBuf, ParsedFile>,
+    failures: u32,
+    view: SyncStatusView,
+}
+
+impl Slot {
+    fn new(config: &Config, sync: &config::SyncConfig) -> Slot {
+        let job = SyncJob::from_config(config, sync);
+        let enabled = job.enabled;
+        Slot {
+            dirs: fswatch::dirs_for(&job.files),
+            view: SyncStatusView {
+                name: sync.name.clone(),
+                enabled,
+                auto_sync: sync.auto_sync,
+                sync_status: if enabled {
+                    SyncStatus::Pending
+                } else {
+                    SyncStatus::Disabled
+                },
+                last_sync_message: None,
+                last_synced_at: None,
+                import_status: None,
+                last_import_message: None,
+                last_imported_at: None,
+                remove_status: None,
+                last_remove_message: None,
+                last_removed_at: None,
+                region: job.region.clone(),
+                mapping: sync.destination.mapping.as_str().to_string(),
+                files: vec![],
+                counts: StateCounts::default(),
+                secrets: vec![],
+            },
+            job,
+            auto_sync: sync.auto_sync,
+            due: None,
+            force: true,
+            explicit: false,
+            allow_deletes: false,
+            running: false,
+            waiting: vec![],
+            riding: vec![],
+            digests: None,
+            last_good: BTreeMap::new(),
+            failures: 0,
+        }
+    }
+
+    /// Takes over the runtime memory of the slot this one replaces.
+    fn inherit(&mut self, old: Slot) {
+        self.digests = old.digests;
+        self.last_good = old.last_good;
+        self.running = old.running;
+        self.riding = old.riding;
+        self.waiting = old.waiting;
+        self.view.last_synced_at = old.view.last_synced_at;
+        self.view.secrets = old.view.secrets;
+        self.view.counts = old.view.counts;
+        self.view.files = old.view.files;
+        if self.job.enabled {
+            self.view.sync_status = old.view.sync_status;
+            self.view.last_sync_message = old.view.last_sync_message;
+        }
+    }
+
+    fn schedule(&mut self, at: Instant) {
+        if self.job.enabled {
+            self.due = Some(self.due.map_or(at, |d| d.min(at)));
+        }
+    }
+}
+
+/// What a pass task hands back to the loop.
+struct PassDone {
+    /// File contents unchanged and nothing forced: no pass was run.
+    skipped: bool,
+    files: Vec<FileView>,
+    digests: Digests,
+    result: Option<PassResult>,
+    /// The store could not be created.
+    setup_error: Option<StoreError>,
+    mode: Mode,
+}
+
+/// The engine; build with [`Engine::new`], then [`Engine::run`].
+pub struct Engine<F: StoreFactory> {
+    factory: Arc<F>,
+    config: Arc<Config>,
+    slots: BTreeMap<String, Slot>,
+    stores: BTreeMap<Connection, Arc<F::Store>>,
+    state: State,
+    status_tx: watch::Sender<Arc<Status>>,
+    agent: AgentStatus,
+    watcher: Option<DirWatcher>,
+    inflight: JoinSet<(String, PassDone)>,
+    next_drift: Option<Instant>,
+    rx: mpsc::UnboundedReceiver<Request>,
+    fs_rx: mpsc::UnboundedReceiver<Vec<PathBuf>>,
+    state_warned: bool,
+}
+
+impl<F: StoreFactory> Engine<F> {
+    /// Builds an engine for a validated config. With `watch_files`, a
+    /// directory watcher feeds file events (tests may send
+    /// [`Request::FilesChanged`] themselves instead).
+    pub fn new(
+        config: Config,
+        factory: F,
+        watch_files: bool,
+    ) -> Result<(Engine<F>, EngineHandle), notify::Error> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (fs_tx, fs_rx) = mpsc::unbounded_channel();
+        let watcher = if watch_files {
+            Some(DirWatcher::new(fs_tx)?)
+        } else {
+            None
+        };
+        let now = report::now_rfc3339();
+        let agent = AgentStatus {
+            id: config.agent.id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            started_at: now.clone(),
+            config_path: config.path.display().to_string(),
+            config_loaded_at: Some(now),
+            config_error: None,
+        };
+        let (status_tx, status_rx) = watch::channel(Arc::new(Status::default()));
+        let state = State::load(&config.agent.state_dir);
+        let mut engine = Engine {
+            factory: Arc::new(factory),
+            config: Arc::new(config),
+            slots: BTreeMap::new(),
+            stores: BTreeMap::new(),
+            state,
+            status_tx,
+            agent,
+            watcher,
+            inflight: JoinSet::new(),
+            next_drift: None,
+            rx,
+            fs_rx,
+            state_warned: false,
+        };
+        let config = Arc::clone(&engine.config);
+        engine.install_config(&config);
+        Ok((
+            engine,
+            EngineHandle {
+                tx,
+                status: status_rx,
+            },
+        ))
+    }
+
+    /// Replaces slots from `config`, keeping runtime memory of syncs that
+    /// stay; every enabled sync gets a pass now.
+    fn install_config(&mut self, config: &Config) {
+        let mut old = std::mem::take(&mut self.slots);
+        let now = Instant::now();
+        for sync in &config.syncs {
+            let mut slot = Slot::new(config, sync);
+            if let Some(prev) = old.remove(&sync.name) {
+                slot.inherit(prev);
+            }
+            slot.force = true;
+            slot.schedule(now);
+            self.slots.insert(sync.name.clone(), slot);
+        }
+        for (name, slot) in old {
+            for w in slot.waiting.into_iter().chain(slot.riding) {
+                let _ = w.send(Err(EngineError::UnknownSync(name.clone())));
+            }
+        }
+        self.next_drift = config.agent.reconcile_interval.map(|d| now + d);
+        self.refresh_watches();
+        self.publish();
+    }
+
+    fn refresh_watches(&mut self) {
+        let Some(watcher) = self.watcher.as_mut() else {
+            return;
+        };
+        let mut dirs = BTreeSet::new();
+        for slot in self.slots.values_mut() {
+            slot.dirs = fswatch::dirs_for(&slot.job.files);
+            if slot.job.enabled {
+                dirs.extend(slot.dirs.iter().cloned());
+            }
+        }
+        if &dirs != watcher.watched() {
+            for e in watcher.set_dirs(&dirs) {
+                tracing::warn!(error = %e, "file watch not set; changes there are seen only by the drift check");
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let status = Status {
+            agent: self.agent.clone(),
+            syncs: self.slots.values().map(|s| s.view.clone()).collect(),
+        };
+        self.status_tx.send_replace(Arc::new(status));
+    }
+
+    /// Runs until `shutdown` resolves, then drains in-flight passes for up
+    /// to `agent.shutdown_timeout`.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            self.start_due_passes().await;
+            let wake = self.next_wake();
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(joined) = self.inflight.join_next(), if !self.inflight.is_empty() => match joined {
+                    Ok((name, done)) => self.finish_pass(&name, done),
+                    Err(e) => tracing::error!(error = %e, "pass task failed"),
+                },
+                request = self.rx.recv() => match request {
+                    Some(r) => self.handle(r).await,
+                    None => break,
+                },
+                Some(paths) = self.fs_rx.recv() => self.files_changed(&paths),
+                () = sleep_until_opt(wake) => self.on_timer(),
+            }
+        }
+        self.drain().await;
+    }
+
+    async fn drain(&mut self) {
+        let timeout = self.config.agent.shutdown_timeout;
+        let running = self.inflight.len();
+        if running > 0 {
+            tracing::info!(running, ?timeout, "finishing in-flight passes before exit");
+        }
+        let deadline = Instant::now() + timeout;
+        while !self.inflight.is_empty() {
+            match tokio::time::timeout_at(deadline, self.inflight.join_next()).await {
+                Ok(Some(Ok((name, done)))) => self.finish_pass(&name, done),
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!(
+                        abandoned = self.inflight.len(),
+                        "shutdown timeout reached; abandoning in-flight calls (idempotency tokens make their retry safe)"
+                    );
+                    self.inflight.abort_all();
+                    break;
+                }
+            }
+        }
+        for slot in self.slots.values_mut() {
+            for w in slot.waiting.drain(..).chain(slot.riding.drain(..)) {
+                let _ = w.send(Err(EngineError::Stopped));
+            }
+        }
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        self.slots
+            .values()
+            .filter(|s| !s.running)
+            .filter_map(|s| s.due)
+            .chain(self.next_drift)
+            .min()
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        if let Some(drift) = self.next_drift.filter(|d| *d <= now) {
+            tracing::debug!("drift check");
+            for slot in self.slots.values_mut() {
+                slot.force = true;
+                slot.schedule(now);
+            }
+            self.next_drift = self
+                .config
+                .agent
+                .reconcile_interval
+                .map(|d| drift.max(now) + d);
+        }
+    }
+
+    fn files_changed(&mut self, paths: &[PathBuf]) {
+        let due = Instant::now() + self.config.agent.debounce;
+        let mut any = false;
+        for slot in self.slots.values_mut() {
+            if !slot.job.enabled {
+                continue;
+            }
+            if paths
+                .iter()
+                .any(|p| fswatch::event_concerns(p, &slot.dirs, &slot.job.files))
+            {
+                // Quiet period: each event pushes the deadline back.
+                slot.due = Some(slot.due.map_or(due, |d| d.max(due)));
+                any = true;
+            }
+        }
+        if any {
+            self.refresh_watches();
+        }
+    }
+
+    async fn handle(&mut self, request: Request) {
+        match request {
+            Request::FilesChanged(paths) => self.files_changed(&paths),
+            Request::Ping { reply } => {
+                let _ = reply.send(());
+            }
+            Request::Resync {
+                syncs,
+                allow_deletes,
+                reply,
+            } => self.resync(syncs, allow_deletes, reply),
+            Request::Reload { reply } => {
+                let result = self.reload();
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            Request::Plan { sync, reply } => self.plan(sync, reply).await,
+        }
+    }
+
+    fn resync(
+        &mut self,
+        syncs: Vec<String>,
+        allow_deletes: bool,
+        reply: Option<Reply<Vec<SyncReport>>>,
+    ) {
+        let names: Vec<String> = if syncs.is_empty() {
+            self.slots
+                .iter()
+                .filter(|(_, s)| s.job.enabled)
+                .map(|(n, _)| n.clone())
+                .collect()
+        } else {
+            syncs
+        };
+        if let Some(unknown) = names.iter().find(|n| !self.slots.contains_key(*n)) {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(EngineError::UnknownSync(unknown.clone())));
+            }
+            return;
+        }
+        let now = Instant::now();
+        let mut receivers = Vec::new();
+        for name in &names {
+            let Some(slot) = self.slots.get_mut(name) else {
+                continue;
+            };
+            slot.force = true;
+            slot.explicit = true;
+            slot.allow_deletes |= allow_deletes;
+            slot.schedule(now);
+            if reply.is_some() {
+                let (tx, rx) = oneshot::channel();
+                if slot.job.enabled {
+                    slot.waiting.push(tx);
+                } else {
+                    let mut r = disabled_report(&slot.job);
+                    r.last_sync_message = Some("sync is disabled".into());
+                    let _ = tx.send(Ok(r));
+                }
+                receivers.push(rx);
+            }
+        }
+        if let Some(reply) = reply {
+            tokio::spawn(async move {
+                let mut reports = Vec::new();
+                for rx in receivers {
+                    match rx.await {
+                        Ok(Ok(r)) => reports.push(r),
+                        Ok(Err(e)) => {
+                            let _ = reply.send(Err(e));
+                            return;
+                        }
+                        Err(_) => {
+                            let _ = reply.send(Err(EngineError::Stopped));
+                            return;
+                        }
+                    }
+                }
+                let _ = reply.send(Ok(reports));
+            });
+        }
+    }
+
+    fn reload(&mut self) -> Result<(), EngineError> {
+        let path = self.config.path.clone();
+        match config::load_config(&path) {
+            Ok(new) => {
+                if new.agent.socket != self.config.agent.socket
+                    || new.agent.log_format != self.config.agent.log_format
+                    || new.agent.log_level != self.config.agent.log_level
+                {
+                    tracing::warn!(
+                        "agent.socket / log_format / log_level changes take effect after a restart"
+                    );
+                }
+                let new = Arc::new(new);
+                self.install_config(&new);
+                self.config = new;
+                self.agent.config_loaded_at = Some(report::now_rfc3339());
+                self.agent.config_error = None;
+                tracing::info!(syncs = self.slots.len(), "config reloaded");
+                self.publish();
+                Ok(())
+            }
+            Err(errors) => {
+                let text = errors.to_string();
+                for line in text.lines() {
+                    tracing::error!("{line}");
+                }
+                tracing::error!("reload rejected; the previous config keeps running");
+                self.agent.config_error = Some(text.clone());
+                self.publish();
+                Err(EngineError::InvalidConfig(text))
+            }
+        }
+    }
+
+    async fn store_for(&mut self, conn: &Connection) -> Result<Arc<F::Store>, StoreError> {
+        if let Some(s) = self.stores.get(conn) {
+            return Ok(Arc::clone(s));
+        }
+        let store = self.factory.connect(conn).await?;
+        self.stores.insert(conn.clone(), Arc::clone(&store));
+        Ok(store)
+    }
+
+    async fn plan(&mut self, sync: Option<String>, reply: Reply<Report>) {
+        let names: Vec<String> = match sync {
+            Some(n) if !self.slots.contains_key(&n) => {
+                let _ = reply.send(Err(EngineError::UnknownSync(n)));
+                return;
+            }
+            Some(n) => vec![n],
+            None => self.slots.keys().cloned().collect(),
+        };
+        let mut jobs = Vec::new();
+        for name in names {
+            let Some(slot) = self.slots.get(&name) else {
+                continue;
+            };
+            let job = slot.job.clone();
+            let last_good = slot.last_good.clone();
+            let sync_state = self.state.syncs.get(&name).cloned().unwrap_or_default();
+            let store = if job.enabled {
+                Some(self.store_for(&job.connection.clone()).await)
+            } else {
+                None
+            };
+            jobs.push((job, last_good, sync_state, store));
+        }
+        tokio::spawn(async move {
+            let mut syncs = Vec::new();
+            for (job, last_good, sync_state, store) in jobs {
+                let report = match store {
+                    None => disabled_report(&job),
+                    Some(Err(e)) => failed_report(&job, format!("cannot set up AWS client: {e}")),
+                    Some(Ok(store)) => {
+                        let files = read_files_blocking(job.clone()).await;
+                        reconcile::run_pass_with_files(
+                            store,
+                            &job,
+                            &files,
+                            &last_good,
+                            Mode::Plan,
+                            false,
+                            &sync_state,
+                        )
+                        .await
+                        .report
+                    }
+                };
+                syncs.push(report);
+            }
+            let _ = reply.send(Ok(Report { syncs }));
+        });
+    }
+
+    async fn start_due_passes(&mut self) {
+        let now = Instant::now();
+        let ready: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| !s.running && s.due.is_some_and(|d| d <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in ready {
+            let conn = match self.slots.get(&name) {
+                Some(s) => s.job.connection.clone(),
+                None => continue,
+            };
+            let store = self.store_for(&conn).await;
+            let sync_state = self.state.syncs.get(&name).cloned().unwrap_or_default();
+            let Some(slot) = self.slots.get_mut(&name) else {
+                continue;
+            };
+            slot.due = None;
+            slot.running = true;
+            slot.riding = std::mem::take(&mut slot.waiting);
+            let mode = if slot.auto_sync || slot.explicit {
+                Mode::Apply
+            } else {
+                Mode::Plan
+            };
+            let force = std::mem::take(&mut slot.force) || !slot.riding.is_empty();
+            let allow_deletes = std::mem::take(&mut slot.allow_deletes);
+            slot.explicit = false;
+            if mode == Mode::Apply {
+                slot.view.sync_status = SyncStatus::Running;
+            }
+            let job = slot.job.clone();
+            let previous = slot.digests.clone();
+            let last_good = slot.last_good.clone();
+            let span = tracing::info_span!("pass", sync = %name);
+            self.inflight.spawn(tracing::Instrument::instrument(
+                async move {
+                    let done = run_pass_task(
+                        store,
+                        job,
+                        mode,
+                        force,
+                        allow_deletes,
+                        previous,
+                        last_good,
+                        sync_state,
+                    )
+                    .await;
+                    (name, done)
+                },
+                span,
+            ));
+        }
+    }
+
+    fn finish_pass(&mut self, name: &str, done: PassDone) {
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        slot.running = false;
+        let riders = std::mem::take(&mut slot.riding);
+        if done.skipped {
+            if slot.view.sync_status == SyncStatus::Running {
+                slot.view.sync_status = SyncStatus::Synced;
+            }
+            tracing::debug!(sync = name, "file events without content change; no pass");
+            self.publish();
+            return;
+        }
+        let now = report::now_rfc3339();
+        for f in &done.files {
+            if let Ok(p) = &f.result {
+                slot.last_good.insert(f.path.clone(), p.clone());
+            }
+        }
+        slot.view.files = report::file_views(&done.files, &now);
+        let (report, transient) = match (done.setup_error, done.result) {
+            (Some(e), _) => (
+                failed_report(&slot.job, format!("cannot set up AWS client: {e}")),
+                true,
+            ),
+            (None, Some(result)) => {
+                if let (Some(plan), Some(applied)) = (&result.plan, &result.applied) {
+                    let entry = self.state.syncs.entry(name.to_string()).or_default();
+                    reconcile::record_state(entry, plan, applied);
+                    if result.report.sync_status == SyncStatus::Synced {
+                        entry.initial_sync_done = true;
+                    }
+                }
+                let secrets = match (&result.report.secrets, &result.plan) {
+                    (Some(s), _) => s.clone(),
+                    (None, Some(plan)) => planned_views(plan),
+                    (None, None) => slot.view.secrets.clone(),
+                };
+                slot.view.secrets = secrets;
+                (result.report, result.transient)
+            }
+            (None, None) => (
+                failed_report(&slot.job, "pass produced no result".into()),
+                false,
+            ),
+        };
+        slot.view.sync_status = report.sync_status;
+        slot.view.last_sync_message = report.last_sync_message.clone();
+        slot.view.counts = StateCounts::of(&slot.view.secrets);
+        if report.sync_status == SyncStatus::Synced && done.mode == Mode::Apply {
+            slot.view.last_synced_at = Some(now);
+        }
+        if transient {
+            slot.failures = slot.failures.saturating_add(1);
+            let delay = backoff(slot.failures);
+            slot.force = true;
+            slot.schedule(Instant::now() + delay);
+            slot.digests = None;
+            tracing::warn!(sync = name, retry_in = ?delay, reason = report.last_sync_message.as_deref().unwrap_or(""), "pass incomplete; will retry");
+        } else {
+            slot.failures = 0;
+            slot.digests = Some(done.digests);
+        }
+        tracing::info!(sync = name, "{}", report::summary_line(&report));
+        for r in riders {
+            let _ = r.send(Ok(report.clone()));
+        }
+        self.save_state();
+        self.publish();
+    }
+
+    fn save_state(&mut self) {
+        match self.state.save(&self.config.agent.state_dir) {
+            Ok(()) => self.state_warned = false,
+            Err(e) if !self.state_warned => {
+                tracing::warn!(error = %e, "state not saved; stale tags set by this agent may not be removed later");
+                self.state_warned = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Per-secret views for a plan-only pass: secrets with pending calls show
+/// PENDING, the rest keep what the plan expects.
+fn planned_views(plan: &crate::plan::Plan) -> Vec<report::SecretView> {
+    let pending: BTreeSet<&str> = plan
+        .actions
+        .iter()
+        .filter(|a| a.op != crate::plan::Op::None)
+        .map(|a| a.name.as_str())
+        .collect();
+    let mut secrets = plan.secrets.clone();
+    for s in &mut secrets {
+        if pending.contains(s.name.as_str()) && s.state != SecretState::Error {
+            s.state = SecretState::Pending;
+            s.message = Some("changes pending; auto_sync is off (run resync)".into());
+        }
+    }
+    report::secret_views(&secrets, &report::now_rfc3339())
+}
+
+fn disabled_report(job: &SyncJob) -> SyncReport {
+    SyncReport {
+        name: job.spec.sync_name.clone(),
+        region: job.region.clone(),
+        sync_status: SyncStatus::Disabled,
+        last_sync_message: Some("enabled: false".into()),
+        files: vec![],
+        actions: vec![],
+        counts: Default::default(),
+        secrets: None,
+    }
+}
+
+fn failed_report(job: &SyncJob, message: String) -> SyncReport {
+    SyncReport {
+        sync_status: SyncStatus::Pending,
+        last_sync_message: Some(message),
+        ..disabled_report(job)
+    }
+}
+
+/// Exponential backoff with ±20% jitter, capped.
+fn backoff(failures: u32) -> Duration {
+    let base = Duration::from_secs(1u64 << failures.min(9)).min(MAX_RETRY_BACKOFF);
+    base.mul_f64(0.8 + 0.4 * fastrand::f64())
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_files_blocking(job: SyncJob) -> Vec<FileView> {
+    let files = job.files.clone();
+    match tokio::task::spawn_blocking(move || job.read_files()).await {
+        Ok(v) => v,
+        Err(e) => files
+            .iter()
+            .map(|f| FileView {
+                path: Path::new(f).to_path_buf(),
+                result: Err(crate::files::FileError::Io(format!(
+                    "reader task failed: {e}"
+                ))),
+                digest: None,
+            })
+            .collect(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_pass_task<S: SecretStore>(
+    store: Result<Arc<S>, StoreError>,
+    job: SyncJob,
+    mode: Mode,
+    force: bool,
+    allow_deletes: bool,
+    previous: Option<Digests>,
+    last_good: BTreeMap<PathBuf, ParsedFile>,
+    sync_state: crate::state::SyncState,
+) -> PassDone {
+    let files = read_files_blocking(job.clone()).await;
+    let digests: Digests = files.iter().map(|f| (f.path.clone(), f.digest)).collect();
+    if !force && previous.as_ref() == Some(&digests) {
+        return PassDone {
+            skipped: true,
+            files,
+            digests,
+            result: None,
+            setup_error: None,
+            mode,
+        };
+    }
+    let store = match store {
+        Ok(s) => s,
+        Err(e) => {
+            return PassDone {
+                skipped: false,
+                files,
+                digests,
+                result: None,
+                setup_error: Some(e),
+                mode,
+            };
+        }
+    };
+    let result = reconcile::run_pass_with_files(
+        store,
+        &job,
+        &files,
+        &last_good,
+        mode,
+        allow_deletes,
+        &sync_state,
+    )
+    .await;
+    PassDone {
+        skipped: false,
+        files,
+        digests,
+        result: Some(result),
+        setup_error: None,
+        mode,
+    }
+}
+
+#[cfg(test)]
+mod tests;

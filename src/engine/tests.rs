@@ -1,0 +1,325 @@
+//! Engine tests on the in-memory store with a paused clock: debounce,
+//! coalescing, follow-up passes, retries, drift, resync, reload.
+
+use super::*;
+use crate::secret::SecretValue;
+use crate::store::memory::MemoryStore;
+
+struct MemFactory(Arc<MemoryStore>);
+
+impl StoreFactory for MemFactory {
+    type Store = MemoryStore;
+    async fn connect(&self, _conn: &Connection) -> Result<Arc<MemoryStore>, StoreError> {
+        Ok(Arc::clone(&self.0))
+    }
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    store: Arc<MemoryStore>,
+    handle: EngineHandle,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn config_text(dir: &Path, extra_sync: &str, agent_extra: &str) -> String {
+    let agent_extra = if agent_extra.is_empty() {
+        "  reconcile_interval: 0\n"
+    } else {
+        agent_extra
+    };
+    format!(
+        "agent:\n  id: t1\n  state_dir: {d}/state\n  debounce: 500ms\n{agent_extra}aws:\n  region: us-east-1\n  max_write_tps: 1000\n  max_read_tps: 1000\nsyncs:\n  - name: app\n    source:\n      files: [{d}/app.env]\n{extra_sync}",
+        d = dir.display()
+    )
+}
+
+impl Harness {
+    async fn start(env: &str, extra_sync: &str, agent_extra: &str) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.env"), env).unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, config_text(dir.path(), extra_sync, agent_extra)).unwrap();
+        let config = config::load_config(&path).unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let (engine, handle) = Engine::new(config, MemFactory(Arc::clone(&store)), false).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(engine.run(async move {
+            let _ = stopped.await;
+        }));
+        Harness {
+            dir,
+            store,
+            handle,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn write(&self, env: &str) {
+        std::fs::write(self.dir.path().join("app.env"), env).unwrap();
+    }
+
+    fn touch(&self) {
+        let path = self.dir.path().join("app.env");
+        assert!(self.handle.send(Request::FilesChanged(vec![path])));
+    }
+
+    fn value(&self, name: &str) -> Option<String> {
+        self.store
+            .get(name)
+            .and_then(|(_, v)| v.map(|v| v.expose().to_string()))
+    }
+
+    fn writes(&self) -> u64 {
+        self.store.write_calls()
+    }
+
+    fn status(&self) -> Arc<Status> {
+        self.handle.status()
+    }
+
+    /// Waits (virtual time) until the sync reaches `want` or `limit` passes.
+    async fn wait_status(&self, want: SyncStatus, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut rx = self.handle.subscribe();
+        loop {
+            if self.status().syncs.first().map(|s| s.sync_status) == Some(want) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+async fn settle() {
+    // Let the loop and spawned passes run; blocking file reads finish in
+    // real time, so yield a few times around virtual sleeps.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn initial_pass_then_burst_makes_one_write() {
+    let h = Harness::start("A=1\nB=1\n", "", "").await;
+    assert!(
+        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
+            .await
+    );
+    assert_eq!(h.value("A").as_deref(), Some("1"));
+    let before = h.writes();
+    for i in 0..20 {
+        h.write(&format!("A={i}\nB=1\n"));
+        h.touch();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.write("A=final\nB=1\n");
+    h.touch();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(h.value("A").as_deref(), Some("final"));
+    assert_eq!(h.writes() - before, 1, "calls: {:?}", h.store.calls());
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn unchanged_content_triggers_nothing() {
+    let h = Harness::start("A=1\n", "", "").await;
+    assert!(
+        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
+            .await
+    );
+    h.store.reset_calls();
+    h.write("A=1\n");
+    h.touch();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    assert!(
+        h.store.calls().values().all(|n| *n == 0),
+        "{:?}",
+        h.store.calls()
+    );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn edits_during_a_pass_queue_exactly_one_follow_up() {
+    let h = Harness::start("A=1\n", "", "").await;
+    assert!(
+        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
+            .await
+    );
+    h.store.set_latency(Duration::from_secs(3));
+    h.write("A=2\n");
+    h.touch();
+    tokio::time::sleep(Duration::from_millis(700)).await; // pass starts, now slow
+    for i in 3..8 {
+        h.write(&format!("A={i}\n"));
+        h.touch();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    settle().await;
+    assert_eq!(h.value("A").as_deref(), Some("7"));
+    let puts = h.store.calls().get("PutSecretValue").copied().unwrap_or(0);
+    assert_eq!(
+        puts,
+        2,
+        "one pass in flight + one follow-up: {:?}",
+        h.store.calls()
+    );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn outage_keeps_pending_and_converges_without_events() {
+    let h = Harness::start("A=1\n", "", "").await;
+    assert!(
+        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
+            .await
+    );
+    h.store.fail_all(StoreError::Unavailable {
+        op: "ListSecrets",
+        message: "connection refused".into(),
+    });
+    h.write("A=2\n");
+    h.touch();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    let s = h.status();
+    assert_eq!(s.syncs[0].sync_status, SyncStatus::Pending);
+    assert!(
+        s.syncs[0]
+            .last_sync_message
+            .as_deref()
+            .unwrap_or("")
+            .contains("unavailable"),
+        "{:?}",
+        s.syncs[0].last_sync_message
+    );
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    h.store.heal();
+    assert!(
+        h.wait_status(SyncStatus::Synced, Duration::from_secs(600))
+            .await
+    );
+    assert_eq!(h.value("A").as_deref(), Some("2"));
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn resync_waits_for_its_pass_and_unknown_is_an_error() {
+    let h = Harness::start("A=1\n", "", "").await;
+    assert!(
+        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
+            .await
+    );
+    h.write("A=9\n");
+    let reports = h.handle.resync(vec![], false).await.unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].sync_status, SyncStatus::Synced);
+    assert_eq!(h.value("A").as_deref(), Some("9"));
+    assert_eq!(
+        h.handle
+            .resync(vec!["nope".into()], false)
+            .await
+            .unwrap_err(),
+        EngineError::UnknownSync("nope".into())
+    );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn drift_is_repaired_on_the_interval() {
+    let h = Harness::start("A=1\n", "", "  reconcile_interval: 1m\n").await;
+    assert!(
+        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
+            .await
+    );
+    let (meta, _) = h.store.get("A").unwrap();
+    h.store
+        .insert(meta, Some(SecretValue::new("changed-behind-our-back")));
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    settle().await;
+    assert_eq!(h.value("A").as_deref(), Some("1"));
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn auto_sync_off_plans_until_resync() {
+    let h = Harness::start("A=1\n", "    auto_sync: false\n", "").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(h.writes(), 0);
+    let s = h.status();
+    assert_eq!(s.syncs[0].sync_status, SyncStatus::Pending);
+    assert_eq!(s.syncs[0].secrets[0].state, SecretState::Pending);
+    h.handle.resync(vec!["app".into()], false).await.unwrap();
+    assert_eq!(h.value("A").as_deref(), Some("1"));
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn reload_valid_adds_sync_and_invalid_keeps_old() {
+    let h = Harness::start("A=1\n", "", "").await;
+    assert!(
+        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
+            .await
+    );
+    let path = h.dir.path().join("agent.yaml");
+    std::fs::write(&path, "agent: [not, a, map]\n").unwrap();
+    let err = h.handle.reload().await.unwrap_err();
+    assert!(matches!(err, EngineError::InvalidConfig(_)));
+    assert!(h.status().agent.config_error.is_some());
+    assert_eq!(h.status().syncs.len(), 1);
+    std::fs::write(h.dir.path().join("b.env"), "B=2\n").unwrap();
+    let extra = format!(
+        "  - name: two\n    source:\n      files: [{}/b.env]\n    destination:\n      key_schema: \"two/{{{{secretKey}}}}\"\n",
+        h.dir.path().display()
+    );
+    let text = config_text(h.dir.path(), "", "") + &extra;
+    std::fs::write(&path, text).unwrap();
+    h.handle.reload().await.unwrap();
+    assert!(h.status().agent.config_error.is_none());
+    h.handle.resync(vec![], false).await.unwrap();
+    assert_eq!(h.value("two/B").as_deref(), Some("2"));
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn parse_error_keeps_last_good_view_and_deletes_nothing() {
+    let h = Harness::start("A=1\nB=2\n", "", "").await;
+    assert!(
+        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
+            .await
+    );
+    h.write("A=1\nB=\"unterminated\n");
+    let reports = h.handle.resync(vec![], true).await.unwrap();
+    assert_eq!(reports[0].sync_status, SyncStatus::Failed);
+    let (meta, _) = h.store.get("B").unwrap();
+    assert!(!meta.pending_deletion);
+    assert_eq!(h.value("B").as_deref(), Some("2"));
+    let s = h.status();
+    assert_eq!(s.syncs[0].files[0].status, "error");
+    h.stop().await;
+}
+
+#[test]
+fn backoff_grows_and_is_capped() {
+    assert!(backoff(1) >= Duration::from_millis(1600) && backoff(1) <= Duration::from_millis(2400));
+    assert!(backoff(30) <= MAX_RETRY_BACKOFF.mul_f64(1.2));
+}
