@@ -293,12 +293,16 @@ pub async fn run_pass<S: SecretStore>(
     }
 }
 
-/// Updates remembered tag ownership after an applied pass: secrets that
-/// ended SYNCED now carry exactly the desired non-ownership tags; deleted
-/// ones are forgotten.
+/// Updates remembered tag ownership after an applied pass: tag keys set or
+/// removed by a call that succeeded are recorded, even when a later step for
+/// the same secret failed (the next pass sees those tags as already equal and
+/// would never record them); deleted secrets are forgotten.
 pub fn record_state(state: &mut SyncState, plan: &Plan, applied: &Applied) {
     let mut tags_by_name: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for a in &plan.actions {
+    for (a, outcome) in plan.actions.iter().zip(&applied.outcomes) {
+        if *outcome != apply::Outcome::Ok {
+            continue;
+        }
         if let plan::Op::Create(req) = &a.op {
             tags_by_name.insert(&a.name, req.tags.keys().cloned().collect());
         }
@@ -314,7 +318,7 @@ pub fn record_state(state: &mut SyncState, plan: &Plan, applied: &Applied) {
             SecretState::Deleted => {
                 state.managed_tags.remove(&s.name);
             }
-            SecretState::Synced => {
+            _ => {
                 if let Some(keys) = tags_by_name.get(s.name.as_str()) {
                     let entry = state.managed_tags.entry(s.name.clone()).or_default();
                     entry.extend(
@@ -326,8 +330,9 @@ pub fn record_state(state: &mut SyncState, plan: &Plan, applied: &Applied) {
                 let removed: Vec<&String> = plan
                     .actions
                     .iter()
-                    .filter(|a| a.name == s.name)
-                    .filter_map(|a| match &a.op {
+                    .zip(&applied.outcomes)
+                    .filter(|(a, o)| a.name == s.name && **o == apply::Outcome::Ok)
+                    .filter_map(|(a, _)| match &a.op {
                         plan::Op::Tag { remove, .. } => Some(remove),
                         _ => None,
                     })
@@ -339,7 +344,6 @@ pub fn record_state(state: &mut SyncState, plan: &Plan, applied: &Applied) {
                     }
                 }
             }
-            _ => {}
         }
     }
 }
