@@ -187,6 +187,52 @@ fn blocked_reason(files: &[FileView]) -> Option<String> {
     (!bad.is_empty()).then(|| format!("source file(s) missing or unreadable: {}", bad.join(", ")))
 }
 
+/// A file that exists but cannot be read or parsed is not applied (SPEC §4),
+/// and its content is unknown here. Keys that only files listed before it
+/// define may be overridden by it, so writing them would roll those secrets
+/// back to the earlier file's value: they are held back as per-key errors
+/// (which also keeps them from deletion) until the file reads again. A
+/// missing file (or a glob matching nothing) holds nothing back.
+fn hold_back_shadowed(desired: &mut Desired, files: &[FileView]) {
+    let Some(last_bad) = files
+        .iter()
+        .rposition(|f| matches!(&f.result, Err(e) if !matches!(e, files::FileError::Missing(_))))
+    else {
+        return;
+    };
+    let keys = |views: &[FileView]| -> std::collections::BTreeSet<String> {
+        views
+            .iter()
+            .filter_map(|f| f.result.as_ref().ok())
+            .flat_map(|p| p.entries.iter().map(|e| e.key.clone()))
+            .collect()
+    };
+    let later = keys(&files[last_bad + 1..]);
+    let shadowed: std::collections::BTreeSet<String> = keys(&files[..last_bad])
+        .difference(&later)
+        .cloned()
+        .collect();
+    let why = format!(
+        "not written while {} cannot be read: it may override this value",
+        files[last_bad].path.display()
+    );
+    let (held, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut desired.secrets)
+        .into_iter()
+        .partition(|d| match (&d.key, &d.json_keys) {
+            (Some(k), _) => shadowed.contains(k),
+            (None, Some(json)) => json.iter().any(|k| shadowed.contains(k)),
+            (None, None) => false,
+        });
+    desired.secrets = kept;
+    desired
+        .errors
+        .extend(held.into_iter().map(|d| desired::DesiredError {
+            key: d.key,
+            name: Some(d.name),
+            message: why.clone(),
+        }));
+}
+
 /// Runs one pass for `job`.
 pub async fn run_pass<S: SecretStore>(
     store: Arc<S>,
@@ -221,7 +267,8 @@ pub async fn run_pass<S: SecretStore>(
         .iter()
         .filter_map(|f| f.result.as_ref().ok())
         .collect();
-    let desired = desired::build_desired(&job.spec, &parsed);
+    let mut desired = desired::build_desired(&job.spec, &parsed);
+    hold_back_shadowed(&mut desired, &files);
     let mut opts = job.options.clone();
     opts.allow_deletes = allow_deletes;
     opts.deletes_blocked = blocked_reason(&files);
