@@ -192,6 +192,52 @@ fn blocked_reason(files: &[FileView]) -> Option<String> {
     (!bad.is_empty()).then(|| format!("source file(s) missing or unreadable: {}", bad.join(", ")))
 }
 
+/// A file that exists but cannot be read or parsed is not applied (SPEC §4),
+/// and its content is unknown here. Keys that only files listed before it
+/// define may be overridden by it, so writing them would roll those secrets
+/// back to the earlier file's value: they are held back as per-key errors
+/// (which also keeps them from deletion) until the file reads again. A
+/// missing file (or a glob matching nothing) holds nothing back.
+fn hold_back_shadowed(desired: &mut Desired, files: &[FileView]) {
+    let Some(last_bad) = files
+        .iter()
+        .rposition(|f| matches!(&f.result, Err(e) if !matches!(e, files::FileError::Missing(_))))
+    else {
+        return;
+    };
+    let keys = |views: &[FileView]| -> std::collections::BTreeSet<String> {
+        views
+            .iter()
+            .filter_map(|f| f.result.as_ref().ok())
+            .flat_map(|p| p.entries.iter().map(|e| e.key.clone()))
+            .collect()
+    };
+    let later = keys(&files[last_bad + 1..]);
+    let shadowed: std::collections::BTreeSet<String> = keys(&files[..last_bad])
+        .difference(&later)
+        .cloned()
+        .collect();
+    let why = format!(
+        "not written while {} cannot be read: it may override this value",
+        files[last_bad].path.display()
+    );
+    let (held, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut desired.secrets)
+        .into_iter()
+        .partition(|d| match (&d.key, &d.json_keys) {
+            (Some(k), _) => shadowed.contains(k),
+            (None, Some(json)) => json.iter().any(|k| shadowed.contains(k)),
+            (None, None) => false,
+        });
+    desired.secrets = kept;
+    desired
+        .errors
+        .extend(held.into_iter().map(|d| desired::DesiredError {
+            key: d.key,
+            name: Some(d.name),
+            message: why.clone(),
+        }));
+}
+
 /// Runs one pass for `job`.
 pub async fn run_pass<S: SecretStore>(
     store: Arc<S>,
@@ -251,7 +297,8 @@ pub async fn run_pass_with_files<S: SecretStore>(
         .iter()
         .filter_map(|f| f.result.as_ref().ok().or_else(|| last_good.get(&f.path)))
         .collect();
-    let desired = desired::build_desired(&job.spec, &parsed);
+    let mut desired = desired::build_desired(&job.spec, &parsed);
+    hold_back_shadowed(&mut desired, &files);
     let mut opts = job.options.clone();
     opts.allow_deletes = allow_deletes;
     opts.deletes_blocked = blocked_reason(files);
@@ -323,12 +370,16 @@ pub async fn run_pass_with_files<S: SecretStore>(
     }
 }
 
-/// Updates remembered tag ownership after an applied pass: secrets that
-/// ended SYNCED now carry exactly the desired non-ownership tags; deleted
-/// ones are forgotten.
+/// Updates remembered tag ownership after an applied pass: tag keys set or
+/// removed by a call that succeeded are recorded, even when a later step for
+/// the same secret failed (the next pass sees those tags as already equal and
+/// would never record them); deleted secrets are forgotten.
 pub fn record_state(state: &mut SyncState, plan: &Plan, applied: &Applied) {
     let mut tags_by_name: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for a in &plan.actions {
+    for (a, outcome) in plan.actions.iter().zip(&applied.outcomes) {
+        if *outcome != apply::Outcome::Ok {
+            continue;
+        }
         if let plan::Op::Create(req) = &a.op {
             tags_by_name.insert(&a.name, req.tags.keys().cloned().collect());
         }
@@ -344,7 +395,7 @@ pub fn record_state(state: &mut SyncState, plan: &Plan, applied: &Applied) {
             SecretState::Deleted => {
                 state.managed_tags.remove(&s.name);
             }
-            SecretState::Synced => {
+            _ => {
                 if let Some(keys) = tags_by_name.get(s.name.as_str()) {
                     let entry = state.managed_tags.entry(s.name.clone()).or_default();
                     entry.extend(
@@ -356,8 +407,9 @@ pub fn record_state(state: &mut SyncState, plan: &Plan, applied: &Applied) {
                 let removed: Vec<&String> = plan
                     .actions
                     .iter()
-                    .filter(|a| a.name == s.name)
-                    .filter_map(|a| match &a.op {
+                    .zip(&applied.outcomes)
+                    .filter(|(a, o)| a.name == s.name && **o == apply::Outcome::Ok)
+                    .filter_map(|(a, _)| match &a.op {
                         plan::Op::Tag { remove, .. } => Some(remove),
                         _ => None,
                     })
@@ -369,7 +421,6 @@ pub fn record_state(state: &mut SyncState, plan: &Plan, applied: &Applied) {
                     }
                 }
             }
-            _ => {}
         }
     }
 }
