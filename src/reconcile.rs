@@ -198,17 +198,29 @@ fn blocked_reason(files: &[FileView]) -> Option<String> {
 /// back to the earlier file's value: they are held back as per-key errors
 /// (which also keeps them from deletion) until the file reads again. A
 /// missing file (or a glob matching nothing) holds nothing back.
-fn hold_back_shadowed(desired: &mut Desired, files: &[FileView]) {
-    let Some(last_bad) = files
-        .iter()
-        .rposition(|f| matches!(&f.result, Err(e) if !matches!(e, files::FileError::Missing(_))))
-    else {
+fn hold_back_shadowed(
+    desired: &mut Desired,
+    files: &[FileView],
+    last_good: &BTreeMap<std::path::PathBuf, crate::source::ParsedFile>,
+) {
+    // A failing file whose last good view the agent still has is not
+    // unknown: that view stands in for it.
+    fn view<'a>(
+        f: &'a FileView,
+        last_good: &'a BTreeMap<std::path::PathBuf, crate::source::ParsedFile>,
+    ) -> Option<&'a crate::source::ParsedFile> {
+        f.result.as_ref().ok().or_else(|| last_good.get(&f.path))
+    }
+    let Some(last_bad) = files.iter().rposition(|f| {
+        view(f, last_good).is_none()
+            && matches!(&f.result, Err(e) if !matches!(e, files::FileError::Missing(_)))
+    }) else {
         return;
     };
     let keys = |views: &[FileView]| -> std::collections::BTreeSet<String> {
         views
             .iter()
-            .filter_map(|f| f.result.as_ref().ok())
+            .filter_map(|f| view(f, last_good))
             .flat_map(|p| p.entries.iter().map(|e| e.key.clone()))
             .collect()
     };
@@ -298,7 +310,7 @@ pub async fn run_pass_with_files<S: SecretStore>(
         .filter_map(|f| f.result.as_ref().ok().or_else(|| last_good.get(&f.path)))
         .collect();
     let mut desired = desired::build_desired(&job.spec, &parsed);
-    hold_back_shadowed(&mut desired, &files);
+    hold_back_shadowed(&mut desired, files, last_good);
     let mut opts = job.options.clone();
     opts.allow_deletes = allow_deletes;
     opts.deletes_blocked = blocked_reason(files);
