@@ -122,13 +122,14 @@ async fn passes(
 ) -> Result<(Report, State, Config), Exit> {
     let config = load(path)?;
     let selected = select(&config, only)?;
+    let mut state = State::load(&config.agent.state_dir);
+    let token_key = state.ensure_token_key();
     let jobs: Vec<SyncJob> = selected
         .iter()
-        .map(|s| SyncJob::from_config(&config, s))
+        .map(|s| SyncJob::from_config(&config, s).with_token_key(token_key))
         .collect();
     let enabled: Vec<SyncJob> = jobs.iter().filter(|j| j.enabled).cloned().collect();
     let stores = stores(&enabled).await;
-    let mut state = State::load(&config.agent.state_dir);
     let mut syncs = Vec::new();
     for job in &jobs {
         if !job.enabled {

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::{self, Config};
 use crate::files::FileView;
-use crate::plan::SecretState;
+use crate::plan::{SecretState, TokenKey};
 use crate::reconcile::{self, Mode, PassResult, SyncJob};
 use crate::report::{self, Report, StateCounts, SyncReport, SyncStatus};
 use crate::source::ParsedFile;
@@ -199,8 +199,8 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(config: &Config, sync: &config::SyncConfig) -> Slot {
-        let job = SyncJob::from_config(config, sync);
+    fn new(config: &Config, sync: &config::SyncConfig, key: TokenKey) -> Slot {
+        let job = SyncJob::from_config(config, sync).with_token_key(key);
         let enabled = job.enabled;
         Slot {
             dirs: fswatch::dirs_for(&job.files),
@@ -293,6 +293,7 @@ pub struct Engine<F: StoreFactory> {
     rx: mpsc::UnboundedReceiver<Request>,
     fs_rx: mpsc::UnboundedReceiver<Vec<PathBuf>>,
     state_warned: bool,
+    token_key: TokenKey,
 }
 
 impl<F: StoreFactory> Engine<F> {
@@ -322,8 +323,10 @@ impl<F: StoreFactory> Engine<F> {
             config_error: None,
         };
         let (status_tx, status_rx) = watch::channel(Arc::new(Status::default()));
-        let state = State::load(&config.agent.state_dir);
+        let mut state = State::load(&config.agent.state_dir);
+        let token_key = state.ensure_token_key();
         let mut engine = Engine {
+            token_key,
             factory: Arc::new(factory),
             config: Arc::new(config),
             slots: BTreeMap::new(),
@@ -339,6 +342,8 @@ impl<F: StoreFactory> Engine<F> {
             state_warned: false,
         };
         let config = Arc::clone(&engine.config);
+        // Persist a new token key before any write uses it.
+        engine.save_state();
         engine.install_config(&config);
         Ok((
             engine,
@@ -355,7 +360,7 @@ impl<F: StoreFactory> Engine<F> {
         let mut old = std::mem::take(&mut self.slots);
         let now = Instant::now();
         for sync in &config.syncs {
-            let mut slot = Slot::new(config, sync);
+            let mut slot = Slot::new(config, sync, self.token_key);
             if let Some(prev) = old.remove(&sync.name) {
                 slot.inherit(prev);
             }

@@ -6,8 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use hmac::{Hmac, Mac};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use crate::desired::{Desired, DesiredSecret, MappingSpec};
 use crate::naming;
@@ -42,6 +43,8 @@ pub struct PlanOptions {
     pub deletes_blocked: Option<String>,
     /// Tag keys this agent set earlier, per secret name (from the state dir).
     pub managed_tags: BTreeMap<String, BTreeSet<String>>,
+    /// Key for idempotency tokens (from the state dir).
+    pub token_key: TokenKey,
 }
 
 impl Default for PlanOptions {
@@ -54,6 +57,7 @@ impl Default for PlanOptions {
             recovery_window_days: 7,
             deletes_blocked: None,
             managed_tags: BTreeMap::new(),
+            token_key: TokenKey::default(),
         }
     }
 }
@@ -195,19 +199,44 @@ impl Plan {
     }
 }
 
-/// Idempotency token: a function of the secret name, the value and the
-/// version it replaces, so a retried call maps to the same version while
-/// returning to an earlier value (v1 → v2 → v1) still writes. 64 hex chars
-/// (AWS accepts 32–64).
-pub fn request_token(name: &str, value: &SecretValue, replaces: Option<&str>) -> String {
-    let mut h = Sha256::new();
-    h.update(b"secretsync/v1\0");
-    h.update(name.as_bytes());
-    h.update(b"\0");
-    h.update(replaces.unwrap_or("").as_bytes());
-    h.update(b"\0");
-    h.update(value.expose().as_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+/// Key for idempotency tokens. Tokens become AWS version ids, which anyone
+/// allowed to describe a secret can read; keying them keeps a short value
+/// (a PIN) from being recovered by hashing guesses. The agent keeps its key
+/// in `state_dir`, so tokens survive restarts (a retried call after a crash
+/// still maps to the same version).
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct TokenKey(pub [u8; 32]);
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(<redacted>)")
+    }
+}
+
+/// Idempotency token: HMAC-SHA256 under `key` of the secret name, the
+/// version it replaces and the value, so a retried call maps to the same
+/// version while returning to an earlier value (v1 → v2 → v1) still
+/// writes. 64 hex chars (AWS accepts 32–64).
+pub fn request_token(
+    key: &TokenKey,
+    name: &str,
+    value: &SecretValue,
+    replaces: Option<&str>,
+) -> String {
+    // HMAC accepts keys of any length, so construction cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.0)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(b"secretsync/v1\0");
+    mac.update(name.as_bytes());
+    mac.update(b"\0");
+    mac.update(replaces.unwrap_or("").as_bytes());
+    mac.update(b"\0");
+    mac.update(value.expose().as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Who owns a remote secret, from its tags.
@@ -316,7 +345,7 @@ impl Planner<'_> {
     }
 
     fn create(&mut self, d: &DesiredSecret) {
-        let token = request_token(&d.name, &d.value, None);
+        let token = request_token(&self.opts.token_key, &d.name, &d.value, None);
         let req = CreateSecret {
             name: d.name.clone(),
             value: d.value.clone(),
@@ -364,7 +393,12 @@ impl Planner<'_> {
                 Op::Restore,
             );
             // The value of a secret pending deletion cannot be read: write it.
-            let token = request_token(&d.name, &d.value, r.current_version.as_deref());
+            let token = request_token(
+                &self.opts.token_key,
+                &d.name,
+                &d.value,
+                r.current_version.as_deref(),
+            );
             self.push(
                 ActionKind::Update,
                 key,
@@ -398,7 +432,12 @@ impl Planner<'_> {
                     } else {
                         "AWS holds a binary value"
                     };
-                    let token = request_token(&d.name, &d.value, r.current_version.as_deref());
+                    let token = request_token(
+                        &self.opts.token_key,
+                        &d.name,
+                        &d.value,
+                        r.current_version.as_deref(),
+                    );
                     self.push(
                         ActionKind::Update,
                         key,

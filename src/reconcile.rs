@@ -41,6 +41,12 @@ pub struct SyncJob {
 }
 
 impl SyncJob {
+    /// Sets the idempotency-token key (kept in `state_dir`).
+    pub fn with_token_key(mut self, key: crate::plan::TokenKey) -> SyncJob {
+        self.options.token_key = key;
+        self
+    }
+
     /// Reads and parses the sync's source files (the only IO before planning).
     pub fn read_files(&self) -> Vec<FileView> {
         files::read_sources(&self.files, self.format, self.expand, self.max_file_size)
@@ -111,6 +117,7 @@ impl SyncJob {
                 recovery_window_days: d.recovery_window_days,
                 deletes_blocked: None,
                 managed_tags: BTreeMap::new(),
+                token_key: crate::plan::TokenKey::default(),
             },
             unsupported,
             enabled: sync.enabled,

@@ -6,10 +6,13 @@
 //! tags it set earlier, and treats every sync as not yet initially synced.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::plan::TokenKey;
 
 /// File name inside `state_dir`.
 pub const STATE_FILE: &str = "state.json";
@@ -34,6 +37,9 @@ pub struct State {
     /// Per-sync state by sync name.
     #[serde(default)]
     pub syncs: BTreeMap<String, SyncState>,
+    /// Hex key for idempotency tokens (see [`TokenKey`]); created on first use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_key: Option<String>,
 }
 
 /// Why the state could not be saved.
@@ -47,6 +53,26 @@ pub struct StateError {
 }
 
 impl State {
+    /// The idempotency-token key, created from the OS random source when
+    /// absent or unreadable. Callers save the state so it persists.
+    pub fn ensure_token_key(&mut self) -> TokenKey {
+        if let Some(key) = self.token_key.as_deref().and_then(parse_key) {
+            return key;
+        }
+        let mut bytes = [0u8; 32];
+        if let Err(e) =
+            std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes))
+        {
+            // Never fall back to a predictable key silently: mix what we have
+            // and say so; tokens stay idempotent within this process.
+            tracing::warn!(error = %e, "cannot read /dev/urandom; token key derived from time and pid");
+            let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+            bytes = Sha256::digest(seed.as_bytes()).into();
+        }
+        self.token_key = Some(bytes.iter().map(|b| format!("{b:02x}")).collect());
+        TokenKey(bytes)
+    }
+
     /// Loads `dir/state.json`; a missing file gives the empty state, a
     /// corrupt one is logged and replaced by the empty state.
     pub fn load(dir: &Path) -> State {
@@ -100,6 +126,17 @@ impl State {
     }
 }
 
+fn parse_key(hex: &str) -> Option<TokenKey> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(TokenKey(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +154,23 @@ mod tests {
         s.save(dir.path()).unwrap();
         let loaded = State::load(dir.path());
         assert_eq!(loaded.syncs, s.syncs);
+        let mut keyed = State::default();
+        let key = keyed.ensure_token_key();
+        assert_ne!(key, TokenKey::default());
+        assert_eq!(keyed.ensure_token_key(), key, "stable once created");
+        keyed.save(dir.path()).unwrap();
+        assert_eq!(
+            State::load(dir.path()).ensure_token_key(),
+            key,
+            "survives a restart"
+        );
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join(STATE_FILE))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        assert_ne!(State::default().ensure_token_key(), key, "random per agent");
         std::fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
         assert_eq!(State::load(dir.path()), State::default());
     }

@@ -323,3 +323,24 @@ fn backoff_grows_and_is_capped() {
     assert!(backoff(1) >= Duration::from_millis(1600) && backoff(1) <= Duration::from_millis(2400));
     assert!(backoff(30) <= MAX_RETRY_BACKOFF.mul_f64(1.2));
 }
+
+#[tokio::test(start_paused = true)]
+async fn versions_are_keyed_with_the_persisted_token_key() {
+    let h = Harness::start("A=1\n", "", "").await;
+    assert!(
+        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
+            .await
+    );
+    let mut state = State::load(&h.dir.path().join("state"));
+    assert!(
+        state.token_key.is_some(),
+        "key saved before the first write"
+    );
+    let key = state.ensure_token_key();
+    let want = crate::plan::request_token(&key, "A", &SecretValue::new("1"), None);
+    assert_eq!(h.store.versions("A"), vec![want.clone()]);
+    let unkeyed =
+        crate::plan::request_token(&TokenKey::default(), "A", &SecretValue::new("1"), None);
+    assert_ne!(want, unkeyed);
+    h.stop().await;
+}

@@ -393,15 +393,27 @@ fn tags_ours_set_and_stale_removed_others_kept() {
 fn tokens_are_stable_and_distinguish_history() {
     let v1 = SecretValue::new("one");
     let v2 = SecretValue::new("two");
-    assert_eq!(request_token("n", &v1, None), request_token("n", &v1, None));
-    assert_ne!(request_token("n", &v1, None), request_token("m", &v1, None));
-    let t1 = request_token("n", &v1, None);
-    let t2 = request_token("n", &v2, Some(&t1));
-    let t3 = request_token("n", &v1, Some(&t2));
+    assert_eq!(
+        request_token(&TokenKey::default(), "n", &v1, None),
+        request_token(&TokenKey::default(), "n", &v1, None)
+    );
+    assert_ne!(
+        request_token(&TokenKey::default(), "n", &v1, None),
+        request_token(&TokenKey::default(), "m", &v1, None)
+    );
+    let t1 = request_token(&TokenKey::default(), "n", &v1, None);
+    let t2 = request_token(&TokenKey::default(), "n", &v2, Some(&t1));
+    let t3 = request_token(&TokenKey::default(), "n", &v1, Some(&t2));
     assert_ne!(t1, t3, "v1 -> v2 -> v1 must write again");
     assert_ne!(t2, t3);
     assert_eq!(t1.len(), 64);
     assert!(!t1.contains("one"));
+    let other = TokenKey([7; 32]);
+    assert_ne!(
+        request_token(&other, "n", &v1, None),
+        t1,
+        "the key changes every token"
+    );
 }
 
 #[test]
@@ -417,7 +429,12 @@ fn update_token_depends_on_replaced_version() {
     };
     assert_eq!(
         *token,
-        request_token("A", &SecretValue::new("2"), Some("v-A"))
+        request_token(
+            &TokenKey::default(),
+            "A",
+            &SecretValue::new("2"),
+            Some("v-A")
+        )
     );
 }
 
