@@ -3,7 +3,14 @@
 //!
 //! # Code map
 //! - [`cli`]: clap definitions; [`commands`]: the one-shot commands;
-//!   [`exit`]: exit codes; [`logging`]: tracing setup.
+//!   [`agent_cli`]: commands that ask the running agent; [`remove`]:
+//!   "unsync"; [`exit`]: exit codes; [`logging`]: tracing setup.
+//! - [`daemon`]: composition root of `secretsync run` (signals, sd_notify).
+//! - [`engine`]: owns sync state, schedules passes (debounce, follow-ups,
+//!   retries, drift), the only writer of [`status`].
+//! - [`watch`]: directory watches and which events concern which sync.
+//! - [`control`]: the Unix control socket (protocol, peer auth, server,
+//!   client); it only reads status and sends requests to the engine.
 //! - [`config`]: `agent.yaml` model, defaults, validation with `PATH:LINE:COL`.
 //! - [`secret`]: [`secret::SecretValue`], whose `Debug`/`Display` redact.
 //! - [`naming`]: name templates and AWS name/tag/size limits.
@@ -17,8 +24,10 @@
 //! - [`report`]: JSON and human output models; [`state`]: `state_dir`.
 //!
 //! # Invariants
-//! - Data flows one way: sources → parse → desired → plan → apply → report.
+//! - Data flows one way: sources (file events, signals, socket) → debounce
+//!   (engine) → parse → desired → plan → apply → status.
 //! - `source`, `desired` and `plan` do no IO; their tests are tables of cases.
+//! - Only the engine writes status; the socket and CLI read snapshots.
 //! - Only `store::aws` knows the AWS SDK; everything else uses the trait, so
 //!   the in-memory store can drive engine tests under `tokio::time::pause`.
 //! - A value is a `SecretValue` from parse to send; nothing formats it, and

@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""End-to-end agent benchmark against a local moto server.
+
+Measures, for a running `secretsync run`:
+  * propagation latency: atomic rename of a source file -> new value readable
+    in the emulator, over N edits (p50/p99, also minus the debounce);
+  * API calls per edit (counted by moto's own request log is not exposed, so
+    we count through a tiny counting proxy in this script);
+  * cold start: process start -> socket answers, and -> first SYNCED with
+    1,000 keys;
+  * idle RSS with 3 syncs and 1,000 keys, and context switches (wake-ups)
+    per minute while idle.
+
+Usage: benches/agent_bench.py [--bin target/release/secretsync] [--edits 50]
+Needs the moto venv made by scripts/setup-moto.sh (boto3 comes with moto).
+Everything binds 127.0.0.1. Prints a Markdown table.
+"""
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import boto3
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Counter:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.calls = {}
+
+    def add(self, op):
+        with self.lock:
+            self.calls[op] = self.calls.get(op, 0) + 1
+
+    def snapshot(self):
+        with self.lock:
+            return dict(self.calls)
+
+
+def start_proxy(upstream_port, counter):
+    """Counting HTTP/1.1 proxy in front of moto (X-Amz-Target per request)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            target = self.headers.get("X-Amz-Target", "")
+            counter.add(target.split(".")[-1])
+            conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=30)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            conn.request("POST", self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("content-length", "connection", "transfer-encoding", "server", "date"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            conn.close()
+
+    port = free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, port
+
+
+def wait_port(port, deadline=20):
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"port {port} never opened")
+
+
+def proc_status(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+    return out
+
+
+def write_atomic(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.rename(tmp, path)
+
+
+def percentile(xs, p):
+    xs = sorted(xs)
+    k = max(0, min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1)))))
+    return xs[k]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=os.path.join(REPO, "target/release/secretsync"))
+    ap.add_argument("--moto", default=os.path.join(REPO, ".venv-moto/bin/moto_server"))
+    ap.add_argument("--edits", type=int, default=50)
+    ap.add_argument("--keys", type=int, default=1000)
+    ap.add_argument("--debounce-ms", type=int, default=200)
+    ap.add_argument("--idle-seconds", type=int, default=60)
+    args = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="ss-bench-")
+    moto_port = free_port()
+    moto = subprocess.Popen([args.moto, "-H", "127.0.0.1", "-p", str(moto_port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [moto]
+    try:
+        wait_port(moto_port)
+        counter = Counter()
+        _, proxy_port = start_proxy(moto_port, counter)
+        endpoint = f"http://127.0.0.1:{proxy_port}"
+        sm = boto3.client("secretsmanager", endpoint_url=f"http://127.0.0.1:{moto_port}",
+                          region_name="us-east-1", aws_access_key_id="b", aws_secret_access_key="b")
+
+        per = args.keys // 3
+        files = []
+        for i in range(3):
+            p = os.path.join(work, f"s{i}.env")
+            with open(p, "w") as f:
+                f.write("".join(f"K{i}_{k:05d}=value-{k}\n" for k in range(per)))
+            files.append(p)
+        edit_file = os.path.join(work, "edit.env")
+        with open(edit_file, "w") as f:
+            f.write("EDITED=0\n")
+        syncs = "".join(
+            f"  - name: s{i}\n    source:\n      files: [{files[i]}]\n    destination:\n      key_schema: \"s{i}/{{{{secretKey}}}}\"\n"
+            for i in range(3))
+        syncs += f"  - name: edit\n    source:\n      files: [{edit_file}]\n    destination:\n      key_schema: \"edit/{{{{secretKey}}}}\"\n"
+        cfg = os.path.join(work, "agent.yaml")
+        with open(cfg, "w") as f:
+            f.write(f"""agent:
+  id: bench
+  socket: {work}/ctl.sock
+  state_dir: {work}/state
+  debounce: {args.debounce_ms}ms
+  reconcile_interval: 10m
+  log_level: warn
+aws:
+  region: us-east-1
+  endpoint_url: {endpoint}
+  max_write_tps: 1000
+  max_read_tps: 1000
+syncs:
+{syncs}""")
+        env = dict(os.environ, AWS_ACCESS_KEY_ID="b", AWS_SECRET_ACCESS_KEY="b",
+                   AWS_EC2_METADATA_DISABLED="true", RUST_LOG="warn")
+        env.pop("AWS_ENDPOINT_URL", None)
+        t0 = time.monotonic()
+        agent = subprocess.Popen([args.bin, "run", "--config", cfg], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(agent)
+
+        def status():
+            r = subprocess.run([args.bin, "status", "--json", "--socket", f"{work}/ctl.sock"],
+                               capture_output=True, text=True)
+            return json.loads(r.stdout) if r.returncode == 0 else None
+
+        ready = None
+        while time.monotonic() - t0 < 60:
+            if os.path.exists(f"{work}/ctl.sock") and status():
+                ready = time.monotonic() - t0
+                break
+            time.sleep(0.01)
+        synced = None
+        while time.monotonic() - t0 < 600:
+            s = status()
+            if s and all(x["sync_status"] == "SYNCED" for x in s["syncs"]):
+                synced = time.monotonic() - t0
+                break
+            time.sleep(0.05)
+        rss_after_sync = int(proc_status(agent.pid)["VmRSS"].split()[0])
+
+        # Idle: context switches and RSS.
+        time.sleep(2)
+        st = proc_status(agent.pid)
+        sw0 = int(st["voluntary_ctxt_switches"]) + int(st["nonvoluntary_ctxt_switches"])
+        # Threads' switches are per task; sum over /proc/PID/task.
+        def switches():
+            total = 0
+            for tid in os.listdir(f"/proc/{agent.pid}/task"):
+                with open(f"/proc/{agent.pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if "ctxt_switches" in line:
+                            total += int(line.split(":")[1])
+            return total
+        sw0 = switches()
+        time.sleep(args.idle_seconds)
+        sw1 = switches()
+        idle_rss = int(proc_status(agent.pid)["VmRSS"].split()[0])
+        wakeups_per_min = (sw1 - sw0) * 60 / args.idle_seconds
+
+        # Propagation latency.
+        lat = []
+        before = counter.snapshot()
+        for i in range(1, args.edits + 1):
+            value = f"edit-{i}"
+            t = time.monotonic()
+            write_atomic(edit_file, f"EDITED={value}\n")
+            while True:
+                try:
+                    v = sm.get_secret_value(SecretId="edit/EDITED")["SecretString"]
+                except Exception:
+                    v = None
+                if v == value:
+                    break
+                if time.monotonic() - t > 30:
+                    sys.exit("edit never arrived")
+                time.sleep(0.002)
+            lat.append((time.monotonic() - t) * 1000)
+            time.sleep(args.debounce_ms / 1000 + 0.1)
+        after = counter.snapshot()
+        calls = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+        writes = sum(v for k, v in calls.items() if k in ("PutSecretValue", "CreateSecret", "TagResource", "UpdateSecret", "UntagResource"))
+        reads = sum(v for k, v in calls.items() if k in ("ListSecrets", "BatchGetSecretValue", "GetSecretValue", "DescribeSecret"))
+
+        p50, p99 = percentile(lat, 50), percentile(lat, 99)
+        rows = [
+            ("propagation p50 (rename → readable)", f"{p50:.0f} ms (debounce + {p50 - args.debounce_ms:.0f} ms)"),
+            ("propagation p99", f"{p99:.0f} ms (debounce + {p99 - args.debounce_ms:.0f} ms)"),
+            (f"API calls per edit (over {args.edits} edits)", f"{writes / args.edits:.2f} writes + {reads / args.edits:.2f} reads ({calls})"),
+            ("cold start: run → socket answers", f"{ready * 1000:.0f} ms" if ready else "n/a"),
+            (f"cold start: run → all SYNCED ({args.keys} keys, moto)", f"{synced:.1f} s" if synced else "n/a"),
+            (f"RSS after initial sync ({args.keys} keys, 4 syncs)", f"{rss_after_sync / 1024:.1f} MiB"),
+            ("idle RSS", f"{idle_rss / 1024:.1f} MiB"),
+            (f"context switches per minute while idle ({args.idle_seconds} s)", f"{wakeups_per_min:.1f}"),
+            ("binary size", f"{os.path.getsize(args.bin) / 1024 / 1024:.1f} MiB"),
+        ]
+        print("| measure | result |\n|---|---|")
+        for k, v in rows:
+            print(f"| {k} | {v} |")
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    main()
