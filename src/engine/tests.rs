@@ -344,3 +344,35 @@ async fn versions_are_keyed_with_the_persisted_token_key() {
     assert_ne!(want, unkeyed);
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn syncs_sharing_a_file_each_react_once() {
+    let second = "  - name: two\n    source:\n      files: [APP]\n    destination:\n      key_schema: \"two/{{secretKey}}\"\n";
+    // The harness writes app.env into its own dir; point the second sync at it.
+    let h = Harness::start("A=1\n", "", "").await;
+    let path = h.dir.path().join("agent.yaml");
+    let app = h.dir.path().join("app.env");
+    let text =
+        config_text(h.dir.path(), "", "") + &second.replace("APP", &app.display().to_string());
+    std::fs::write(&path, text).unwrap();
+    h.handle.reload().await.unwrap();
+    h.handle.resync(vec![], false).await.unwrap();
+    assert_eq!(h.value("two/A").as_deref(), Some("1"));
+    h.store.reset_calls();
+    h.write("A=2\n");
+    for _ in 0..5 {
+        h.touch();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(h.value("A").as_deref(), Some("2"));
+    assert_eq!(h.value("two/A").as_deref(), Some("2"));
+    let calls = h.store.calls();
+    assert_eq!(calls.get("PutSecretValue").copied(), Some(2), "{calls:?}");
+    assert_eq!(
+        calls.get("ListSecrets").copied(),
+        Some(2),
+        "one pass each: {calls:?}"
+    );
+    h.stop().await;
+}
