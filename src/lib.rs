@@ -27,6 +27,7 @@
 pub mod apply;
 pub mod cli;
 pub mod commands;
+pub mod completions;
 pub mod config;
 pub mod desired;
 pub mod exit;
