@@ -65,7 +65,7 @@ Control socket of the running agent (status, resync, reload).
 \fI/var/lib/secretsync\fR
 Agent state: which syncs finished their initial sync, which tags the agent set.
 .TP
-\fI/lib/systemd/system/secretsync.service\fR
+\fI/usr/lib/systemd/system/secretsync.service\fR
 The systemd unit; site changes go into a drop-in (\fBsystemctl edit secretsync\fR).
 .SH "SEE ALSO"
 \fBsystemctl\fR(1), \fBjournalctl\fR(1), \fBsystemd.exec\fR(5),
