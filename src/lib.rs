@@ -37,6 +37,7 @@ pub mod agent_cli;
 pub mod apply;
 pub mod cli;
 pub mod commands;
+pub mod completions;
 pub mod config;
 pub mod control;
 pub mod daemon;
