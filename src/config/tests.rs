@@ -939,13 +939,18 @@ fn type_errors_in_every_section_are_all_reported() {
                 source: {files: []}\n";
     let err = parse(text).unwrap_err();
     let got: Vec<(u64, u64)> = err.0.iter().map(|e| (e.line, e.column)).collect();
+    // Syncs with a type error are still checked: `a` and `b` lack a source.
+    // No sync reports a missing region: `aws:` has an unknown key, which may
+    // be the region misspelled.
     assert_eq!(
         got,
         vec![
             (1, 16),  // agent.typo
             (2, 23),  // allow_uids not a list
             (3, 7),   // aws.regoin
+            (5, 5),   // sync a: missing source
             (6, 14),  // enabled: maybe
+            (7, 5),   // sync b: missing source
             (8, 5),   // extra
             (9, 11),  // bad slug (semantic, still checked)
             (10, 21), // empty files
