@@ -218,7 +218,7 @@ impl<T> Field<T> {
     }
 }
 
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Field<T> {
+impl<'de, T: Deserialize<'de> + Expecting> Deserialize<'de> for Field<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         Ok(match Option::<Lenient<T>>::deserialize(deserializer)? {
             None => Field::Absent,
@@ -254,7 +254,7 @@ impl<T> Lenient<T> {
     }
 }
 
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
+impl<'de, T: Deserialize<'de> + Expecting> Deserialize<'de> for Lenient<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let Some(skip) = PASS.with_borrow_mut(|pass| pass.as_mut().map(PassState::enter)) else {
             // Outside a pass (not reached from `parse`): a plain read.
@@ -267,11 +267,50 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
         };
         PASS.with_borrow_mut(|pass| {
             if let Some(pass) = pass {
-                pass.leave(result.is_err());
+                pass.leave(result.is_err().then_some(T::EXPECTED));
             }
         });
         result
     }
+}
+
+/// What a type error in a value of this type says is expected, after
+/// "expected ". The YAML layer's own wording does not know the target type
+/// (a list where `true`/`false` belongs reads "expected a string").
+pub(crate) trait Expecting {
+    const EXPECTED: &'static str;
+}
+
+macro_rules! expecting {
+    ($($t:ty => $what:literal),* $(,)?) => {$(
+        impl Expecting for $t {
+            const EXPECTED: &'static str = $what;
+        }
+    )*};
+}
+
+expecting! {
+    bool => "true or false",
+    u32 => "a whole number 0..=4294967295",
+    i64 => "a whole number",
+    f64 => "a number",
+    String => "a string",
+    SpannedMap => "a mapping of tag names to values",
+    RawAgent => "a mapping (key: value pairs)",
+    RawControl => "a mapping (key: value pairs)",
+    RawAws => "a mapping (key: value pairs)",
+    RawSync => "a mapping (key: value pairs)",
+    RawSource => "a mapping (key: value pairs)",
+    RawDestination => "a mapping (key: value pairs)",
+    RawOptions => "a mapping (key: value pairs)",
+}
+
+impl<T: Expecting> Expecting for Spanned<T> {
+    const EXPECTED: &'static str = T::EXPECTED;
+}
+
+impl<T> Expecting for Vec<T> {
+    const EXPECTED: &'static str = "a list";
 }
 
 /// Sibling indexes from the root down to one lenient node.
@@ -287,8 +326,8 @@ struct PassState {
     next: Vec<u32>,
     /// Nodes that failed in earlier passes.
     skip: BTreeSet<NodePath>,
-    /// The innermost node that failed in this pass.
-    failed: Option<NodePath>,
+    /// The innermost node that failed in this pass, and what it expects.
+    failed: Option<(NodePath, &'static str)>,
 }
 
 impl PassState {
@@ -313,11 +352,12 @@ impl PassState {
         self.skip.contains(&self.path)
     }
 
-    /// Closes the current node. The first failure recorded is the
-    /// innermost one: enclosing nodes fail only because it did.
-    fn leave(&mut self, failed: bool) {
-        if failed && self.failed.is_none() {
-            self.failed = Some(self.path.clone());
+    /// Closes the current node; `failed` says what it expected if it
+    /// failed. The first failure recorded is the innermost one: enclosing
+    /// nodes fail only because it did.
+    fn leave(&mut self, failed: Option<&'static str>) {
+        if let (Some(expected), None) = (failed, &self.failed) {
+            self.failed = Some((self.path.clone(), expected));
         }
         self.path.pop();
         self.next.pop();
@@ -329,12 +369,13 @@ thread_local! {
     static PASS: RefCell<Option<PassState>> = const { RefCell::new(None) };
 }
 
-/// Runs one typed pass that skips `skip`; returns its result and the node
-/// that failed, if the failure is attributable to one.
+/// Runs one typed pass that skips `skip`; returns its result, the skip set
+/// back, and the node that failed (with what it expects), if the failure is
+/// attributable to one.
 fn run_pass<T>(
     skip: BTreeSet<NodePath>,
     read: impl FnOnce() -> T,
-) -> (T, BTreeSet<NodePath>, Option<NodePath>) {
+) -> (T, BTreeSet<NodePath>, Option<(NodePath, &'static str)>) {
     /// Clears the pass state even if `read` panics.
     struct Clear;
     impl Drop for Clear {
@@ -392,11 +433,21 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawRoot, Vec<ConfigError
                 "config file is empty; expected a mapping with agent, control, aws and syncs",
             )]));
         }
-        Err(e) => return Err(ConfigErrors(vec![yaml_error(path, &e)])),
+        Err(e) => return Err(ConfigErrors(vec![yaml_error(path, &e, None)])),
     }
+
+    let unknown = unknown_keys(text);
+    // A list or mapping used as a key also fails the typed read of its
+    // mapping; the walk's message says what is wrong, so it is the one kept.
+    let odd_keys: Vec<(u64, u64)> = unknown
+        .iter()
+        .filter(|u| u.key.is_none())
+        .map(|u| line_col(&u.at))
+        .collect();
 
     let mut errors = Vec::new();
     let mut skip = BTreeSet::new();
+    let mut failed_passes = 0;
     let mut root = loop {
         let (result, skipped, failed) = run_pass(skip, || {
             serde_saphyr::from_str_with_options::<RawRoot>(text, yaml_options())
@@ -405,15 +456,19 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawRoot, Vec<ConfigError
         match result {
             Ok(root) => break root,
             Err(e) => {
-                errors.push(yaml_error(path, &e));
+                let error = yaml_error(path, &e, failed.as_ref().map(|(_, what)| *what));
+                if !odd_keys.contains(&(error.line, error.column)) {
+                    errors.push(error);
+                }
                 match failed {
-                    Some(node) if !skip.contains(&node) => {
+                    Some((node, _)) if !skip.contains(&node) => {
                         skip.insert(node);
                     }
                     // Not attributable to a node: nothing more can be learned.
                     _ => return Err(ConfigErrors(errors)),
                 }
-                if errors.len() >= MAX_TYPE_ERRORS {
+                failed_passes += 1;
+                if failed_passes >= MAX_TYPE_ERRORS {
                     errors.push(ConfigError::new(
                         path,
                         1,
@@ -426,7 +481,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawRoot, Vec<ConfigError
         }
     };
 
-    for unknown in unknown_keys(text) {
+    for unknown in unknown {
         root.aws_has_unknown_keys |= std::ptr::eq(unknown.shape, &AWS);
         let (line, column) = line_col(&unknown.at);
         let key = match &unknown.key {
@@ -446,8 +501,9 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawRoot, Vec<ConfigError
     Ok((root, errors))
 }
 
-/// Converts a YAML-layer error into `PATH:LINE:COL: message` form.
-pub(crate) fn yaml_error(path: &Path, error: &serde_saphyr::Error) -> ConfigError {
+/// Converts a YAML-layer error into `PATH:LINE:COL: message` form;
+/// `expected` describes the value that failed to read, when known.
+fn yaml_error(path: &Path, error: &serde_saphyr::Error, expected: Option<&str>) -> ConfigError {
     let (line, column) = error
         .location()
         .filter(|l| l.line() > 0)
@@ -456,13 +512,20 @@ pub(crate) fn yaml_error(path: &Path, error: &serde_saphyr::Error) -> ConfigErro
         &serde_saphyr::UserMessageFormatter,
         error.without_snippet(),
     );
-    ConfigError::new(path, line, column, friendly(&message))
+    ConfigError::new(path, line, column, friendly(&message, expected))
 }
 
 /// Rewords the YAML layer's terse type messages in config terms, and keeps
 /// values from the file out of them: a config can hold secrets in odd
 /// places, and the position already says which value is meant.
-fn friendly(message: &str) -> String {
+fn friendly(message: &str, expected: Option<&str>) -> String {
+    // Type mismatches ("expected sequence start", "invalid boolean", serde's
+    // "invalid type: ...") are said in terms of the value that failed.
+    if let Some(what) = expected
+        && (message.starts_with("expected ") || message.starts_with("invalid "))
+    {
+        return format!("expected {what}");
+    }
     let table: &[(&str, &str)] = &[
         (
             "expected mapping start",
