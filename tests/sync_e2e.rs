@@ -474,6 +474,22 @@ fn invalid_config_exits_2_with_positions() {
     );
     assert!(run.stderr.contains("agent.yaml:"), "{}", run.stderr);
     assert_eq!(env.run(&["plan", "--sync", "nope"]).code, 2);
+
+    // One sync with an unknown key and a bad slug: both lines, each at its
+    // own position (the sync starts on line 11 of the generated config).
+    env.config("  - name: Bad_Name\n    source:\n      files: [/x.env]\n    unknown: 1\n");
+    let run = env.run(&["check", "--offline"]);
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    for line in [
+        "agent.yaml:11:11: sync name 'Bad_Name'",
+        "agent.yaml:14:5: unknown key `unknown`, expected one of name,",
+    ] {
+        assert!(
+            run.stderr.lines().any(|l| l.contains(line)),
+            "missing {line:?} in:\n{}",
+            run.stderr
+        );
+    }
 }
 
 #[test]

@@ -7,19 +7,24 @@
 //! `PATH:LINE:COL: message` line ([`ConfigErrors`]), so an operator fixes a
 //! config in one round trip instead of one error per restart.
 //!
-//! How "all errors at once" works:
+//! How "all errors at once" works (details in `raw.rs`):
 //! 1. A syntax pass parses the whole document without types. A YAML syntax
 //!    error, duplicate key, unknown anchor or budget breach stops here with
 //!    that one error (nothing after it can be trusted).
-//! 2. Typed passes deserialize `agent`, `control`, `aws` and every element of
-//!    `syncs` as separate sections. serde stops at the first error, so when
-//!    a pass fails the failing section is recorded, skipped (ignored) in the
-//!    next pass, and parsing runs again. A type error or unknown key therefore
-//!    hides nothing outside its own section, and each pass costs one parse of
-//!    a file that is at most [`MAX_CONFIG_BYTES`].
-//! 3. Semantic validation runs over every section that parsed and reports
-//!    everything it finds; missing required keys are found here too, so they
-//!    point at the mapping that lacks them.
+//! 2. Typed passes read the document into the raw structs leniently: every
+//!    field and list element is read on its own. serde stops at the first
+//!    error, so when a pass fails the innermost field around the error is
+//!    recorded, skipped (marked invalid) in the next pass, and parsing runs
+//!    again. A type error therefore hides nothing but its own value, and
+//!    each pass costs one parse of a file that is at most
+//!    [`MAX_CONFIG_BYTES`].
+//! 3. A schema walk reports every unknown key, at any depth, with the keys
+//!    its mapping allows. The typed passes ignore unknown keys, so neither
+//!    kind of error hides the other.
+//! 4. Semantic validation runs over everything that parsed (an invalid value
+//!    counts as unknown: checks that depend on it stay quiet rather than
+//!    cascade) and reports everything it finds; missing required keys are
+//!    found here too, so they point at the mapping that lacks them.
 //!
 //! Name overlaps between syncs are errors when both write the same region
 //! (primary or replica) with the same profile, role and endpoint:

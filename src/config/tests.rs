@@ -939,19 +939,388 @@ fn type_errors_in_every_section_are_all_reported() {
                 source: {files: []}\n";
     let err = parse(text).unwrap_err();
     let got: Vec<(u64, u64)> = err.0.iter().map(|e| (e.line, e.column)).collect();
+    // Syncs with a type error are still checked: `a` and `b` lack a source.
+    // No sync reports a missing region: `aws:` has an unknown key, which may
+    // be the region misspelled.
     assert_eq!(
         got,
         vec![
             (1, 16),  // agent.typo
             (2, 23),  // allow_uids not a list
             (3, 7),   // aws.regoin
+            (5, 5),   // sync a: missing source
             (6, 14),  // enabled: maybe
+            (7, 5),   // sync b: missing source
             (8, 5),   // extra
             (9, 11),  // bad slug (semantic, still checked)
             (10, 21), // empty files
         ],
         "{err}"
     );
+}
+
+/// An expected error: at the `.1`-th occurrence of `.0`, containing `.2`.
+type Expect<'a> = (&'a str, usize, &'a str);
+
+/// Asserts that `text` gives exactly `expected` errors, in this order: each
+/// at the `nth` occurrence of `needle` and containing `fragment`.
+fn assert_errors(label: &str, text: &str, expected: &[Expect<'_>]) {
+    let err = match parse(text) {
+        Ok(_) => panic!("case {label:?}: parsed without errors"),
+        Err(e) => e,
+    };
+    let want: Vec<(u64, u64)> = expected
+        .iter()
+        .map(|(needle, nth, _)| pos_of(text, needle, *nth))
+        .collect();
+    let got: Vec<(u64, u64)> = err.0.iter().map(|e| (e.line, e.column)).collect();
+    assert_eq!(got, want, "case {label:?}: positions differ, got:\n{err}");
+    for (error, (_, _, fragment)) in err.0.iter().zip(expected) {
+        assert!(
+            error.message.contains(fragment),
+            "case {label:?}: {error} lacks {fragment:?}; all:\n{err}"
+        );
+    }
+}
+
+/// Several problems inside one sync (or one list) are all reported, each
+/// at its own position: type errors, unknown keys and semantic errors do
+/// not hide one another.
+#[test]
+fn several_errors_in_one_sync_table() {
+    let cases: Vec<(&str, String, Vec<Expect<'_>>)> = vec![
+        (
+            "slug, unknown keys at two depths, recovery window",
+            format!(
+                "{HEADER}  - name: Bad_Name\n    source:\n      files: [/x.env]\n      \
+                 formatt: env\n    destination:\n      recovery_window_days: 3\n    unknown: 1\n"
+            ),
+            vec![
+                ("Bad_Name", 0, "sync name 'Bad_Name'"),
+                (
+                    "formatt",
+                    0,
+                    "unknown key `formatt`, expected one of files, format,",
+                ),
+                ("3\n", 0, "destination.recovery_window_days must be 7..=30"),
+                (
+                    "unknown",
+                    0,
+                    "unknown key `unknown`, expected one of name, description,",
+                ),
+            ],
+        ),
+        (
+            "a string for a bool in a sync and a bad duration in agent",
+            "agent: {id: web-01, debounce: soon}\naws: {region: us-east-1}\nsyncs:\n  \
+             - name: a\n    enabled: maybe\n    source: {files: [/x.env]}\n"
+                .to_string(),
+            vec![
+                ("soon", 0, "agent.debounce: invalid duration"),
+                ("maybe", 0, "expected true or false"),
+            ],
+        ),
+        (
+            "type errors in every part of one sync",
+            one_sync(
+                "    enabled: maybe\n    auto_sync: [x]\n    description: {a: b}\n    \
+                 destination: {adopt_existing: 3, recovery_window_days: many, tags: []}\n    \
+                 options: {max_delete_fraction: lots, disable_secret_deletion: x}\n",
+            ),
+            vec![
+                ("maybe", 0, "expected true or false"),
+                ("[x]", 0, "expected true or false"),
+                ("{a: b}", 0, "expected a string"),
+                ("3,", 0, "expected true or false"),
+                ("many", 0, "expected a whole number"),
+                ("[]", 0, "expected a mapping"),
+                ("lots", 0, "expected a number"),
+                ("x}", 0, "expected true or false"),
+            ],
+        ),
+        (
+            "type errors and unknown keys side by side in each mapping",
+            format!(
+                "{HEADER}  - name: a\n    colour: red\n    enabled: 7\n    source: {{files: [/x.env], \
+                 expand: on-ish, formt: env}}\n    destination: {{region: [us-east-1], regoin: x}}\n    \
+                 options: {{initial_sync: [a], bogus: 1}}\n"
+            ),
+            vec![
+                ("colour", 0, "unknown key `colour`"),
+                ("7", 0, "expected true or false"),
+                ("on-ish", 0, "expected true or false"),
+                ("formt", 0, "unknown key `formt`"),
+                ("[us-east-1]", 0, "expected a string"),
+                ("regoin", 0, "unknown key `regoin`"),
+                ("[a]", 0, "expected a string"),
+                ("bogus", 0, "unknown key `bogus`"),
+            ],
+        ),
+        (
+            "bad list elements are reported one by one, the good ones checked",
+            "agent: {id: web-01}\naws: {region: us-east-1}\n\
+             control: {allow_uids: [1, x, -1], allow_groups: [ops, [a], 'b c']}\nsyncs:\n  \
+             - name: a\n    source: {files: [/x.env, [y], '', {z: 1}], exclude: [k, [l]]}\n    \
+             destination: {replica_regions: [[r], nowhere]}\n"
+                .to_string(),
+            vec![
+                ("x,", 0, "expected a whole number"),
+                ("-1]", 0, "expected a whole number"),
+                ("[a]", 0, "expected a string"),
+                (
+                    "'b c'",
+                    0,
+                    "control.allow_groups entries must be group names",
+                ),
+                ("[y]", 0, "expected a string"),
+                ("''", 0, "source.files entry must not be empty"),
+                ("{z: 1}", 0, "expected a string"),
+                ("[l]", 0, "expected a string"),
+                ("[r]", 0, "expected a string"),
+                ("nowhere", 0, "destination.replica_regions entry"),
+            ],
+        ),
+        (
+            "tag value of the wrong type next to a reserved tag key",
+            one_sync("    destination: {tags: {team: [a], 'aws:x': y, ok: 1}}\n"),
+            vec![("[a]", 0, "expected a string"), ("'aws:x'", 0, "aws:")],
+        ),
+        (
+            "a sync that is not a mapping hides neither neighbour",
+            format!(
+                "{HEADER}  - name: A\n    source: {{files: [/x.env]}}\n  - just-a-name\n  \
+                 - name: b\n    source: {{files: [/y.env]}}\n    extra: 1\n"
+            ),
+            vec![
+                ("A\n", 0, "sync name 'A'"),
+                ("just-a-name", 0, "expected a mapping"),
+                ("extra", 0, "unknown key `extra`"),
+            ],
+        ),
+        (
+            "unknown key brought in by a merge, reported where it is merged",
+            format!(
+                "defaults: &d {{format: env, formatt: env}}\n{HEADER}  - name: a\n    \
+                 source: {{<<: *d, files: [/x.env], include: [[x]]}}\n"
+            ),
+            vec![
+                (
+                    "defaults",
+                    0,
+                    "unknown key `defaults`, expected one of agent, control",
+                ),
+                ("*d", 0, "unknown key `formatt`"),
+                ("[x]", 0, "expected a string"),
+            ],
+        ),
+    ];
+    for (label, text, expected) in &cases {
+        assert_errors(label, text, expected);
+    }
+}
+
+/// A value with a type error counts as unknown, so the checks that depend
+/// on it stay quiet: one mistake, one line.
+#[test]
+fn type_errors_do_not_cascade() {
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "name of the wrong type is not also missing",
+            format!("{HEADER}  - name: [a]\n    source: {{files: [/x.env]}}\n"),
+            "[a]",
+        ),
+        (
+            "source of the wrong type is not also missing",
+            format!("{HEADER}  - name: a\n    source: [/x.env]\n"),
+            "[/x.env]",
+        ),
+        (
+            "files of the wrong type are not also missing",
+            format!("{HEADER}  - name: a\n    source: {{files: {{a: b}}}}\n"),
+            "{a: b}",
+        ),
+        (
+            "many-to-one with a secret_name of the wrong type",
+            one_sync("    destination: {mapping: many-to-one, secret_name: [x]}\n"),
+            "[x]",
+        ),
+        (
+            "secret_name set while mapping has the wrong type",
+            one_sync("    destination: {mapping: [m], secret_name: all}\n"),
+            "[m]",
+        ),
+        (
+            "environment of the wrong type used by key_schema",
+            format!(
+                "{HEADER}  - name: a\n    source: {{files: [/x.env], environment: [p]}}\n    \
+                 destination: {{key_schema: '{{{{environment}}}}/{{{{secretKey}}}}'}}\n"
+            ),
+            "[p]",
+        ),
+        (
+            "external_id with a role_arn of the wrong type",
+            one_sync("    destination: {role_arn: [r], external_id: ext-1}\n"),
+            "[r]",
+        ),
+        (
+            "external_id with aws.role_arn of the wrong type",
+            "agent: {id: web-01}\naws: {region: us-east-1, role_arn: [r], external_id: e-1}\n\
+             syncs:\n  - name: a\n    source: {files: [/x.env]}\n"
+                .to_string(),
+            "[r]",
+        ),
+        (
+            "no region error when destination has the wrong type",
+            "agent: {id: web-01}\nsyncs:\n  - name: a\n    source: {files: [/x.env]}\n    \
+             destination: [us-east-1]\n"
+                .to_string(),
+            "[us-east-1]",
+        ),
+        (
+            "no region error when aws.region has the wrong type",
+            "agent: {id: web-01}\naws: {region: {name: x}}\nsyncs:\n  - name: a\n    \
+             source: {files: [/x.env]}\n"
+                .to_string(),
+            "{name: x}",
+        ),
+        (
+            "no region error when aws has a misspelled key",
+            "agent: {id: web-01}\naws: {regoin: us-east-1}\nsyncs:\n  - name: a\n    \
+             source: {files: [/x.env]}\n"
+                .to_string(),
+            "regoin",
+        ),
+    ];
+    for (label, text, needle) in &cases {
+        let err = parse(text).unwrap_err();
+        let (line, column) = pos_of(text, needle, 0);
+        assert!(
+            err.0.len() == 1 && (err.0[0].line, err.0[0].column) == (line, column),
+            "case {label:?}: expected one error at {line}:{column}, got:\n{err}"
+        );
+    }
+}
+
+/// Every mapping reports its unknown keys with the full list of its keys.
+#[test]
+fn unknown_keys_list_the_keys_of_their_mapping() {
+    let sync =
+        |extra: &str| format!("{HEADER}  - name: a\n    source: {{files: [/x.env]{extra}}}\n");
+    let cases: Vec<(String, &str)> = vec![
+        (
+            "agent: {id: web-01, zz: 1}\naws: {region: us-east-1}\n".to_string(),
+            "id, socket, socket_mode, state_dir, debounce, reconcile_interval, \
+             shutdown_timeout, log_format, log_level, max_file_size, metrics_listen",
+        ),
+        (
+            format!("{HEADER}control: {{zz: 1}}\n"),
+            "allow_uids, allow_groups",
+        ),
+        (
+            "agent: {id: web-01}\naws: {region: us-east-1, zz: 1}\n".to_string(),
+            "region, profile, role_arn, external_id, endpoint_url, max_write_tps, \
+             max_read_tps, call_timeout",
+        ),
+        (format!("{HEADER}zz: 1\n"), "agent, control, aws, syncs"),
+        (
+            format!("{}    zz: 1\n", sync("")),
+            "name, description, enabled, auto_sync, source, destination, options",
+        ),
+        (
+            sync(", zz: 1"),
+            "files, format, environment, include, exclude, expand",
+        ),
+        (
+            one_sync("    destination: {zz: 1}\n"),
+            "region, mapping, secret_name, key_schema, kms_key_id, description, tags, \
+             sync_metadata_as_tags, replica_regions, profile, role_arn, external_id, \
+             recovery_window_days, adopt_existing",
+        ),
+        (
+            one_sync("    options: {zz: 1}\n"),
+            "initial_sync, disable_secret_deletion, max_delete_fraction",
+        ),
+    ];
+    for (text, keys) in &cases {
+        let (line, column) = pos_of(text, "zz", 0);
+        assert_eq!(
+            error_lines(text),
+            vec![format!(
+                "{PATH}:{line}:{column}: unknown key `zz`, expected one of {keys}"
+            )],
+            "{text}"
+        );
+    }
+    // Tags are the user's keys: anything goes there.
+    assert!(parse(&one_sync("    destination: {tags: {zz: 1}}\n")).is_ok());
+    // Keys that are not strings are named as written, or described.
+    assert_errors(
+        "odd keys",
+        &one_sync("    destination: {7: a, ? [x, y] : b}\n"),
+        &[
+            ("7", 0, "unknown key `7`"),
+            ("[x, y]", 0, "unknown key (a list or mapping used as a key)"),
+        ],
+    );
+}
+
+/// Type errors never quote the value: a config can hold secrets in odd
+/// places (here `SECRET` stands for one).
+#[test]
+fn type_error_messages_do_not_quote_values() {
+    let fields = [
+        "agent: {id: VALUE}",
+        "agent: {debounce: VALUE}",
+        "agent: {socket_mode: VALUE}",
+        "control: {allow_uids: VALUE}",
+        "control: {allow_uids: [VALUE]}",
+        "control: {allow_groups: [VALUE]}",
+        "aws: {external_id: VALUE}",
+        "aws: {max_write_tps: VALUE}",
+        "syncs: [{name: a, enabled: VALUE, source: {files: [/x]}}]",
+        "syncs: [{name: a, description: VALUE, source: {files: [/x]}}]",
+        "syncs: [{name: a, source: {files: VALUE}}]",
+        "syncs: [{name: a, source: {files: [/x], expand: VALUE}}]",
+        "syncs: [{name: a, source: {files: [/x]}, destination: {tags: {t: VALUE}}}]",
+        "syncs: [{name: a, source: {files: [/x]}, destination: {recovery_window_days: VALUE}}]",
+        "syncs: [{name: a, source: {files: [/x]}, options: {max_delete_fraction: VALUE}}]",
+        "syncs: [{name: a, source: VALUE}]",
+        "syncs: [VALUE]",
+        "aws: VALUE",
+    ];
+    for field in fields {
+        // Shapes no field accepts: a list, a mapping, and (for the fields
+        // that are not strings) a plain string. (A key inside a mapping may
+        // be named in an unknown-key error; that is a key name.)
+        for value in ["[SECRET]", "{k: SECRET}", "SECRET", "'SECRET'"] {
+            let text = format!("{}\n", field.replace("VALUE", value));
+            let Err(err) = parse(&text) else { continue };
+            for error in &err.0 {
+                let semantic = error.message.contains("must")
+                    || error.message.contains("invalid duration")
+                    || error.message.contains("missing required")
+                    || error.message.contains("region");
+                assert!(
+                    semantic || !error.message.contains("SECRET"),
+                    "{text}: {error}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn type_errors_stop_after_fifty() {
+    let mut text = String::from(HEADER);
+    for i in 0..60 {
+        text.push_str(&format!(
+            "  - name: s{i}\n    enabled: maybe\n    source: {{files: [/x.env]}}\n    \
+             destination: {{key_schema: 's{i}/{{{{secretKey}}}}'}}\n"
+        ));
+    }
+    let err = parse(&text).unwrap_err();
+    assert_eq!(err.0.len(), 51, "{err}");
+    assert!(err.0[50].message.contains("too many errors (50)"), "{err}");
 }
 
 #[test]

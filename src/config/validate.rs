@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde_saphyr::{Location, Spanned};
 
 use super::raw::{
-    RawAgent, RawAws, RawControl, RawDestination, RawOptions, RawRoot, RawSource, RawSync, SStr,
-    line_col,
+    Field, Lenient, RawAgent, RawAws, RawControl, RawDestination, RawOptions, RawRoot, RawSource,
+    RawSync, SStr, line_col,
 };
 use super::{
     AgentSettings, AwsSettings, Config, ConfigError, ControlSettings, DEFAULT_SOCKET_PATH,
@@ -87,15 +87,24 @@ pub(crate) fn resolve(
     let mut report = Report { path, errors };
     let base = path.parent().unwrap_or(Path::new(""));
 
-    let agent = resolve_agent(&mut report, base, raw.agent);
-    let control = resolve_control(&mut report, raw.control);
-    let (aws, mut aws_locs) = resolve_aws(&mut report, raw.aws, env);
-    aws_locs.failed = raw.aws_failed;
+    let agent = resolve_agent(&mut report, base, raw.agent.into_option());
+    let control = resolve_control(&mut report, raw.control.into_option());
+    let aws_invalid = raw.aws.is_invalid();
+    let (aws, mut aws_locs) = resolve_aws(&mut report, raw.aws.into_option(), env);
+    aws_locs.region_invalid |= aws_invalid || raw.aws_has_unknown_keys;
 
-    let mut syncs = Vec::with_capacity(raw.syncs.len());
+    // Syncs that did not parse at all are already reported.
+    let raw_syncs: Vec<Spanned<RawSync>> = raw
+        .syncs
+        .into_option()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(Lenient::into_option)
+        .collect();
+    let mut syncs = Vec::with_capacity(raw_syncs.len());
     let mut namespaces = Vec::new();
     let mut seen_names: HashMap<String, u64> = HashMap::new();
-    for raw_sync in raw.syncs {
+    for raw_sync in raw_syncs {
         let ctx = SyncCtx {
             base,
             agent_id: &agent.id,
@@ -119,6 +128,11 @@ pub(crate) fn resolve(
     }
 }
 
+/// The elements of a list that parsed (the others are reported already).
+fn valid<T>(list: Option<&Vec<Lenient<T>>>) -> impl Iterator<Item = &T> {
+    list.into_iter().flatten().filter_map(Lenient::get)
+}
+
 // ---------------------------------------------------------------- agent --
 
 fn resolve_agent(
@@ -132,13 +146,15 @@ fn resolve_agent(
     };
 
     let id = match &raw.id {
-        Some(id) => {
+        Field::Set(id) => {
             if let Err(e) = validate_agent_id(&id.value) {
                 report.at(&id.referenced, format!("agent.id {e}"));
             }
             id.value.clone()
         }
-        None => {
+        // Reported already.
+        Field::Invalid => String::new(),
+        Field::Absent => {
             let host = gethostname::gethostname()
                 .to_string_lossy()
                 .trim()
@@ -157,7 +173,7 @@ fn resolve_agent(
     };
 
     let socket = report.value(
-        raw.socket.as_ref(),
+        raw.socket.get(),
         PathBuf::from(DEFAULT_SOCKET_PATH),
         |s| {
             let p = resolve_path(base, s, "agent.socket")?;
@@ -170,29 +186,25 @@ fn resolve_agent(
             Ok(p)
         },
     );
-    let socket_mode = report.value(raw.socket_mode.as_ref(), 0o660, parse_socket_mode);
-    let state_dir = report.value(
-        raw.state_dir.as_ref(),
-        PathBuf::from(DEFAULT_STATE_DIR),
-        |s| resolve_path(base, s, "agent.state_dir"),
-    );
-    let debounce = report.value(raw.debounce.as_ref(), Duration::from_millis(500), |s| {
+    let socket_mode = report.value(raw.socket_mode.get(), 0o660, parse_socket_mode);
+    let state_dir = report.value(raw.state_dir.get(), PathBuf::from(DEFAULT_STATE_DIR), |s| {
+        resolve_path(base, s, "agent.state_dir")
+    });
+    let debounce = report.value(raw.debounce.get(), Duration::from_millis(500), |s| {
         parse_duration_in("agent.debounce", s, Duration::ZERO, HOUR)
     });
     let reconcile_interval = report.value(
-        raw.reconcile_interval.as_ref(),
+        raw.reconcile_interval.get(),
         Some(Duration::from_secs(600)),
         |s| {
             let d = parse_duration_in("agent.reconcile_interval", s, Duration::ZERO, YEAR)?;
             Ok((!d.is_zero()).then_some(d))
         },
     );
-    let shutdown_timeout = report.value(
-        raw.shutdown_timeout.as_ref(),
-        Duration::from_secs(10),
-        |s| parse_duration_in("agent.shutdown_timeout", s, Duration::ZERO, HOUR),
-    );
-    let log_format = report.value(raw.log_format.as_ref(), LogFormat::Auto, |s| {
+    let shutdown_timeout = report.value(raw.shutdown_timeout.get(), Duration::from_secs(10), |s| {
+        parse_duration_in("agent.shutdown_timeout", s, Duration::ZERO, HOUR)
+    });
+    let log_format = report.value(raw.log_format.get(), LogFormat::Auto, |s| {
         parse_choice(
             "agent.log_format",
             s,
@@ -204,7 +216,7 @@ fn resolve_agent(
             ],
         )
     });
-    let log_level = report.value(raw.log_level.as_ref(), LogLevel::Info, |s| {
+    let log_level = report.value(raw.log_level.get(), LogLevel::Info, |s| {
         parse_choice(
             "agent.log_level",
             s,
@@ -217,7 +229,7 @@ fn resolve_agent(
             ],
         )
     });
-    let max_file_size = report.value(raw.max_file_size.as_ref(), 1024 * 1024, |s| {
+    let max_file_size = report.value(raw.max_file_size.get(), 1024 * 1024, |s| {
         let n = parse_size(s).map_err(|e| format!("agent.max_file_size: {e}"))?;
         if n == 0 || n > MAX_FILE_SIZE_LIMIT {
             return Err(format!(
@@ -226,7 +238,7 @@ fn resolve_agent(
         }
         Ok(n)
     });
-    let metrics_listen = report.value(raw.metrics_listen.as_ref(), None, |s| {
+    let metrics_listen = report.value(raw.metrics_listen.get(), None, |s| {
         s.trim().parse::<SocketAddr>().map(Some).map_err(|_| {
             format!("agent.metrics_listen must be IP:PORT such as 127.0.0.1:9469, got '{s}'")
         })
@@ -252,7 +264,7 @@ fn resolve_agent(
 fn resolve_control(report: &mut Report<'_>, raw: Option<Spanned<RawControl>>) -> ControlSettings {
     let raw = raw.map(|s| s.value).unwrap_or_default();
     let mut allow_groups = Vec::new();
-    for group in raw.allow_groups.unwrap_or_default() {
+    for group in valid(raw.allow_groups.get()) {
         let name = group.value.trim();
         if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
             report.at(
@@ -267,7 +279,7 @@ fn resolve_control(report: &mut Report<'_>, raw: Option<Spanned<RawControl>>) ->
         }
     }
     ControlSettings {
-        allow_uids: raw.allow_uids.unwrap_or_default(),
+        allow_uids: valid(raw.allow_uids.get()).copied().collect(),
         allow_groups,
     }
 }
@@ -281,8 +293,11 @@ struct AwsLocations {
     external_id: Option<Location>,
     /// Environment variable the default region came from, if not the file.
     region_from_env: Option<&'static str>,
-    /// `aws:` did not parse; a missing region may be its fault.
-    failed: bool,
+    /// `aws:` or `aws.region` had a type error; a missing region may be its
+    /// fault.
+    region_invalid: bool,
+    /// `aws.role_arn` had a type error; syncs may well have a role.
+    role_arn_invalid: bool,
 }
 
 fn resolve_aws(
@@ -292,16 +307,17 @@ fn resolve_aws(
 ) -> (AwsSettings, AwsLocations) {
     let raw = raw.map(|s| s.value).unwrap_or_default();
     let mut locs = AwsLocations {
-        external_id: raw.external_id.as_ref().map(|s| s.referenced),
+        external_id: raw.external_id.get().map(|s| s.referenced),
         region_from_env: None,
-        failed: false,
+        region_invalid: raw.region.is_invalid(),
+        role_arn_invalid: raw.role_arn.is_invalid(),
     };
 
-    let mut region = report.value(raw.region.as_ref(), None, |s| {
+    let mut region = report.value(raw.region.get(), None, |s| {
         validate_region(s).map_err(|e| format!("aws.region {e}"))?;
         Ok(Some(s.to_string()))
     });
-    if raw.region.is_none() {
+    if matches!(raw.region, Field::Absent) {
         for var in ["AWS_REGION", "AWS_DEFAULT_REGION"] {
             if let Some(value) = env(var)
                 .map(|v| v.trim().to_string())
@@ -314,24 +330,24 @@ fn resolve_aws(
         }
     }
 
-    let profile = report.value(raw.profile.as_ref(), None, |s| {
+    let profile = report.value(raw.profile.get(), None, |s| {
         non_empty("aws.profile", s).map(Some)
     });
-    let role_arn = report.value(raw.role_arn.as_ref(), None, |s| {
+    let role_arn = report.value(raw.role_arn.get(), None, |s| {
         validate_role_arn(s).map_err(|e| format!("aws.role_arn {e}"))?;
         Ok(Some(s.to_string()))
     });
-    let external_id = report.value(raw.external_id.as_ref(), None, |s| {
+    let external_id = report.value(raw.external_id.get(), None, |s| {
         validate_external_id(s).map_err(|e| format!("aws.external_id {e}"))?;
         Ok(Some(s.to_string()))
     });
-    let endpoint_url = report.value(raw.endpoint_url.as_ref(), None, |s| {
+    let endpoint_url = report.value(raw.endpoint_url.get(), None, |s| {
         validate_endpoint_url(s).map_err(|e| format!("aws.endpoint_url {e}"))?;
         Ok(Some(s.to_string()))
     });
-    let max_write_tps = positive_rate(report, raw.max_write_tps.as_ref(), 20, "aws.max_write_tps");
-    let max_read_tps = positive_rate(report, raw.max_read_tps.as_ref(), 50, "aws.max_read_tps");
-    let call_timeout = report.value(raw.call_timeout.as_ref(), Duration::from_secs(10), |s| {
+    let max_write_tps = positive_rate(report, raw.max_write_tps.get(), 20, "aws.max_write_tps");
+    let max_read_tps = positive_rate(report, raw.max_read_tps.get(), 50, "aws.max_read_tps");
+    let call_timeout = report.value(raw.call_timeout.get(), Duration::from_secs(10), |s| {
         let d = parse_duration_in("aws.call_timeout", s, Duration::ZERO, HOUR)?;
         if d.is_zero() {
             return Err("aws.call_timeout must be greater than 0".into());
@@ -423,11 +439,12 @@ fn resolve_sync(
     // stand-in so that it does not cause a second, misleading error.
     let mut name_ok = false;
     let name = match &raw.name {
-        None => {
+        Field::Absent => {
             report.at(&at, "missing required key `name`");
             String::new()
         }
-        Some(n) => {
+        Field::Invalid => String::new(),
+        Field::Set(n) => {
             match validate_slug(&n.value) {
                 Err(e) => report.at(&n.referenced, format!("sync name {e}")),
                 Ok(()) => {
@@ -451,14 +468,21 @@ fn resolve_sync(
     };
     let template_name = if name_ok { name.as_str() } else { "sync" };
 
+    // A source.environment of the wrong type is stood in for like the name,
+    // so templates that use it do not report it as unset.
+    let environment_invalid = raw
+        .source
+        .get()
+        .is_some_and(|s| s.value.environment.is_invalid());
     let source = match raw.source {
-        None => {
+        Field::Absent => {
             report.at(&at, "missing required key `source`");
             None
         }
-        Some(s) => resolve_source(report, ctx.base, s),
+        Field::Invalid => None,
+        Field::Set(s) => resolve_source(report, ctx.base, s),
     };
-    let source_ok = source.is_some();
+    let source_ok = source.is_some() && !environment_invalid;
     let source = source.unwrap_or_else(|| SourceSettings {
         files: Vec::new(),
         format: FormatSetting::Auto,
@@ -468,20 +492,26 @@ fn resolve_sync(
         expand: false,
     });
 
+    let invalid = raw.destination.is_invalid();
     let (dest_at, raw_dest) = match raw.destination {
-        Some(d) => (d.referenced, d.value),
-        None => (at, RawDestination::default()),
+        Field::Set(d) => (d.referenced, d.value),
+        Field::Absent | Field::Invalid => (at, RawDestination::default()),
     };
     let dest_ctx = DestCtx {
         sync: ctx,
         at: dest_at,
+        invalid,
         sync_name: &name,
         template_name,
-        environment: source.environment.as_deref(),
+        environment: if environment_invalid {
+            Some("environment")
+        } else {
+            source.environment.as_deref()
+        },
     };
     let (destination, naming_ok, naming_at) = resolve_destination(report, &dest_ctx, raw_dest);
 
-    let options = resolve_options(report, raw.options);
+    let options = resolve_options(report, raw.options.into_option());
 
     let namespace = (name_ok && source_ok && naming_ok).then(|| {
         let kind = match destination.mapping {
@@ -519,9 +549,9 @@ fn resolve_sync(
 
     let sync = SyncConfig {
         name,
-        description: raw.description,
-        enabled: raw.enabled.unwrap_or(true),
-        auto_sync: raw.auto_sync.unwrap_or(true),
+        description: raw.description.into_option(),
+        enabled: raw.enabled.into_option().unwrap_or(true),
+        auto_sync: raw.auto_sync.into_option().unwrap_or(true),
         source,
         destination,
         options,
@@ -543,19 +573,20 @@ fn resolve_source(
 
     let mut files = Vec::new();
     match &raw.files {
-        None => {
+        Field::Absent => {
             report.at(&at, "missing required key `files` in source");
             complete = false;
         }
-        Some(list) if list.value.is_empty() => {
+        Field::Invalid => complete = false,
+        Field::Set(list) if list.value.is_empty() => {
             report.at(
                 &list.referenced,
                 "source.files is empty; list at least one file or glob",
             );
             complete = false;
         }
-        Some(list) => {
-            for file in &list.value {
+        Field::Set(list) => {
+            for file in list.value.iter().filter_map(Lenient::get) {
                 match resolve_source_file(base, &file.value) {
                     Ok(p) => files.push(p),
                     Err(e) => report.at(&file.referenced, e),
@@ -564,7 +595,7 @@ fn resolve_source(
         }
     }
 
-    let format = report.value(raw.format.as_ref(), FormatSetting::Auto, |s| {
+    let format = report.value(raw.format.get(), FormatSetting::Auto, |s| {
         parse_choice(
             "source.format",
             s,
@@ -575,26 +606,23 @@ fn resolve_source(
             ],
         )
     });
-    let environment = report.value(raw.environment.as_ref(), None, |s| {
+    let environment = report.value(raw.environment.get(), None, |s| {
         non_empty("source.environment", s).map(Some)
     });
 
     let include = match &raw.include {
-        None => vec!["*".to_string()],
-        Some(list) if list.value.is_empty() => {
+        Field::Absent => vec!["*".to_string()],
+        Field::Invalid => Vec::new(),
+        Field::Set(list) if list.value.is_empty() => {
             report.at(
                 &list.referenced,
                 "source.include is empty, so no key would be synced; use [\"*\"] for all keys",
             );
             Vec::new()
         }
-        Some(list) => compile_globs(report, "source.include", &list.value),
+        Field::Set(list) => compile_globs(report, "source.include", valid(Some(&list.value))),
     };
-    let exclude = compile_globs(
-        report,
-        "source.exclude",
-        raw.exclude.as_deref().unwrap_or_default(),
-    );
+    let exclude = compile_globs(report, "source.exclude", valid(raw.exclude.get()));
 
     complete.then_some(SourceSettings {
         files,
@@ -602,12 +630,16 @@ fn resolve_source(
         environment,
         include,
         exclude,
-        expand: raw.expand.unwrap_or(false),
+        expand: raw.expand.into_option().unwrap_or(false),
     })
 }
 
 /// Keeps the patterns that compile, reporting the others.
-fn compile_globs(report: &mut Report<'_>, what: &str, list: &[SStr]) -> Vec<String> {
+fn compile_globs<'a>(
+    report: &mut Report<'_>,
+    what: &str,
+    list: impl Iterator<Item = &'a SStr>,
+) -> Vec<String> {
     let mut out = Vec::new();
     for item in list {
         if item.value.is_empty() {
@@ -647,6 +679,9 @@ struct DestCtx<'a> {
     sync: &'a SyncCtx<'a>,
     /// The `destination:` mapping, or the sync when there is none.
     at: Location,
+    /// `destination:` had a type error, so its settings are unknown: checks
+    /// of the defaults that stand in for them stay quiet.
+    invalid: bool,
     sync_name: &'a str,
     /// The sync name if valid, else a neutral stand-in for rendering.
     template_name: &'a str,
@@ -661,9 +696,13 @@ fn resolve_destination(
     raw: RawDestination,
 ) -> (DestinationSettings, bool, Location) {
     let aws = ctx.sync.aws;
-    let mut naming_ok = true;
+    // Unreadable naming settings leave the secret names unknown.
+    let mut naming_ok = !(ctx.invalid
+        || raw.mapping.is_invalid()
+        || raw.key_schema.is_invalid()
+        || raw.secret_name.is_invalid());
 
-    let mapping = match &raw.mapping {
+    let mapping = match raw.mapping.get() {
         None => Mapping::OneToOne,
         Some(m) => match parse_choice(
             "destination.mapping",
@@ -684,22 +723,26 @@ fn resolve_destination(
 
     // Region: destination, then aws.region, then the environment.
     let region = match (&raw.region, &aws.region) {
-        (Some(r), _) => {
+        (Field::Invalid, _) => {
+            naming_ok = false;
+            String::new()
+        }
+        (Field::Set(r), _) => {
             if let Err(e) = validate_region(&r.value) {
                 report.at(&r.referenced, format!("destination.region {e}"));
                 naming_ok = false;
             }
             r.value.clone()
         }
-        (None, Some(r)) => {
+        (Field::Absent, Some(r)) => {
             if let (Some(var), Err(e)) = (ctx.sync.aws_locs.region_from_env, validate_region(r)) {
                 report.at(&ctx.at, format!("region from {var} {e}"));
                 naming_ok = false;
             }
             r.clone()
         }
-        (None, None) => {
-            if !ctx.sync.aws_locs.failed {
+        (Field::Absent, None) => {
+            if !(ctx.sync.aws_locs.region_invalid || ctx.invalid) {
                 report.at(
                     &ctx.at,
                     "no AWS region for this sync: set destination.region or aws.region \
@@ -720,36 +763,37 @@ fn resolve_destination(
     let mut secret_name = None;
     let key_schema = raw
         .key_schema
-        .as_ref()
+        .get()
         .map_or_else(|| "{{secretKey}}".to_string(), |s| s.value.clone());
     match mapping {
         Mapping::OneToOne => {
-            if let Some(s) = &raw.secret_name {
+            if let (Some(s), false) = (raw.secret_name.get(), raw.mapping.is_invalid()) {
                 report.at(
                     &s.referenced,
                     "destination.secret_name is only used with mapping: many-to-one; \
                      set the mapping or name secrets with key_schema",
                 );
             }
-            if let Some(k) = &raw.key_schema {
+            if let Some(k) = raw.key_schema.get() {
                 naming_at = k.referenced;
             }
             if let Err(e) = check_key_schema(&key_schema, &vars) {
-                let at = raw.key_schema.as_ref().map_or(ctx.at, |k| k.referenced);
+                let at = raw.key_schema.get().map_or(ctx.at, |k| k.referenced);
                 report.at(&at, format!("destination.key_schema {e}"));
                 naming_ok = false;
             }
         }
         Mapping::ManyToOne => match &raw.secret_name {
-            None => {
-                let at = raw.mapping.as_ref().map_or(ctx.at, |m| m.referenced);
+            Field::Invalid => {}
+            Field::Absent => {
+                let at = raw.mapping.get().map_or(ctx.at, |m| m.referenced);
                 report.at(
                     &at,
                     "mapping many-to-one needs destination.secret_name (the one secret all keys go to)",
                 );
                 naming_ok = false;
             }
-            Some(s) => {
+            Field::Set(s) => {
                 naming_at = s.referenced;
                 match check_secret_name(&s.value, &vars) {
                     Ok(rendered) => secret_name = Some(rendered),
@@ -762,7 +806,7 @@ fn resolve_destination(
         },
     }
 
-    let kms_key_id = report.value(raw.kms_key_id.as_ref(), None, |s| {
+    let kms_key_id = report.value(raw.kms_key_id.get(), None, |s| {
         let s = non_empty("destination.kms_key_id", s)?;
         if s.chars().count() > MAX_KMS_KEY_ID_LEN {
             return Err(format!(
@@ -771,7 +815,7 @@ fn resolve_destination(
         }
         Ok(Some(s))
     });
-    let description = report.value(raw.description.as_ref(), None, |s| {
+    let description = report.value(raw.description.get(), None, |s| {
         if s.chars().count() > MAX_DESCRIPTION_LEN {
             return Err(format!(
                 "destination.description is longer than {MAX_DESCRIPTION_LEN} characters"
@@ -780,10 +824,10 @@ fn resolve_destination(
         Ok(Some(s.to_string()))
     });
 
-    let tags = resolve_tags(report, ctx, raw.tags);
+    let tags = resolve_tags(report, ctx, raw.tags.into_option());
 
     let mut replica_regions: Vec<String> = Vec::new();
-    for r in raw.replica_regions.unwrap_or_default() {
+    for r in valid(raw.replica_regions.get()) {
         if let Err(e) = validate_region(&r.value) {
             report.at(
                 &r.referenced,
@@ -804,21 +848,22 @@ fn resolve_destination(
         }
     }
 
-    let profile = report.value(raw.profile.as_ref(), aws.profile.clone(), |s| {
+    let profile = report.value(raw.profile.get(), aws.profile.clone(), |s| {
         non_empty("destination.profile", s).map(Some)
     });
-    let role_arn = report.value(raw.role_arn.as_ref(), aws.role_arn.clone(), |s| {
+    let role_arn = report.value(raw.role_arn.get(), aws.role_arn.clone(), |s| {
         validate_role_arn(s).map_err(|e| format!("destination.role_arn {e}"))?;
         Ok(Some(s.to_string()))
     });
-    let external_id = report.value(raw.external_id.as_ref(), aws.external_id.clone(), |s| {
+    let external_id = report.value(raw.external_id.get(), aws.external_id.clone(), |s| {
         validate_external_id(s).map_err(|e| format!("destination.external_id {e}"))?;
         Ok(Some(s.to_string()))
     });
-    if external_id.is_some() && role_arn.is_none() {
+    let role_unknown = raw.role_arn.is_invalid() || ctx.sync.aws_locs.role_arn_invalid;
+    if external_id.is_some() && role_arn.is_none() && !role_unknown {
         let at = raw
             .external_id
-            .as_ref()
+            .get()
             .map(|s| s.referenced)
             .or(ctx.sync.aws_locs.external_id)
             .unwrap_or(ctx.at);
@@ -828,7 +873,7 @@ fn resolve_destination(
         );
     }
 
-    let recovery_window_days = match &raw.recovery_window_days {
+    let recovery_window_days = match raw.recovery_window_days.get() {
         None => 7,
         Some(d) => match u8::try_from(d.value) {
             Ok(v) if v == 0 || (7..=30).contains(&v) => v,
@@ -854,14 +899,14 @@ fn resolve_destination(
         kms_key_id,
         description,
         tags,
-        sync_metadata_as_tags: raw.sync_metadata_as_tags.unwrap_or(false),
+        sync_metadata_as_tags: raw.sync_metadata_as_tags.into_option().unwrap_or(false),
         replica_regions,
         profile,
         role_arn,
         external_id,
         endpoint_url: aws.endpoint_url.clone(),
         recovery_window_days,
-        adopt_existing: raw.adopt_existing.unwrap_or(false),
+        adopt_existing: raw.adopt_existing.into_option().unwrap_or(false),
     };
     (destination, naming_ok, naming_at)
 }
@@ -874,10 +919,16 @@ fn resolve_tags(
     let mut tags = BTreeMap::new();
     let Some(raw) = raw else { return tags };
     for (key, value) in &raw.value.0 {
-        if let Err(e) = naming::validate_user_tag(&key.value, &value.value) {
+        // A value of the wrong type is reported already; its key is still
+        // checked.
+        let (value, value_at) = match value {
+            Lenient::Valid(v) => (v.value.as_str(), &v.referenced),
+            Lenient::Invalid => ("", &key.referenced),
+        };
+        if let Err(e) = naming::validate_user_tag(&key.value, value) {
             // Point at the value when only its length is the problem.
             let at = if naming::validate_user_tag(&key.value, "").is_ok() {
-                &value.referenced
+                value_at
             } else {
                 &key.referenced
             };
@@ -894,9 +945,9 @@ fn resolve_tags(
             );
             continue;
         }
-        if let Some(c) = value.value.chars().find(|c| !is_tag_char(*c)) {
+        if let Some(c) = value.chars().find(|c| !is_tag_char(*c)) {
             report.at(
-                &value.referenced,
+                value_at,
                 format!(
                     "destination.tags: value of tag '{}' contains {c:?}; {TAG_CHARS_HELP}",
                     key.value
@@ -904,14 +955,15 @@ fn resolve_tags(
             );
             continue;
         }
-        tags.insert(key.value.clone(), value.value.clone());
+        tags.insert(key.value.clone(), value.to_string());
     }
     if raw.value.0.len() > MAX_USER_TAGS {
         let mut all = BTreeMap::new();
         for (i, (k, v)) in raw.value.0.iter().enumerate() {
             // Keys are distinct in YAML; index them so the count is exact
             // even for entries rejected above.
-            all.insert(format!("{i}:{}", k.value), v.value.clone());
+            let v = v.get().map_or("", |v| v.value.as_str());
+            all.insert(format!("{i}:{}", k.value), v.to_string());
         }
         all.insert(naming::TAG_AGENT.to_string(), ctx.sync.agent_id.to_string());
         all.insert(naming::TAG_SYNC.to_string(), ctx.sync_name.to_string());
@@ -932,7 +984,7 @@ fn resolve_tags(
 fn resolve_options(report: &mut Report<'_>, raw: Option<Spanned<RawOptions>>) -> SyncOptions {
     let raw = raw.map(|s| s.value).unwrap_or_default();
     let initial_sync = report.value(
-        raw.initial_sync.as_ref(),
+        raw.initial_sync.get(),
         InitialSync::OverwriteDestination,
         |s| {
             parse_choice(
@@ -952,7 +1004,7 @@ fn resolve_options(report: &mut Report<'_>, raw: Option<Spanned<RawOptions>>) ->
             )
         },
     );
-    let max_delete_fraction = match &raw.max_delete_fraction {
+    let max_delete_fraction = match raw.max_delete_fraction.get() {
         None => 0.5,
         Some(f) if (0.0..=1.0).contains(&f.value) => f.value,
         Some(f) => {
@@ -969,7 +1021,7 @@ fn resolve_options(report: &mut Report<'_>, raw: Option<Spanned<RawOptions>>) ->
     };
     SyncOptions {
         initial_sync,
-        disable_secret_deletion: raw.disable_secret_deletion.unwrap_or(false),
+        disable_secret_deletion: raw.disable_secret_deletion.into_option().unwrap_or(false),
         max_delete_fraction,
     }
 }
