@@ -120,4 +120,9 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Print a shell completion script to stdout.
+    Completions {
+        /// Shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }

@@ -25,6 +25,15 @@ fn main() -> ExitCode {
     let exit = runtime.block_on(async {
         match cli.command {
             Command::Run { config } => daemon::run(&config.config).await,
+            Command::Completions { shell } => {
+                match secretsync::completions::write_completions(shell, &mut std::io::stdout()) {
+                    Ok(()) => secretsync::exit::Exit::Ok,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        secretsync::exit::Exit::Failed
+                    }
+                }
+            }
             Command::Status { socket, json, name } => {
                 agent_cli::status(&socket.socket, json, name).await
             }

@@ -660,27 +660,8 @@ fn example_config_passes_check_offline() {
     );
     assert!(stdout.contains("config OK (2 syncs)"), "{show}");
     assert!(stderr.trim().is_empty(), "{show}");
-    // Until the import initial-sync modes land, `check` reports the example's
-    // billing-prod sync (import-prioritize-destination) as not supported and
-    // exits 1. That is the only failure tolerated; once they land, this is
-    // exit 0 with no such line, and still passes.
-    let unsupported: Vec<&str> = stdout
-        .lines()
-        .filter(|l| l.contains("not supported yet"))
-        .collect();
-    assert!(
-        unsupported
-            .iter()
-            .all(|l| l.contains("initial_sync: import-prioritize-")),
-        "{show}"
-    );
-    let want = if unsupported.is_empty() { 0 } else { 1 };
-    assert_eq!(out.status.code(), Some(want), "{show}");
-    assert_eq!(
-        stdout.lines().count(),
-        1 + unsupported.len(),
-        "unexpected output\n{show}"
-    );
+    assert_eq!(out.status.code(), Some(0), "{show}");
+    assert_eq!(stdout.lines().count(), 1, "unexpected output\n{show}");
 }
 
 #[test]

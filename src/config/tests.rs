@@ -101,7 +101,7 @@ fn example_parses_with_expected_values() {
     );
     assert_eq!(
         billing.options.initial_sync,
-        InitialSync::ImportPrioritizeDestination
+        InitialSync::OverwriteDestination
     );
     assert_eq!(billing.options.max_delete_fraction, 1.0);
     assert_eq!(
