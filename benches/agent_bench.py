@@ -202,24 +202,26 @@ syncs:
             time.sleep(0.05)
         rss_after_sync = int(proc_status(agent.pid)["VmRSS"].split()[0])
 
-        # Idle: context switches and RSS.
+        # Idle: context switches summed over threads that exist at both
+        # samples (threads that exit in between would make the sum shrink).
         time.sleep(2)
-        st = proc_status(agent.pid)
-        sw0 = int(st["voluntary_ctxt_switches"]) + int(st["nonvoluntary_ctxt_switches"])
-        # Threads' switches are per task; sum over /proc/PID/task.
+
         def switches():
-            total = 0
+            out = {}
             for tid in os.listdir(f"/proc/{agent.pid}/task"):
-                with open(f"/proc/{agent.pid}/task/{tid}/status") as f:
-                    for line in f:
-                        if "ctxt_switches" in line:
-                            total += int(line.split(":")[1])
-            return total
+                try:
+                    with open(f"/proc/{agent.pid}/task/{tid}/status") as f:
+                        out[tid] = sum(int(line.split(":")[1]) for line in f if "ctxt_switches" in line)
+                except OSError:
+                    pass
+            return out
         sw0 = switches()
         time.sleep(args.idle_seconds)
         sw1 = switches()
         idle_rss = int(proc_status(agent.pid)["VmRSS"].split()[0])
-        wakeups_per_min = (sw1 - sw0) * 60 / args.idle_seconds
+        delta = sum(v - sw0.get(t, 0) for t, v in sw1.items())
+        wakeups_per_min = delta * 60 / args.idle_seconds
+        threads = len(sw1)
 
         # Propagation latency.
         lat = []
@@ -254,7 +256,7 @@ syncs:
             (f"cold start: run → all SYNCED ({args.keys} keys, moto)", f"{synced:.1f} s" if synced else "n/a"),
             (f"RSS after initial sync ({args.keys} keys, 4 syncs)", f"{rss_after_sync / 1024:.1f} MiB"),
             ("idle RSS", f"{idle_rss / 1024:.1f} MiB"),
-            (f"context switches per minute while idle ({args.idle_seconds} s)", f"{wakeups_per_min:.1f}"),
+            (f"context switches per minute while idle ({args.idle_seconds} s, {threads} threads)", f"{wakeups_per_min:.1f}"),
             ("binary size", f"{os.path.getsize(args.bin) / 1024 / 1024:.1f} MiB"),
         ]
         print("| measure | result |\n|---|---|")
