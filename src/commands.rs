@@ -57,6 +57,8 @@ fn disabled_report(job: &SyncJob) -> SyncReport {
         actions: vec![],
         counts: Default::default(),
         secrets: None,
+        import_status: None,
+        last_import_message: None,
     }
 }
 
@@ -78,8 +80,15 @@ pub async fn check(path: &std::path::Path, offline: bool) -> Exit {
         .collect();
     let mut exit = Exit::Ok;
     for job in &jobs {
-        if let Some(why) = &job.unsupported {
-            println!("sync {}: error: {why}", job.spec.sync_name);
+        let first_is_glob = job
+            .files
+            .first()
+            .is_some_and(|f| f.contains(['*', '?', '[']));
+        if job.import.is_some() && first_is_glob {
+            println!(
+                "sync {}: error: initial_sync imports into the first file of source.files, which is a glob; list a plain file first",
+                job.spec.sync_name
+            );
             exit = Exit::Failed;
         }
     }

@@ -70,7 +70,8 @@ impl MappingSpec {
         ])
     }
 
-    fn key_selected(&self, key: &str) -> bool {
+    /// Whether `key` passes the include/exclude globs.
+    pub fn key_selected(&self, key: &str) -> bool {
         self.include.iter().any(|p| p.matches(key)) && !self.exclude.iter().any(|p| p.matches(key))
     }
 }

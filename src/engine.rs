@@ -753,12 +753,26 @@ impl<F: StoreFactory> Engine<F> {
             return;
         }
         let now = report::now_rfc3339();
+        let mut done = done;
+        // After an import wrote into a file, the files as re-read are the
+        // truth; their digests make the agent's own write a no-op event.
+        if let Some(after) = done.result.as_mut().and_then(|r| r.files_after.take()) {
+            done.digests = after.iter().map(|f| (f.path.clone(), f.digest)).collect();
+            done.files = after;
+        }
         for f in &done.files {
             if let Ok(p) = &f.result {
                 slot.last_good.insert(f.path.clone(), p.clone());
             }
         }
         slot.view.files = report::file_views(&done.files, &now);
+        if let Some(import) = done.result.as_ref().and_then(|r| r.import.as_ref()) {
+            slot.view.import_status = Some(if import.ok { "SYNCED" } else { "FAILED" }.into());
+            slot.view.last_import_message = Some(import.message.clone());
+            if import.ok && done.mode == Mode::Apply {
+                slot.view.last_imported_at = Some(now.clone());
+            }
+        }
         let (report, transient) = match (done.setup_error, done.result) {
             (Some(e), _) => (
                 failed_report(&slot.job, format!("cannot set up AWS client: {e}")),
@@ -851,6 +865,8 @@ fn disabled_report(job: &SyncJob) -> SyncReport {
         actions: vec![],
         counts: Default::default(),
         secrets: None,
+        import_status: None,
+        last_import_message: None,
     }
 }
 

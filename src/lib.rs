@@ -45,6 +45,7 @@ pub mod desired;
 pub mod engine;
 pub mod exit;
 pub mod files;
+pub mod import;
 pub mod logging;
 pub mod naming;
 pub mod plan;

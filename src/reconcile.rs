@@ -8,10 +8,12 @@ use crate::apply::{self, Applied};
 use crate::config::{Config, FormatSetting, InitialSync, Mapping, SyncConfig};
 use crate::desired::{self, Desired, MappingKind, MappingSpec};
 use crate::files::{self, FileView};
+use crate::import::{self, ImportMode};
 use crate::naming;
 use crate::plan::{self, Actual, Plan, PlanOptions, SecretState};
 use crate::report::{self, SyncReport, SyncStatus};
 use crate::source::SourceFormat;
+use crate::source::writeback::{self, Edit};
 use crate::state::SyncState;
 use crate::store::{Connection, SecretStore, StoreError};
 
@@ -34,8 +36,9 @@ pub struct SyncJob {
     pub max_file_size: u64,
     /// Base planner options (per-pass flags are set by the caller).
     pub options: PlanOptions,
-    /// Set when the sync's initial-sync mode is not implemented yet.
-    pub unsupported: Option<String>,
+    /// Initial-sync import mode, if any (applies until the first pass
+    /// succeeds).
+    pub import: Option<ImportMode>,
     /// `enabled` from the config.
     pub enabled: bool,
 }
@@ -80,14 +83,10 @@ impl SyncJob {
             description: d.description.clone(),
             replica_regions: d.replica_regions.clone(),
         };
-        let unsupported = match sync.options.initial_sync {
+        let import = match sync.options.initial_sync {
             InitialSync::OverwriteDestination => None,
-            InitialSync::ImportPrioritizeSource => {
-                Some("initial_sync: import-prioritize-source is not supported yet".to_string())
-            }
-            InitialSync::ImportPrioritizeDestination => {
-                Some("initial_sync: import-prioritize-destination is not supported yet".to_string())
-            }
+            InitialSync::ImportPrioritizeSource => Some(ImportMode::PrioritizeSource),
+            InitialSync::ImportPrioritizeDestination => Some(ImportMode::PrioritizeDestination),
         };
         SyncJob {
             region: d.region.clone(),
@@ -119,7 +118,7 @@ impl SyncJob {
                 managed_tags: BTreeMap::new(),
                 token_key: crate::plan::TokenKey::default(),
             },
-            unsupported,
+            import,
             enabled: sync.enabled,
             spec,
         }
@@ -188,6 +187,168 @@ pub struct PassResult {
     pub applied: Option<Applied>,
     /// The pass could not reach AWS (or was throttled): retry later.
     pub transient: bool,
+    /// Outcome of the initial-sync import, when one ran.
+    pub import: Option<ImportOutcome>,
+    /// The files as re-read after an import wrote into them (the agent
+    /// keeps their digests, so its own write does not trigger a pass).
+    pub files_after: Option<Vec<FileView>>,
+}
+
+/// Outcome of an import step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportOutcome {
+    /// Whether the import (and its write-back) succeeded.
+    pub ok: bool,
+    /// Summary or reason (never values).
+    pub message: String,
+}
+
+/// Why an import could not run.
+enum ImportFailure {
+    /// AWS could not be read: retry later.
+    Store(StoreError),
+    /// Scope or write-back problem: nothing is written anywhere.
+    Invalid(String),
+}
+
+/// Finds the sync's in-scope secrets in AWS (owned, or adoptable when
+/// `adopt_existing`), reads their values into `actual`, and returns the
+/// import decision against the local view.
+async fn prepare_import<S: SecretStore>(
+    store: &S,
+    job: &SyncJob,
+    mode: ImportMode,
+    local: &BTreeMap<String, crate::secret::SecretValue>,
+    actual: &mut Actual,
+) -> Result<import::ImportPlan, ImportFailure> {
+    let spec = &job.spec;
+    let adopt = job.options.adopt_existing;
+    let in_scope = |r: &crate::store::RemoteSecret| {
+        !r.pending_deletion
+            && match plan::ownership(spec, r) {
+                plan::Ownership::Ours => true,
+                plan::Ownership::Unowned => adopt,
+                plan::Ownership::Foreign(_) => false,
+            }
+    };
+    let mut names: Vec<String> = Vec::new();
+    match spec.mapping {
+        MappingKind::OneToOne => {
+            let prefix = import::name_prefix(spec);
+            if adopt && !prefix.is_empty() {
+                for r in store
+                    .list_by_prefix(&prefix)
+                    .await
+                    .map_err(ImportFailure::Store)?
+                {
+                    actual.secrets.entry(r.name.clone()).or_insert(r);
+                }
+            }
+            names.extend(
+                actual
+                    .secrets
+                    .values()
+                    .filter(|r| in_scope(r) && import::key_for_name(spec, &r.name).is_some())
+                    .map(|r| r.name.clone()),
+            );
+        }
+        MappingKind::ManyToOne => {
+            let name = spec.secret_name.clone().unwrap_or_default();
+            if actual.secrets.get(&name).is_some_and(in_scope) {
+                names.push(name);
+            }
+        }
+    }
+    let unread: Vec<String> = names
+        .iter()
+        .filter(|n| !actual.values.contains_key(*n))
+        .cloned()
+        .collect();
+    if !unread.is_empty() {
+        for (name, read) in store
+            .get_values(&unread)
+            .await
+            .map_err(ImportFailure::Store)?
+        {
+            actual
+                .values
+                .insert(name, read.map(|v| v.value).map_err(|e| e.to_string()));
+        }
+    }
+    let mut candidates = Vec::new();
+    for name in names {
+        let value = match actual.values.get(&name) {
+            Some(Ok(Some(v))) => v.clone(),
+            Some(Ok(None)) => continue,
+            Some(Err(e)) => return Err(ImportFailure::Invalid(format!("cannot read {name}: {e}"))),
+            None => continue,
+        };
+        match spec.mapping {
+            MappingKind::OneToOne => {
+                if let Some(key) = import::key_for_name(spec, &name) {
+                    candidates.push(import::Candidate { key, name, value });
+                }
+            }
+            MappingKind::ManyToOne => candidates.extend(
+                import::json_candidates(spec, &name, &value).map_err(ImportFailure::Invalid)?,
+            ),
+        }
+    }
+    Ok(import::plan_import(mode, local, candidates))
+}
+
+/// Writes the import into the sync's first file (created if absent),
+/// atomically and keeping its other lines and mode.
+fn write_import(job: &SyncJob, plan: &import::ImportPlan) -> Result<std::path::PathBuf, String> {
+    let first = job
+        .files
+        .first()
+        .ok_or("the sync has no source file to import into")?;
+    if first.contains(['*', '?', '[']) {
+        return Err(format!(
+            "import writes into the sync's first file, but '{first}' is a glob; list a plain file first"
+        ));
+    }
+    let path = std::path::Path::new(first);
+    let format = job
+        .format
+        .or_else(|| SourceFormat::from_path(path))
+        .ok_or_else(|| format!("{first}: cannot tell the format; set source.format"))?;
+    let text = match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8(bytes).map_err(|_| format!("{first}: not UTF-8"))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("{first}: cannot read: {e}")),
+    };
+    let edits: Vec<Edit> = plan
+        .sets
+        .iter()
+        .map(|(c, _)| Edit::Set {
+            key: c.key.clone(),
+            value: c.value.clone(),
+        })
+        .collect();
+    let new_text = writeback::apply(&text, format, &edits).map_err(|e| format!("{first}: {e}"))?;
+    let outcome = writeback::write_atomic(path, new_text.as_bytes(), false)
+        .map_err(|e| format!("{first}: {e}"))?;
+    for note in &outcome.notes {
+        tracing::warn!(file = first, "{note}");
+    }
+    Ok(outcome.written_path)
+}
+
+fn merged_local(
+    spec: &MappingSpec,
+    parsed: &[&crate::source::ParsedFile],
+) -> BTreeMap<String, crate::secret::SecretValue> {
+    let mut local = BTreeMap::new();
+    for file in parsed {
+        for e in &file.entries {
+            if spec.key_selected(&e.key) {
+                local.insert(e.key.clone(), e.value.clone());
+            }
+        }
+    }
+    local
 }
 
 fn blocked_reason(files: &[FileView]) -> Option<String> {
@@ -301,17 +462,9 @@ pub async fn run_pass_with_files<S: SecretStore>(
         actions: vec![],
         counts: Default::default(),
         secrets: None,
+        import_status: None,
+        last_import_message: None,
     };
-    if let Some(why) = &job.unsupported {
-        rep.sync_status = SyncStatus::Failed;
-        rep.last_sync_message = Some(why.clone());
-        return PassResult {
-            report: rep,
-            plan: None,
-            applied: None,
-            transient: false,
-        };
-    }
     let parsed: Vec<_> = files
         .iter()
         .filter_map(|f| f.result.as_ref().ok().or_else(|| last_good.get(&f.path)))
@@ -322,24 +475,131 @@ pub async fn run_pass_with_files<S: SecretStore>(
     opts.allow_deletes = allow_deletes;
     opts.deletes_blocked = blocked_reason(files);
     opts.managed_tags = state.managed_tags.clone();
-    let actual = match read_actual(store.as_ref(), &job.spec, &desired, opts.adopt_existing).await {
-        Ok(a) => a,
-        Err(e) => {
-            rep.sync_status = if e.is_transient() {
-                SyncStatus::Pending
-            } else {
-                SyncStatus::Failed
-            };
-            rep.last_sync_message = Some(format!("cannot read AWS state: {e}"));
-            return PassResult {
+    let fail_early =
+        |mut rep: SyncReport, status, message, transient, import: Option<ImportOutcome>| {
+            rep.sync_status = status;
+            rep.last_sync_message = Some(message);
+            if let Some(outcome) = &import {
+                rep.import_status = Some(if outcome.ok { "SYNCED" } else { "FAILED" }.to_string());
+                rep.last_import_message = Some(outcome.message.clone());
+            }
+            PassResult {
                 report: rep,
                 plan: None,
                 applied: None,
-                transient: e.is_transient(),
+                transient,
+                import,
+                files_after: None,
+            }
+        };
+    let mut actual =
+        match read_actual(store.as_ref(), &job.spec, &desired, opts.adopt_existing).await {
+            Ok(a) => a,
+            Err(e) => {
+                let status = if e.is_transient() {
+                    SyncStatus::Pending
+                } else {
+                    SyncStatus::Failed
+                };
+                let msg = format!("cannot read AWS state: {e}");
+                return fail_early(rep, status, msg, e.is_transient(), None);
+            }
+        };
+    // Initial-sync import: bring in-scope AWS secrets into the first file
+    // before the push, so files and AWS agree at the end of this pass.
+    let mut import_outcome = None;
+    let mut import_actions = Vec::new();
+    let mut files_after: Option<Vec<FileView>> = None;
+    if let Some(import_mode) = job.import.filter(|_| !state.initial_sync_done) {
+        let local = merged_local(&job.spec, &parsed);
+        let decision =
+            match prepare_import(store.as_ref(), job, import_mode, &local, &mut actual).await {
+                Ok(d) => d,
+                Err(ImportFailure::Store(e)) => {
+                    let msg = format!("cannot read AWS state for the import: {e}");
+                    let status = if e.is_transient() {
+                        SyncStatus::Pending
+                    } else {
+                        SyncStatus::Failed
+                    };
+                    return fail_early(rep, status, msg, e.is_transient(), None);
+                }
+                Err(ImportFailure::Invalid(msg)) => {
+                    let outcome = ImportOutcome {
+                        ok: false,
+                        message: msg.clone(),
+                    };
+                    let msg = format!("import failed, nothing written: {msg}");
+                    return fail_early(rep, SyncStatus::Failed, msg, false, Some(outcome));
+                }
             };
+        import_actions = decision
+            .sets
+            .iter()
+            .map(|(c, reason)| plan::Action {
+                kind: plan::ActionKind::Import,
+                key: Some(c.key.clone()),
+                name: c.name.clone(),
+                reason: (*reason).to_string(),
+                op: plan::Op::None,
+            })
+            .collect();
+        if !decision.sets.is_empty() {
+            match mode {
+                Mode::Plan => {
+                    // Show the push as it will be once the import is written.
+                    let synthetic = crate::source::ParsedFile {
+                        entries: decision
+                            .sets
+                            .iter()
+                            .map(|(c, _)| crate::source::SourceEntry {
+                                key: c.key.clone(),
+                                value: c.value.clone(),
+                                metadata: BTreeMap::new(),
+                                line: 0,
+                                column: 0,
+                                end_line: 0,
+                            })
+                            .collect(),
+                    };
+                    let mut with_import = parsed.clone();
+                    with_import.push(&synthetic);
+                    desired = desired::build_desired(&job.spec, &with_import);
+                    hold_back_shadowed(&mut desired, files, last_good);
+                }
+                Mode::Apply => {
+                    if let Err(msg) = write_import(job, &decision) {
+                        let outcome = ImportOutcome {
+                            ok: false,
+                            message: msg.clone(),
+                        };
+                        let msg = format!("import failed, nothing written: {msg}");
+                        return fail_early(rep, SyncStatus::Failed, msg, false, Some(outcome));
+                    }
+                    let reread = job.read_files();
+                    let parsed_after: Vec<_> = reread
+                        .iter()
+                        .filter_map(|f| f.result.as_ref().ok().or_else(|| last_good.get(&f.path)))
+                        .collect();
+                    desired = desired::build_desired(&job.spec, &parsed_after);
+                    hold_back_shadowed(&mut desired, &reread, last_good);
+                    opts.deletes_blocked = blocked_reason(&reread);
+                    rep.files = report::file_views(&reread, &now);
+                    files_after = Some(reread);
+                }
+            }
         }
-    };
-    let plan = plan::plan(&job.spec, &desired, &actual, &opts);
+        import_outcome = Some(ImportOutcome {
+            ok: true,
+            message: decision.summary(),
+        });
+    }
+    let files: &[FileView] = files_after.as_deref().unwrap_or(files);
+    let mut plan = plan::plan(&job.spec, &desired, &actual, &opts);
+    if !import_actions.is_empty() {
+        import_actions.append(&mut plan.actions);
+        plan.actions = import_actions;
+    }
     rep.counts = report::ActionCounts::of(&plan);
     let applied = match mode {
         Mode::Plan => None,
@@ -381,11 +641,17 @@ pub async fn run_pass_with_files<S: SecretStore>(
     if mode == Mode::Apply {
         rep.secrets = Some(views);
     }
+    if let Some(outcome) = &import_outcome {
+        rep.import_status = Some(if outcome.ok { "SYNCED" } else { "FAILED" }.to_string());
+        rep.last_import_message = Some(outcome.message.clone());
+    }
     PassResult {
         report: rep,
         plan: Some(plan),
         applied,
         transient,
+        import: import_outcome,
+        files_after,
     }
 }
 

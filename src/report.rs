@@ -194,6 +194,12 @@ pub struct SyncReport {
     /// `sync` only: per-secret results.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secrets: Option<Vec<SecretView>>,
+    /// Initial-sync import status (`SYNCED`/`FAILED`), when one ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub import_status: Option<String>,
+    /// Import summary or failure reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_import_message: Option<String>,
 }
 
 /// Top-level `plan --json` / `sync --json` document.

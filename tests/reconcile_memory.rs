@@ -71,7 +71,7 @@ impl JobBuilder {
             expand: false,
             max_file_size: 1024 * 1024,
             options: PlanOptions::default(),
-            unsupported: None,
+            import: None,
             enabled: true,
         };
         Self { job }

@@ -505,3 +505,69 @@ fn check_probes_aws() {
     let run = env.run(&["check"]);
     assert_eq!(run.code, 3, "{}", run.stdout);
 }
+
+#[test]
+fn import_modes_bring_aws_values_into_the_file() {
+    let env = Env::new();
+    let owner = [
+        ("secretsync:agent", "test-agent"),
+        ("secretsync:sync", "app"),
+    ];
+    env.create_foreign("prod/app/FROM_AWS", CANARY, &owner);
+    env.create_foreign("prod/app/BOTH", "aws-side", &owner);
+    let file = env.write("app/prod.env", "# keep me\nBOTH=local-side\n");
+    one_to_one(
+        &env,
+        "    options:\n      initial_sync: import-prioritize-source\n",
+    );
+    let run = env.run(&["plan", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let actions = run.json()["syncs"][0]["actions"].clone();
+    assert!(
+        actions
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "import" && a["key"] == "FROM_AWS"),
+        "{actions}"
+    );
+    let run = env.run(&["sync", "--json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let j = run.json();
+    assert_eq!(j["syncs"][0]["import_status"], "SYNCED");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.starts_with("# keep me\nBOTH=local-side\n"),
+        "file kept its lines"
+    );
+    assert!(
+        text.contains(&format!("FROM_AWS={CANARY}")),
+        "imported key appended"
+    );
+    assert_eq!(
+        env.value("prod/app/BOTH").as_deref(),
+        Some("local-side"),
+        "source wins"
+    );
+    // A second sync does not import again (initial sync remembered).
+    env.rt.block_on(async {
+        env.client
+            .put_secret_value()
+            .secret_id("prod/app/FROM_AWS")
+            .secret_string("changed")
+            .send()
+            .await
+            .unwrap();
+    });
+    assert_eq!(env.run(&["sync"]).code, 0);
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .contains(&format!("FROM_AWS={CANARY}"))
+    );
+    assert_eq!(
+        env.value("prod/app/FROM_AWS").as_deref(),
+        Some(CANARY),
+        "files rule after the initial sync"
+    );
+}

@@ -376,3 +376,57 @@ async fn syncs_sharing_a_file_each_react_once() {
     );
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn import_write_back_does_not_trigger_a_second_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("app.env"), "A=1\n").unwrap();
+    let path = dir.path().join("agent.yaml");
+    let extra = "    options:\n      initial_sync: import-prioritize-source\n";
+    std::fs::write(&path, config_text(dir.path(), extra, "")).unwrap();
+    let config = config::load_config(&path).unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let mut owned = crate::store::RemoteSecret {
+        name: "B".into(),
+        current_version: Some("v0".into()),
+        ..Default::default()
+    };
+    owned.tags.insert("secretsync:agent".into(), "t1".into());
+    owned.tags.insert("secretsync:sync".into(), "app".into());
+    store.insert(owned, Some(SecretValue::new("from-aws")));
+    let (engine, handle) = Engine::new(config, MemFactory(Arc::clone(&store)), false).unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(engine.run(async move {
+        let _ = stopped.await;
+    }));
+    let h = Harness {
+        dir,
+        store,
+        handle,
+        stop: Some(stop),
+        task,
+    };
+    assert!(
+        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
+            .await
+    );
+    let text = std::fs::read_to_string(h.dir.path().join("app.env")).unwrap();
+    assert!(
+        text.starts_with("A=1\n") && text.contains("B=from-aws"),
+        "{text}"
+    );
+    let s = h.status();
+    assert_eq!(s.syncs[0].import_status.as_deref(), Some("SYNCED"));
+    assert!(s.syncs[0].last_imported_at.is_some());
+    // The watcher reports the agent's own write: content hash equal, no pass.
+    h.store.reset_calls();
+    h.touch();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    assert!(
+        h.store.calls().values().all(|n| *n == 0),
+        "{:?}",
+        h.store.calls()
+    );
+    h.stop().await;
+}

@@ -27,6 +27,7 @@ use std::path::Path;
 use crate::secret::SecretValue;
 
 pub mod dotenv;
+pub mod writeback;
 pub mod yaml;
 
 /// The syntax of a source file. `source.format: auto` in the config maps to

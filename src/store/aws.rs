@@ -409,6 +409,26 @@ impl SecretStore for AwsStore {
         Ok(found.into_values().collect())
     }
 
+    async fn list_by_prefix(&self, prefix: &str) -> Result<Vec<RemoteSecret>, StoreError> {
+        if prefix.is_empty() {
+            return Err(StoreError::Config(
+                "refusing to list every secret in the account (empty prefix)".into(),
+            ));
+        }
+        let entries = self
+            .list_all(vec![filter(
+                FilterNameStringType::Name,
+                vec![prefix.to_string()],
+            )])
+            .await;
+        log_call(OP_LIST, "name prefix", &entries);
+        Ok(entries?
+            .into_iter()
+            .filter_map(to_remote)
+            .filter(|s| s.name.starts_with(prefix))
+            .collect())
+    }
+
     async fn get_values(&self, ids: &[String]) -> Result<Vec<ValueRead>, StoreError> {
         let mut seen = HashSet::new();
         let unique: Vec<String> = ids.iter().filter(|id| seen.insert(*id)).cloned().collect();

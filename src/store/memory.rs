@@ -505,6 +505,17 @@ impl SecretStore for MemoryStore {
         Ok(out)
     }
 
+    async fn list_by_prefix(&self, prefix: &str) -> Result<Vec<RemoteSecret>, StoreError> {
+        if prefix.is_empty() {
+            return Err(StoreError::Config("empty prefix".into()));
+        }
+        self.list_paged(
+            |s| s.name.starts_with(prefix),
+            |s| s.name.starts_with(prefix),
+        )
+        .await
+    }
+
     async fn get_values(&self, ids: &[String]) -> Result<Vec<ValueRead>, StoreError> {
         let mut seen = BTreeSet::new();
         let unique: Vec<&String> = ids.iter().filter(|id| seen.insert(*id)).collect();

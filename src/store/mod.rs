@@ -159,6 +159,14 @@ pub trait SecretStore: Send + Sync + 'static {
         names: &[String],
     ) -> impl Future<Output = Result<Vec<RemoteSecret>, StoreError>> + Send;
 
+    /// Secrets whose names start with `prefix` (any owner), pending
+    /// deletion included; used to find adoptable secrets to import. The
+    /// caller never passes an empty prefix (that would list the account).
+    fn list_by_prefix(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<RemoteSecret>, StoreError>> + Send;
+
     /// Current values of the given secrets (names or ARNs), batched.
     /// Per-secret failures are reported per entry; the outer error means the
     /// whole read failed.
