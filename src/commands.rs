@@ -48,18 +48,7 @@ async fn stores(jobs: &[SyncJob]) -> BTreeMap<Connection, Result<Arc<AwsStore>, 
 }
 
 fn disabled_report(job: &SyncJob) -> SyncReport {
-    SyncReport {
-        name: job.spec.sync_name.clone(),
-        region: job.region.clone(),
-        sync_status: SyncStatus::Disabled,
-        last_sync_message: Some("enabled: false".into()),
-        files: vec![],
-        actions: vec![],
-        counts: Default::default(),
-        secrets: None,
-        import_status: None,
-        last_import_message: None,
-    }
+    job.bare_report(SyncStatus::Disabled, "enabled: false".into())
 }
 
 /// `secretsync check`.
@@ -148,10 +137,9 @@ async fn passes(
         let store = match &stores[&job.connection] {
             Ok(s) => Arc::clone(s),
             Err(e) => {
-                let mut r = disabled_report(job);
-                r.sync_status = SyncStatus::Failed;
-                r.last_sync_message = Some(format!("cannot set up AWS client: {e}"));
-                syncs.push(r);
+                syncs.push(
+                    job.bare_report(SyncStatus::Failed, format!("cannot set up AWS client: {e}")),
+                );
                 continue;
             }
         };

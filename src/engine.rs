@@ -856,26 +856,11 @@ fn planned_views(plan: &crate::plan::Plan) -> Vec<report::SecretView> {
 }
 
 fn disabled_report(job: &SyncJob) -> SyncReport {
-    SyncReport {
-        name: job.spec.sync_name.clone(),
-        region: job.region.clone(),
-        sync_status: SyncStatus::Disabled,
-        last_sync_message: Some("enabled: false".into()),
-        files: vec![],
-        actions: vec![],
-        counts: Default::default(),
-        secrets: None,
-        import_status: None,
-        last_import_message: None,
-    }
+    job.bare_report(SyncStatus::Disabled, "enabled: false".into())
 }
 
 fn failed_report(job: &SyncJob, message: String) -> SyncReport {
-    SyncReport {
-        sync_status: SyncStatus::Pending,
-        last_sync_message: Some(message),
-        ..disabled_report(job)
-    }
+    job.bare_report(SyncStatus::Pending, message)
 }
 
 /// Exponential backoff with ±20% jitter, capped.

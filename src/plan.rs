@@ -344,6 +344,27 @@ impl Planner<'_> {
         self.secret(key, name, state, Some(message), None);
     }
 
+    /// An update of `d`'s value over `r`'s current version.
+    fn put_value(&mut self, d: &DesiredSecret, r: &RemoteSecret, reason: &str) {
+        let token = request_token(
+            &self.opts.token_key,
+            &d.name,
+            &d.value,
+            r.current_version.as_deref(),
+        );
+        let op = Op::PutValue {
+            value: d.value.clone(),
+            token,
+        };
+        self.push(
+            ActionKind::Update,
+            d.key.as_deref(),
+            &d.name,
+            reason.into(),
+            op,
+        );
+    }
+
     fn create(&mut self, d: &DesiredSecret) {
         let token = request_token(&self.opts.token_key, &d.name, &d.value, None);
         let req = CreateSecret {
@@ -393,22 +414,7 @@ impl Planner<'_> {
                 Op::Restore,
             );
             // The value of a secret pending deletion cannot be read: write it.
-            let token = request_token(
-                &self.opts.token_key,
-                &d.name,
-                &d.value,
-                r.current_version.as_deref(),
-            );
-            self.push(
-                ActionKind::Update,
-                key,
-                &d.name,
-                "restored; value rewritten".into(),
-                Op::PutValue {
-                    value: d.value.clone(),
-                    token,
-                },
-            );
+            self.put_value(d, r, "restored; value rewritten");
             wrote_value = true;
         } else {
             match actual.values.get(&d.name) {
@@ -432,22 +438,7 @@ impl Planner<'_> {
                     } else {
                         "AWS holds a binary value"
                     };
-                    let token = request_token(
-                        &self.opts.token_key,
-                        &d.name,
-                        &d.value,
-                        r.current_version.as_deref(),
-                    );
-                    self.push(
-                        ActionKind::Update,
-                        key,
-                        &d.name,
-                        reason.into(),
-                        Op::PutValue {
-                            value: d.value.clone(),
-                            token,
-                        },
-                    );
+                    self.put_value(d, r, reason);
                     wrote_value = true;
                 }
                 None => {

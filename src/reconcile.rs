@@ -167,6 +167,25 @@ pub async fn read_actual<S: SecretStore>(
     Ok(actual)
 }
 
+impl SyncJob {
+    /// A report for this sync that carries only a status and message (no
+    /// pass ran: disabled, or the AWS client could not be set up).
+    pub fn bare_report(&self, status: SyncStatus, message: String) -> SyncReport {
+        SyncReport {
+            name: self.spec.sync_name.clone(),
+            region: self.region.clone(),
+            sync_status: status,
+            last_sync_message: Some(message),
+            files: vec![],
+            actions: vec![],
+            counts: Default::default(),
+            secrets: None,
+            import_status: None,
+            last_import_message: None,
+        }
+    }
+}
+
 /// Whether a pass only plans or also writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
