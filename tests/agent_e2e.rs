@@ -24,7 +24,7 @@ fn after() -> String {
 
 /// Long enough after the last AWS call that a second pass would have shown up.
 fn settle() -> Duration {
-    DEBOUNCE * 4
+    DEBOUNCE * 3
 }
 
 /// Starts an agent on the files `setup` creates (sync `app`), waits for the
@@ -213,6 +213,65 @@ fn save_file_missing_at_start_appears_later() {
     save_pattern(setup, |w| {
         std::fs::write(w.path("app/local.env"), "A=two\n").unwrap();
     });
+}
+
+#[test]
+fn save_new_file_in_a_glob_directory() {
+    // Later files win: a new file matching `conf.d/*.env` overrides A.
+    let setup = |w: &World| {
+        std::fs::create_dir_all(w.path("app/conf.d")).unwrap();
+        vec![
+            w.write("app/base.env", &before()),
+            w.path("app/conf.d/*.env"),
+        ]
+    };
+    save_pattern(setup, |w| {
+        w.write("app/conf.d/10-override.env", "A=two\n");
+    });
+}
+
+#[test]
+fn unrelated_writes_in_a_watched_directory_do_not_starve_a_sync() {
+    // An application log next to the .env file, written every 50 ms: its
+    // events must not keep postponing the sync of an edit forever.
+    let w = World::new();
+    let file = w.write("app/app.env", &before());
+    w.config(&AgentOpts::default(), &[sync_entry("app", &[&file], "")]);
+    let agent = Agent::start(&w);
+    w.wait_synced("app");
+    w.wait_quiet(settle());
+    w.proxy.reset_counts();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let log = w.path("app/nohup.out");
+    let noise = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::create(log).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                writeln!(f, "request served").unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let _stop_noise = StopOnDrop(std::sync::Arc::clone(&stop));
+    std::thread::sleep(DEBOUNCE * 2);
+
+    std::fs::write(&file, after()).unwrap();
+    w.wait_value("app/A", "two");
+    // Passes over unchanged files (the log keeps writing) make no calls.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(w.put_ids(), ["app/A"], "{:?}", w.proxy.calls());
+    assert_eq!(w.proxy.writes(), 1, "{:?}", w.proxy.calls());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    noise.join().unwrap();
+    agent.stop();
 }
 
 #[test]
