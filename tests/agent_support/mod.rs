@@ -267,6 +267,22 @@ impl World {
         )
     }
 
+    /// Waits until sync `name` has finished a pass (SYNCED or FAILED, files
+    /// read): its AWS calls are done.
+    pub fn wait_pass_done(&self, name: &str) -> Value {
+        eventually(
+            &format!("a finished pass of sync {name}"),
+            DEADLINE,
+            || {
+                let s = self.sync_status(name);
+                let done = matches!(s["sync_status"].as_str(), Some("SYNCED" | "FAILED"));
+                let read = s["files"].as_array().is_some_and(|f| !f.is_empty());
+                (done && read).then_some(s)
+            },
+            || self.sync_status(name).to_string(),
+        )
+    }
+
     /// Current value of `name` in moto (`None` if missing or unreadable).
     pub fn value(&self, name: &str) -> Option<String> {
         self.rt.block_on(async {
