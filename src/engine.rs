@@ -33,6 +33,11 @@ use crate::watch::{self as fswatch, DirWatcher};
 /// Longest wait between retries of a sync whose pass failed transiently.
 pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(300);
 
+/// A burst of file events that never goes quiet (a log written next to the
+/// source file) still gets a pass this many debounce periods after its
+/// first event; otherwise every event would push the pass back forever.
+pub const MAX_DEBOUNCE_PERIODS: u32 = 10;
+
 /// Builds stores for connections; the engine caches one per connection.
 pub trait StoreFactory: Send + Sync + 'static {
     /// The store type.
@@ -195,6 +200,8 @@ struct Slot {
     digests: Option<Digests>,
     last_good: BTreeMap<PathBuf, ParsedFile>,
     failures: u32,
+    /// First file event since the last pass started.
+    burst_start: Option<Instant>,
     view: SyncStatusView,
 }
 
@@ -239,6 +246,7 @@ impl Slot {
             digests: None,
             last_good: BTreeMap::new(),
             failures: 0,
+            burst_start: None,
         }
     }
 
@@ -483,7 +491,8 @@ impl<F: StoreFactory> Engine<F> {
     }
 
     fn files_changed(&mut self, paths: &[PathBuf]) {
-        let due = Instant::now() + self.config.agent.debounce;
+        let now = Instant::now();
+        let debounce = self.config.agent.debounce;
         let mut any = false;
         for slot in self.slots.values_mut() {
             if !slot.job.enabled {
@@ -493,7 +502,10 @@ impl<F: StoreFactory> Engine<F> {
                 .iter()
                 .any(|p| fswatch::event_concerns(p, &slot.dirs, &slot.job.files))
             {
-                // Quiet period: each event pushes the deadline back.
+                // Quiet period: each event pushes the deadline back, up
+                // to MAX_DEBOUNCE_PERIODS after the burst's first event.
+                let start = *slot.burst_start.get_or_insert(now);
+                let due = (now + debounce).min(start + debounce * MAX_DEBOUNCE_PERIODS);
                 slot.due = Some(slot.due.map_or(due, |d| d.max(due)));
                 any = true;
             }
@@ -701,6 +713,7 @@ impl<F: StoreFactory> Engine<F> {
                 continue;
             };
             slot.due = None;
+            slot.burst_start = None;
             slot.running = true;
             slot.riding = std::mem::take(&mut slot.waiting);
             let mode = if slot.auto_sync || slot.explicit {

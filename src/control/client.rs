@@ -62,10 +62,24 @@ pub async fn call(
         path: path.clone(),
         source,
     };
-    stream.write_all(&line).await.map_err(io)?;
+    // The agent may answer and hang up before reading the request (a `busy`
+    // reply when it is at its client limit): then the write fails, but the
+    // reply is there to read and says more than "broken pipe".
+    let written = stream.write_all(&line).await;
     let mut reader = BufReader::new(stream);
     let mut reply = String::new();
-    match tokio::time::timeout(timeout, reader.read_line(&mut reply)).await {
+    let wait = if written.is_err() {
+        timeout.min(Duration::from_secs(1))
+    } else {
+        timeout
+    };
+    let read = tokio::time::timeout(wait, reader.read_line(&mut reply)).await;
+    if let Err(e) = written {
+        if !reply.ends_with('\n') {
+            return Err(io(e));
+        }
+    }
+    match read {
         Err(_) => Err(ClientError::NoAnswer(path.clone())),
         Ok(Err(e)) => Err(io(e)),
         Ok(Ok(0)) => Err(ClientError::NoAnswer(path.clone())),

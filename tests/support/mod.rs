@@ -436,7 +436,8 @@ pub fn aws_env(endpoint: &str) -> Vec<(&'static str, String)> {
 ///
 /// `op: None` matches every operation; `Some("PutSecretValue")` matches the
 /// `X-Amz-Target` operation name exactly. Rules are consulted in the order they
-/// were injected: every matching [`Fault::Delay`] adds its delay, then the first
+/// were injected: every matching [`Fault::Delay`] / [`Fault::DelayDetached`] adds
+/// its delay, then the first
 /// other rule that fires decides the outcome, and the rules after it do not see
 /// the request (their counters do not advance). With no rule firing the request is
 /// forwarded upstream. Every request is counted before any rule applies.
@@ -466,6 +467,11 @@ pub enum Fault {
     },
     /// Matching requests are held for `delay` before the rest of the rules apply.
     Delay { op: Option<String>, delay: Duration },
+    /// Like [`Fault::Delay`], but a held request that the rules then forward
+    /// reaches upstream even if its client has gone away meanwhile (killed,
+    /// or its attempt timed out), as AWS still processes a request it has
+    /// received. With plain `Delay` such a request is dropped unprocessed.
+    DelayDetached { op: Option<String>, delay: Duration },
     /// Matching requests never get an answer (until the proxy is dropped): the
     /// client's attempt timeout must fire.
     Hang { op: Option<String> },
@@ -485,6 +491,7 @@ impl Fault {
             | Fault::ServerError { op, .. }
             | Fault::AwsError { op, .. }
             | Fault::Delay { op, .. }
+            | Fault::DelayDetached { op, .. }
             | Fault::Hang { op }
             | Fault::Reset { op, .. } => op.as_deref(),
             Fault::Outage => None,
@@ -519,7 +526,7 @@ struct Rule {
 
 impl Rule {
     /// Advances the rule's counter for one matching request and returns the
-    /// action if the rule fires (never called for `Delay`).
+    /// action if the rule fires (never called for the delays).
     fn consult(&mut self) -> Option<Action> {
         self.seen += 1;
         let n = self.seen;
@@ -557,7 +564,7 @@ impl Rule {
             Fault::Hang { .. } => Some(Action::Hang),
             Fault::Reset { count, .. } => (n <= *count).then_some(Action::Close),
             Fault::Outage => Some(Action::Close),
-            Fault::Delay { .. } => None,
+            Fault::Delay { .. } | Fault::DelayDetached { .. } => None,
         }
     }
 }
@@ -572,26 +579,32 @@ struct ProxyState {
 }
 
 impl ProxyState {
-    /// Records one arrived request and decides its fate.
-    fn arrive(&mut self, op: &str, body: Bytes) -> (Duration, Action) {
+    /// Records one arrived request and decides its fate: how long to hold
+    /// it, whether it survives its client going away, and what to do then.
+    fn arrive(&mut self, op: &str, body: Bytes) -> (Duration, bool, Action) {
         *self.calls.entry(op.to_string()).or_default() += 1;
         self.requests.push((op.to_string(), body));
         let mut delay = Duration::ZERO;
+        let mut detached = false;
         let mut action = None;
         for rule in &mut self.rules {
             if rule.fault.op().is_some_and(|o| o != op) {
                 continue;
             }
-            if let Fault::Delay { delay: d, .. } = rule.fault {
-                delay += d;
-            } else if action.is_none() {
-                action = rule.consult();
+            match rule.fault {
+                Fault::Delay { delay: d, .. } => delay += d,
+                Fault::DelayDetached { delay: d, .. } => {
+                    delay += d;
+                    detached = true;
+                }
+                _ if action.is_none() => action = rule.consult(),
+                _ => {}
             }
         }
         if action.is_some() || !delay.is_zero() {
             self.faults_fired += 1;
         }
-        (delay, action.unwrap_or(Action::Forward))
+        (delay, detached, action.unwrap_or(Action::Forward))
     }
 }
 
@@ -858,7 +871,21 @@ async fn handle(
     // Read the whole body first: it is recorded, and a fault that closes the
     // connection must not do so mid-upload.
     let body = body.collect().await?.to_bytes();
-    let (delay, action) = state.lock().unwrap().arrive(&op, body.clone());
+    let (delay, detached, action) = state.lock().unwrap().arrive(&op, body.clone());
+    if detached && matches!(action, Action::Forward) {
+        // A task of its own: hyper drops this handler when the client
+        // disconnects, the spawned task still delivers the request.
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            forward(parts, body, &client, &upstream).await
+        });
+        return Ok(task.await.unwrap_or_else(|e| {
+            plain(
+                StatusCode::BAD_GATEWAY,
+                &format!("FaultProxy: detached forward failed: {e}"),
+            )
+        }));
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }

@@ -1,0 +1,647 @@
+//! End-to-end tests of the agent's control socket: the protocol over a raw
+//! `UnixStream`, the CLI's exit codes, peer-credential checks, abuse, and
+//! socket ownership between agents.
+
+mod agent_support;
+mod support;
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+use agent_support::{
+    Agent, AgentOpts, CANARY, Conn, DEADLINE, World, assert_error, eventually, sync_entry,
+};
+use serde_json::{Value, json};
+
+fn app_env() -> String {
+    format!("A=1\nB=2\nTOKEN={CANARY}\n")
+}
+
+#[test]
+fn every_command_and_error_code_over_the_raw_protocol() {
+    let w = World::new();
+    let file = w.write("app/app.env", &app_env());
+    let opts = AgentOpts::default();
+    let config = w.config(&opts, &[sync_entry("app", &[&file], "")]);
+    let agent = Agent::start(&w);
+    w.wait_synced("app");
+    let mut c = Conn::open(&w.socket());
+
+    // status: the whole document, id echoed.
+    let r = c.call(&json!({"id": 1, "cmd": "status"}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["id"], 1);
+    let st = &r["result"];
+    assert_eq!(st["agent"]["id"], "e2e-agent");
+    assert_eq!(st["agent"]["pid"], agent.pid());
+    assert_eq!(st["agent"]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(st["agent"]["config_error"].is_null());
+    assert!(
+        st["agent"]["started_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{st}"
+    );
+    let app = &st["syncs"][0];
+    assert_eq!(app["name"], "app");
+    assert_eq!(app["sync_status"], "SYNCED");
+    assert_eq!(app["counts"]["secrets"], 3);
+    assert_eq!(app["counts"]["synced"], 3);
+    assert_eq!(app["files"][0]["status"], "ok");
+    assert_eq!(app["files"][0]["keys"], 3);
+    assert_eq!(app["secrets"].as_array().unwrap().len(), 3);
+    assert_status_shape(st);
+    // version_id is AWS's current version.
+    let a = app["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["key"] == "A")
+        .unwrap();
+    let current = w.rt.block_on(async {
+        w.client
+            .get_secret_value()
+            .secret_id("app/A")
+            .send()
+            .await
+            .unwrap()
+            .version_id
+    });
+    assert_eq!(a["version_id"].as_str(), current.as_deref(), "{a}");
+
+    // status narrowed to one sync; unknown sync.
+    let r = c.call(&json!({"id": "two", "cmd": "status", "sync": "app"}));
+    assert_eq!(
+        (r["ok"].clone(), r["id"].clone()),
+        (json!(true), json!("two"))
+    );
+    assert_eq!(r["result"]["syncs"].as_array().unwrap().len(), 1);
+    let id = json!({"n": [3, "x"]});
+    let r = c.call(&json!({"id": id, "cmd": "status", "sync": "nope"}));
+    let msg = assert_error(&r, "not_found", &id);
+    assert!(msg.contains("nope"), "{msg}");
+
+    // plan: all, one, unknown. Nothing pending.
+    let r = c.call(&json!({"id": 4, "cmd": "plan"}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["id"], 4);
+    assert_eq!(r["result"]["syncs"][0]["name"], "app");
+    assert_eq!(r["result"]["syncs"][0]["counts"]["unchanged"], 3, "{r}");
+    assert_eq!(r["result"]["syncs"][0]["counts"]["create"], 0, "{r}");
+    let r = c.call(&json!({"id": 5, "cmd": "plan", "sync": "app"}));
+    assert_eq!(r["ok"], true, "{r}");
+    let r = c.call(&json!({"id": 6, "cmd": "plan", "sync": "nope"}));
+    assert_error(&r, "not_found", &json!(6));
+
+    // Several requests in one write: answered in order on the connection.
+    c.send_raw(
+        b"{\"id\":10,\"cmd\":\"status\"}\n{\"id\":11,\"cmd\":\"plan\",\"sync\":\"app\"}\n{\"id\":12,\"cmd\":\"status\",\"sync\":\"nope\"}\n",
+    )
+    .unwrap();
+    let replies: Vec<Value> = (0..3).map(|_| c.read_reply().unwrap()).collect();
+    let ids: Vec<&Value> = replies.iter().map(|r| &r["id"]).collect();
+    assert_eq!(ids, [&json!(10), &json!(11), &json!(12)]);
+    assert_eq!(replies[0]["ok"], true);
+    assert_eq!(replies[1]["ok"], true);
+    assert_eq!(replies[2]["error"]["code"], "not_found");
+
+    // resync: all, one, unknown. In step already: no writes.
+    w.proxy.reset_counts();
+    let r = c.call(&json!({"id": 20, "cmd": "resync"}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["id"], 20);
+    assert_eq!(r["result"]["syncs"][0]["sync_status"], "SYNCED", "{r}");
+    let r = c.call(&json!({"id": 21, "cmd": "resync", "sync": "app"}));
+    assert_eq!(r["result"]["syncs"][0]["name"], "app", "{r}");
+    let r = c.call(&json!({"id": 22, "cmd": "resync", "sync": "nope"}));
+    assert_error(&r, "not_found", &json!(22));
+    assert!(w.proxy.count("ListSecrets") >= 2, "resync read nothing");
+    assert_eq!(w.proxy.writes(), 0, "{:?}", w.proxy.calls());
+
+    // Two of three keys leave the file: the deletion guard holds the
+    // deletes (sync FAILED) until a resync with allow_deletes.
+    std::fs::write(&file, "A=1\n").unwrap();
+    let s = eventually(
+        "the deletion guard to trip",
+        DEADLINE,
+        || {
+            let s = w.sync_status("app");
+            (s["sync_status"] == "FAILED").then_some(s)
+        },
+        || w.sync_status("app").to_string(),
+    );
+    assert!(s["last_sync_message"].is_string(), "{s}");
+    let r = c.call(&json!({"id": 23, "cmd": "resync", "sync": "app"}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["syncs"][0]["sync_status"], "FAILED", "{r}");
+    assert_eq!(w.proxy.count("DeleteSecret"), 0);
+    let r = c.call(&json!({"id": 24, "cmd": "resync", "sync": "app", "allow_deletes": true}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["id"], 24);
+    assert_eq!(r["result"]["syncs"][0]["sync_status"], "SYNCED", "{r}");
+    assert_eq!(w.proxy.count("DeleteSecret"), 2, "{:?}", w.proxy.calls());
+    assert!(w.pending_deletion("app/B") && w.pending_deletion("app/TOKEN"));
+    assert!(!w.pending_deletion("app/A"));
+
+    // reload: fine, then an invalid config (old one kept), then fine again.
+    let r = c.call(&json!({"id": 30, "cmd": "reload"}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["reloaded"], true, "{r}");
+    let valid = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        valid.replace("debounce:", "debounce: 1s\n  debounse:"),
+    )
+    .unwrap();
+    let r = c.call(&json!({"id": 31, "cmd": "reload"}));
+    let msg = assert_error(&r, "invalid_config", &json!(31));
+    assert!(
+        msg.contains(&format!("{}:", config.display())) && msg.contains("debounse"),
+        "invalid_config should carry file:line:col errors: {msg}"
+    );
+    let r = c.call(&json!({"id": 32, "cmd": "status"}));
+    assert!(r["result"]["agent"]["config_error"].is_string(), "{r}");
+    std::fs::write(&config, &valid).unwrap();
+    let r = c.call(&json!({"id": 33, "cmd": "reload"}));
+    assert_eq!(r["ok"], true, "{r}");
+
+    // bad_request: invalid JSON (id unknown: null), unknown cmd, unknown
+    // field, missing cmd, wrong type (id still echoed when readable).
+    c.send_raw(b"{not json\n").unwrap();
+    assert_error(&c.read_reply().unwrap(), "bad_request", &Value::Null);
+    let r = c.call(&json!({"id": 40, "cmd": "frobnicate"}));
+    let msg = assert_error(&r, "bad_request", &json!(40));
+    assert!(msg.contains("frobnicate"), "{msg}");
+    let r = c.call(&json!({"id": 41, "cmd": "status", "bogus": true}));
+    assert_error(&r, "bad_request", &json!(41));
+    let r = c.call(&json!({"id": 42}));
+    assert_error(&r, "bad_request", &json!(42));
+    let r = c.call(&json!({"id": 43, "cmd": "resync", "allow_deletes": "yes"}));
+    assert_error(&r, "bad_request", &json!(43));
+    // A request without an id gets `null` back.
+    let r = c.call(&json!({"cmd": "status"}));
+    assert_eq!(r["ok"], true);
+    assert!(r["id"].is_null(), "{r}");
+    // The connection survived all of that.
+    let r = c.call(&json!({"id": 44, "cmd": "status"}));
+    assert_eq!((r["ok"].clone(), r["id"].clone()), (json!(true), json!(44)));
+
+    // Over 64 KiB: bad_request, then the connection is closed.
+    let mut big = Conn::open(&w.socket());
+    let pad = "x".repeat(70 * 1024);
+    let line = format!("{{\"id\":50,\"cmd\":\"status\",\"sync\":\"{pad}\"}}\n");
+    let _ = big.send_raw(line.as_bytes()); // may fail once the agent hangs up
+    let r = big
+        .read_reply()
+        .expect("a reply to an oversize request before the close");
+    let msg = assert_error(&r, "bad_request", &Value::Null);
+    assert!(msg.contains("65536") || msg.contains("64"), "{msg}");
+    assert!(big.read_reply().is_none(), "connection should be closed");
+
+    agent.stop();
+}
+
+/// Every field of the §6 status document is there, with the right type.
+fn assert_status_shape(st: &Value) {
+    let time = |v: &Value, what: &str| {
+        let t = v
+            .as_str()
+            .unwrap_or_else(|| panic!("{what} is not a time: {v}"));
+        assert!(
+            t.ends_with('Z') && humantime_like(t),
+            "{what} not RFC 3339 UTC: {t}"
+        );
+    };
+    let agent = &st["agent"];
+    for k in ["id", "version", "config_path"] {
+        assert!(agent[k].is_string(), "agent.{k}: {agent}");
+    }
+    assert!(agent["pid"].is_u64(), "{agent}");
+    time(&agent["started_at"], "agent.started_at");
+    time(&agent["config_loaded_at"], "agent.config_loaded_at");
+    assert!(agent.get("config_error").is_some(), "{agent}");
+    for s in st["syncs"].as_array().unwrap() {
+        for k in [
+            "last_sync_message",
+            "import_status",
+            "last_import_message",
+            "last_imported_at",
+            "remove_status",
+            "last_remove_message",
+            "last_removed_at",
+            "last_synced_at",
+        ] {
+            assert!(s.get(k).is_some(), "sync.{k} missing: {s}");
+        }
+        for k in ["name", "sync_status", "region", "mapping"] {
+            assert!(s[k].is_string(), "sync.{k}: {s}");
+        }
+        assert!(
+            s["enabled"].is_boolean() && s["auto_sync"].is_boolean(),
+            "{s}"
+        );
+        time(&s["last_synced_at"], "sync.last_synced_at");
+        for f in s["files"].as_array().unwrap() {
+            assert!(f["path"].is_string() && f["status"].is_string(), "{f}");
+            assert!(f.get("error").is_some() && f["keys"].is_u64(), "{f}");
+            time(&f["read_at"], "file.read_at");
+        }
+        for k in [
+            "secrets", "synced", "pending", "conflict", "error", "deleted",
+        ] {
+            assert!(s["counts"][k].is_u64(), "counts.{k}: {s}");
+        }
+        for x in s["secrets"].as_array().unwrap() {
+            for k in ["key", "name", "state"] {
+                assert!(x[k].is_string(), "secret.{k}: {x}");
+            }
+            assert!(
+                x.get("message").is_some() && x.get("version_id").is_some(),
+                "{x}"
+            );
+            time(&x["last_synced_at"], "secret.last_synced_at");
+        }
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fff]Z`.
+fn humantime_like(t: &str) -> bool {
+    let b = t.as_bytes();
+    b.len() >= 20
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && t[..4].bytes().all(|c| c.is_ascii_digit())
+}
+
+#[test]
+fn cli_resync_and_reload_exit_codes() {
+    let w = World::new();
+    let file = w.write("app/app.env", &app_env());
+    let config = w.config(&AgentOpts::default(), &[sync_entry("app", &[file], "")]);
+    let agent = Agent::start(&w);
+    w.wait_synced("app");
+    let sock = w.socket();
+    let sock = sock.to_str().unwrap();
+
+    let out = w.cli(&["resync", "--socket", sock]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("app SYNCED"), "{}", out.stdout);
+    let out = w.cli(&["resync", "--socket", sock, "app", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json()["syncs"][0]["name"], "app");
+    let out = w.cli(&["resync", "--socket", sock, "nope"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let out = w.cli(&["resync", "--socket", sock, "--no-wait"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("queued"), "{}", out.stdout);
+    let out = w.cli(&["resync", "--socket", sock, "--no-wait", "nope"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let out = w.cli(&["reload", "--socket", sock]);
+    assert_eq!(out.code, 0, "{out:?}");
+
+    // A sync that is FAILED makes `resync` exit 1.
+    let valid = std::fs::read_to_string(&config).unwrap();
+    w.write("app/app.env", "A=1\nthis line is not dotenv\n");
+    let out = w.cli(&["resync", "--socket", sock, "app"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("FAILED"), "{}", out.stdout);
+    // Status names the file and line; nothing was deleted (last good view).
+    let st = w.status_cli().unwrap();
+    let f = &st["syncs"][0]["files"][0];
+    assert_eq!(f["status"], "error", "{st}");
+    let err = f["error"].as_str().unwrap_or("");
+    assert!(
+        err.contains("app/app.env:2"),
+        "file error needs file:line: {err}"
+    );
+    assert_eq!(w.proxy.count("DeleteSecret"), 0);
+    assert_eq!(w.value("app/TOKEN").as_deref(), Some(CANARY));
+    std::fs::write(&config, format!("{valid}nope: 1\n")).unwrap();
+    let out = w.cli(&["reload", "--socket", sock]);
+    assert_eq!(out.code, 2, "{out:?}");
+    agent.stop();
+
+    // No agent: exit 3.
+    let out = w.cli(&["status", "--socket", sock]);
+    assert_eq!(out.code, 3, "{out:?}");
+    let out = w.cli(&["resync", "--socket", sock]);
+    assert_eq!(out.code, 3, "{out:?}");
+    let out = w.cli(&["reload", "--socket", sock]);
+    assert_eq!(out.code, 3, "{out:?}");
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+const NOBODY: u32 = 65534;
+
+#[test]
+fn socket_permissions_and_peer_credentials() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED socket_permissions_and_peer_credentials: needs root to run a client as uid {NOBODY}"
+        );
+        return;
+    }
+    let w = World::new();
+    let file = w.write("app/app.env", &app_env());
+    let syncs = [sync_entry("app", &[file], "")];
+    let open = AgentOpts {
+        socket_mode: "0666",
+        ..AgentOpts::default()
+    };
+    w.config(&open, &syncs);
+    // Let other users reach the socket's directory.
+    for dir in [w.path(""), w.agent_path("")] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let agent = Agent::start(&w);
+    w.wait_synced("app");
+    let sock = w.socket();
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o666, "socket mode {mode:o}");
+    let sock = sock.to_str().unwrap();
+
+    // Anyone who can connect may read; changing things needs privileges.
+    let out = w.cli_with(&["status", "--json", "--socket", sock], Some(NOBODY));
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json()["syncs"][0]["name"], "app");
+    let out = w.cli_with(&["resync", "--socket", sock], Some(NOBODY));
+    assert_eq!(out.code, 1, "forbidden resync: {out:?}");
+    assert!(
+        out.stderr.contains("65534") && out.stderr.contains("resync"),
+        "{}",
+        out.stderr
+    );
+    let out = w.cli_with(&["reload", "--socket", sock], Some(NOBODY));
+    assert_eq!(out.code, 1, "forbidden reload: {out:?}");
+    let out = w.cli(&["resync", "--socket", sock]);
+    assert_eq!(out.code, 0, "root may resync: {out:?}");
+    agent.stop();
+
+    // control.allow_uids lets that user resync.
+    let allowed = AgentOpts {
+        extra: "control:\n  allow_uids: [65534]\n",
+        ..open.clone()
+    };
+    w.config(&allowed, &syncs);
+    let agent = Agent::start(&w);
+    let out = w.cli_with(&["resync", "--socket", sock], Some(NOBODY));
+    assert_eq!(out.code, 0, "allowed uid resync: {out:?}");
+    agent.stop();
+
+    // Mode 0660: other users cannot even connect.
+    w.config(&AgentOpts::default(), &syncs);
+    let agent = Agent::start(&w);
+    let mode = std::fs::metadata(sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "socket mode {mode:o}");
+    let out = w.cli_with(&["status", "--socket", sock], Some(NOBODY));
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.to_lowercase().contains("permission denied"),
+        "{}",
+        out.stderr
+    );
+    agent.stop();
+}
+
+/// Reads one line from a connection in non-blocking mode: `Ok(Some)` a
+/// complete line, `Ok(None)` nothing yet, `Err` closed before a full line.
+fn poll_line(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Option<Value>, String> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err(format!("closed after {} bytes", buf.len())),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                    let line = buf[..i].to_vec();
+                    return serde_json::from_slice(&line)
+                        .map(Some)
+                        .map_err(|e| format!("not JSON: {e}"));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+#[test]
+fn abuse_never_stops_the_agent() {
+    let w = World::new();
+    let file = w.write("app/app.env", &app_env());
+    w.config(&AgentOpts::default(), &[sync_entry("app", &[file], "")]);
+    let mut agent = Agent::start(&w);
+    w.wait_synced("app");
+    let sock = w.socket();
+
+    // Opened first and never used: closed by the agent after 10 s idle.
+    let idle = UnixStream::connect(&sock).unwrap();
+    let idle_since = Instant::now();
+
+    // A 1 MB line.
+    let mut big = Conn::open(&sock);
+    let mut line = vec![b'{'; 1024 * 1024];
+    line.push(b'\n');
+    let _ = big.send_raw(&line);
+    let r = big.read_reply().expect("a reply to the 1 MB line");
+    assert_error(&r, "bad_request", &Value::Null);
+    assert!(big.read_reply().is_none());
+    drop(big);
+
+    // Invalid UTF-8, then a good request on the same connection.
+    let mut c = Conn::open(&sock);
+    c.send_raw(b"\xff\xfe\xfd{\"id\":1,\"cmd\":\"status\"}\n")
+        .unwrap();
+    assert_error(&c.read_reply().unwrap(), "bad_request", &Value::Null);
+    c.send_raw(b"{\"id\":\"\xc3\xa9\xff\",\"cmd\":\"status\"}\n")
+        .unwrap();
+    assert_error(&c.read_reply().unwrap(), "bad_request", &Value::Null);
+    let r = c.call(&json!({"id": "after-utf8", "cmd": "status"}));
+    assert_eq!(r["ok"], true, "{r}");
+
+    // Random bytes (with newlines), then a good request: every line before
+    // it gets bad_request.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut noise = Vec::with_capacity(8192);
+    for _ in 0..8192 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        noise.push((seed >> 24) as u8);
+    }
+    let lines = noise.iter().filter(|b| **b == b'\n').count() + 1;
+    noise.extend_from_slice(b"\n{\"id\":\"after-noise\",\"cmd\":\"status\"}\n");
+    c.send_raw(&noise).unwrap();
+    let mut replies = 0;
+    loop {
+        let r = c.read_reply().expect("connection closed during the noise");
+        if r["id"] == "after-noise" {
+            assert_eq!(r["ok"], true, "{r}");
+            break;
+        }
+        assert_eq!(r["error"]["code"], "bad_request", "{r}");
+        replies += 1;
+        assert!(replies <= lines, "more replies than lines sent");
+    }
+    drop(c);
+
+    // Half-closed clients: the request is answered, then the agent closes.
+    let mut h = Conn::open(&sock);
+    h.send_raw(b"{\"id\":\"half\",\"cmd\":\"status\"}").unwrap();
+    h.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let r = h.read_reply().expect("reply to a half-closed client");
+    assert_eq!(
+        (r["ok"].clone(), r["id"].clone()),
+        (json!(true), json!("half"))
+    );
+    assert!(h.read_reply().is_none());
+    let mut h = Conn::open(&sock);
+    h.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(h.read_reply().is_none());
+    drop(h);
+
+    // 200 connections held open: at most 64 clients at once, the others
+    // get `busy` and are closed.
+    std::thread::sleep(Duration::from_millis(200)); // closed ones above release their slots
+    let mut conns: Vec<UnixStream> = (0..200)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    for s in &conns {
+        s.set_nonblocking(true).unwrap();
+    }
+    let mut bufs = vec![Vec::new(); conns.len()];
+    let mut busy = vec![false; conns.len()];
+    let mut poll_all = |busy: &mut Vec<bool>| {
+        for (i, s) in conns.iter_mut().enumerate() {
+            if busy[i] {
+                continue;
+            }
+            match poll_line(s, &mut bufs[i]) {
+                Ok(None) => {}
+                Ok(Some(r)) => {
+                    assert_error(&r, "busy", &Value::Null);
+                    busy[i] = true;
+                }
+                Err(e) => panic!("connection {i}: {e} without a busy reply"),
+            }
+        }
+    };
+    // With the idle client connected, 63 of the 200 get a slot, the other
+    // 137 a busy reply (a few more if a slot of a closed client above is
+    // not released yet).
+    let count = |busy: &Vec<bool>| busy.iter().filter(|b| **b).count();
+    let deadline = Instant::now() + DEADLINE;
+    while count(&busy) < 200 - 63 && Instant::now() < deadline {
+        poll_all(&mut busy);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    poll_all(&mut busy);
+    let n_busy = count(&busy);
+    assert!(
+        (200 - 63..=200 - 58).contains(&n_busy),
+        "{n_busy} of 200 clients got busy; expected 137 (64 slots, one taken by the idle client)"
+    );
+    // Busy ones are closed; the idle (admitted) ones are served.
+    for (i, s) in conns.iter_mut().enumerate() {
+        if busy[i] {
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut rest = Vec::new();
+            assert_eq!(
+                s.read_to_end(&mut rest).unwrap(),
+                0,
+                "busy conn {i} not closed"
+            );
+        }
+    }
+    let admitted = busy.iter().position(|b| !b).unwrap();
+    let mut a = Conn::from_stream(conns[admitted].try_clone().unwrap());
+    a.stream.set_nonblocking(false).unwrap();
+    let r = a.call(&json!({"id": "admitted", "cmd": "status"}));
+    assert_eq!(r["ok"], true, "{r}");
+    drop(a);
+    // The CLI meets a full house too.
+    let s = sock.to_str().unwrap();
+    let out = w.cli(&["status", "--socket", s]);
+    assert_eq!(out.code, 1, "status while saturated: {out:?}");
+    assert!(out.stderr.contains("too many"), "{}", out.stderr);
+
+    drop(conns);
+    eventually(
+        "status to work once the clients are gone",
+        DEADLINE,
+        || w.status_cli(),
+        || "status --json fails".into(),
+    );
+    assert!(agent.alive());
+
+    // The idle connection is closed by the agent after about 10 s.
+    let mut idle = idle;
+    idle.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let n = idle
+        .read_to_end(&mut rest)
+        .expect("idle connection closed cleanly");
+    let waited = idle_since.elapsed();
+    assert_eq!(n, 0, "idle connection got data: {rest:?}");
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(14)).contains(&waited),
+        "idle connection closed after {waited:?}, expected about 10 s"
+    );
+    assert!(agent.alive());
+    let st = w.status_cli().expect("status works after the abuse");
+    assert_eq!(st["syncs"][0]["sync_status"], "SYNCED");
+    agent.stop();
+}
+
+#[test]
+fn one_agent_per_socket_and_stale_sockets_are_replaced() {
+    let w = World::new();
+    let file = w.write("app/app.env", &app_env());
+    w.config(&AgentOpts::default(), &[sync_entry("app", &[file], "")]);
+    let first = Agent::start(&w);
+
+    // A second agent on the same socket refuses to start, and leaves the
+    // first one's socket alone.
+    let mut second = Agent::spawn(&w);
+    let st = second.wait_exit(DEADLINE);
+    assert_eq!(st.code(), Some(2), "second agent: {st}");
+    let err = second.stderr();
+    assert!(
+        err.contains("already running") && err.contains(w.socket().to_str().unwrap()),
+        "second agent should say why: {}",
+        second.stderr_tail()
+    );
+    assert!(w.status_cli().is_some(), "first agent lost its socket");
+    first.stop();
+
+    // A stale socket file (its listener is gone) is replaced.
+    drop(UnixListener::bind(w.socket()).unwrap());
+    assert!(w.socket().exists());
+    let third = Agent::start(&w);
+    w.wait_synced("app");
+    third.stop();
+
+    // Something that is not a socket is left alone: exit 2.
+    std::fs::write(w.socket(), "not a socket").unwrap();
+    let mut fourth = Agent::spawn(&w);
+    let st = fourth.wait_exit(DEADLINE);
+    assert_eq!(st.code(), Some(2), "{st}");
+    assert!(
+        fourth.stderr().contains("not a socket"),
+        "{}",
+        fourth.stderr_tail()
+    );
+    assert_eq!(std::fs::read_to_string(w.socket()).unwrap(), "not a socket");
+}
