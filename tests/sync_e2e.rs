@@ -571,3 +571,44 @@ fn import_modes_bring_aws_values_into_the_file() {
         "files rule after the initial sync"
     );
 }
+
+#[test]
+fn import_prioritize_destination_many_to_one_yaml() {
+    let env = Env::new();
+    let owner = [
+        ("secretsync:agent", "test-agent"),
+        ("secretsync:sync", "db"),
+    ];
+    env.create_foreign(
+        "db/config",
+        &format!(r#"{{"PASSWORD":"{CANARY}","PORT":"5432"}}"#),
+        &owner,
+    );
+    let file = env.write(
+        "app/db.yaml",
+        "# database\nPORT: '0080'  # local port\nHOST: db.internal\n",
+    );
+    env.config(&format!(
+        "  - name: db\n    source:\n      files: [{}]\n    destination:\n      mapping: many-to-one\n      secret_name: \"{{{{syncName}}}}/config\"\n    options:\n      initial_sync: import-prioritize-destination\n",
+        file.display()
+    ));
+    let run = env.run(&["sync", "--json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let j = run.json();
+    assert_eq!(j["syncs"][0]["import_status"], "SYNCED");
+    assert_eq!(
+        j["syncs"][0]["last_import_message"],
+        "imported 2 keys, 1 conflict(s) resolved in favour of AWS"
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.starts_with("# database\n"),
+        "comments kept: {}",
+        text.len()
+    );
+    assert!(text.contains("HOST: db.internal\n"), "untouched line kept");
+    let v: Value = serde_json::from_str(&env.value("db/config").unwrap()).unwrap();
+    assert_eq!(v["PORT"], "5432", "AWS won the conflict");
+    assert_eq!(v["PASSWORD"], CANARY);
+    assert_eq!(v["HOST"], "db.internal", "local-only key pushed");
+}
