@@ -107,7 +107,7 @@ pub async fn apply<S: SecretStore>(store: Arc<S>, plan: &Plan, concurrency: usiz
         let store = Arc::clone(&store);
         let limit = Arc::clone(&limit);
         let name = name.to_string();
-        tasks.spawn(async move {
+        tasks.spawn(tracing::Instrument::in_current_span(async move {
             // The semaphore is never closed, so acquire only fails if it is;
             // running unbounded in that impossible case is harmless.
             let _permit = limit.acquire_owned().await.ok();
@@ -133,7 +133,7 @@ pub async fn apply<S: SecretStore>(store: Arc<S>, plan: &Plan, concurrency: usiz
                 }
             }
             (name, (done, version, failure))
-        });
+        }));
     }
     while let Some(joined) = tasks.join_next().await {
         match joined {

@@ -38,10 +38,17 @@ fn filter_from(rust_log: Option<&str>, default: &str) -> EnvFilter {
     f
 }
 
+/// Colours only for a person at a terminal, never in files or the journal.
+fn stderr_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
 /// Logging for one-shot CLI commands.
 pub fn init_cli() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter("warn"))
+        .with_ansi(stderr_is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
@@ -68,7 +75,11 @@ pub fn init_agent(agent: &AgentSettings) {
             }
             Err(e) => {
                 let _ = registry
-                    .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                    .with(
+                        tracing_subscriber::fmt::layer()
+                            .with_ansi(stderr_is_terminal())
+                            .with_writer(std::io::stderr),
+                    )
                     .try_init();
                 tracing::warn!(error = %e, "journald unavailable; logging text to stderr");
             }
@@ -84,7 +95,11 @@ pub fn init_agent(agent: &AgentSettings) {
         }
         LogFormat::Auto | LogFormat::Text => {
             let _ = registry
-                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(stderr_is_terminal())
+                        .with_writer(std::io::stderr),
+                )
                 .try_init();
         }
     }
