@@ -122,9 +122,22 @@ async fn passes(
     let selected = select(&config, only)?;
     let mut state = State::load(&config.agent.state_dir);
     let token_key = state.ensure_token_key();
+    // Persist the token key before any write uses it; a state dir that
+    // cannot be written blocks imports (see SyncJob::state_unwritable).
+    let state_unwritable = match mode {
+        Mode::Apply => state
+            .save(&config.agent.state_dir)
+            .err()
+            .map(|e| e.to_string()),
+        Mode::Plan => None,
+    };
     let jobs: Vec<SyncJob> = selected
         .iter()
-        .map(|s| SyncJob::from_config(&config, s).with_token_key(token_key))
+        .map(|s| {
+            let mut job = SyncJob::from_config(&config, s).with_token_key(token_key);
+            job.state_unwritable = state_unwritable.clone();
+            job
+        })
         .collect();
     let enabled: Vec<SyncJob> = jobs.iter().filter(|j| j.enabled).cloned().collect();
     let stores = stores(&enabled).await;

@@ -301,6 +301,8 @@ pub struct Engine<F: StoreFactory> {
     rx: mpsc::UnboundedReceiver<Request>,
     fs_rx: mpsc::UnboundedReceiver<Vec<PathBuf>>,
     state_warned: bool,
+    /// Why the state file cannot be written (blocks imports).
+    state_error: Option<String>,
     token_key: TokenKey,
 }
 
@@ -348,6 +350,7 @@ impl<F: StoreFactory> Engine<F> {
             rx,
             fs_rx,
             state_warned: false,
+            state_error: None,
         };
         let config = Arc::clone(&engine.config);
         // Persist a new token key before any write uses it.
@@ -727,7 +730,8 @@ impl<F: StoreFactory> Engine<F> {
             if mode == Mode::Apply {
                 slot.view.sync_status = SyncStatus::Running;
             }
-            let job = slot.job.clone();
+            let mut job = slot.job.clone();
+            job.state_unwritable = self.state_error.clone();
             let previous = slot.digests.clone();
             let last_good = slot.last_good.clone();
             let span = tracing::info_span!("pass", sync = %name);
@@ -839,12 +843,17 @@ impl<F: StoreFactory> Engine<F> {
 
     fn save_state(&mut self) {
         match self.state.save(&self.config.agent.state_dir) {
-            Ok(()) => self.state_warned = false,
-            Err(e) if !self.state_warned => {
-                tracing::warn!(error = %e, "state not saved; stale tags set by this agent may not be removed later");
-                self.state_warned = true;
+            Ok(()) => {
+                self.state_warned = false;
+                self.state_error = None;
             }
-            Err(_) => {}
+            Err(e) => {
+                if !self.state_warned {
+                    tracing::warn!(error = %e, "state not saved; stale tags set by this agent may not be removed later, and imports are held back");
+                    self.state_warned = true;
+                }
+                self.state_error = Some(e.to_string());
+            }
         }
     }
 }

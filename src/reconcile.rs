@@ -39,6 +39,10 @@ pub struct SyncJob {
     /// Initial-sync import mode, if any (applies until the first pass
     /// succeeds).
     pub import: Option<ImportMode>,
+    /// Why `state_dir` cannot be written, when it cannot. An import must
+    /// not run then: without a record that it ran, the next pass would
+    /// import again and could overwrite local edits with AWS values.
+    pub state_unwritable: Option<String>,
     /// `enabled` from the config.
     pub enabled: bool,
 }
@@ -119,6 +123,7 @@ impl SyncJob {
                 token_key: crate::plan::TokenKey::default(),
             },
             import,
+            state_unwritable: None,
             enabled: sync.enabled,
             spec,
         }
@@ -530,6 +535,16 @@ pub async fn run_pass_with_files<S: SecretStore>(
     let mut import_actions = Vec::new();
     let mut files_after: Option<Vec<FileView>> = None;
     if let Some(import_mode) = job.import.filter(|_| !state.initial_sync_done) {
+        if let (Mode::Apply, Some(why)) = (mode, &job.state_unwritable) {
+            let outcome = ImportOutcome {
+                ok: false,
+                message: format!(
+                    "the import needs a writable state_dir to remember that it ran: {why}"
+                ),
+            };
+            let msg = format!("import failed, nothing written: {}", outcome.message);
+            return fail_early(rep, SyncStatus::Failed, msg, false, Some(outcome));
+        }
         let local = merged_local(&job.spec, &parsed);
         let decision =
             match prepare_import(store.as_ref(), job, import_mode, &local, &mut actual).await {

@@ -329,3 +329,34 @@ async fn adopt_existing_imports_unowned_secrets_under_the_prefix_only() {
     );
     assert!(store.get("prod/other/V").unwrap().0.tags.is_empty());
 }
+
+#[tokio::test]
+async fn no_import_without_a_writable_state_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.env");
+    std::fs::write(&file, "A=local-edit\n").unwrap();
+    let store = Arc::new(MemoryStore::new());
+    store.insert(owned("prod/A"), Some(SecretValue::new("old")));
+    let mut j = job(
+        dir.path(),
+        "app.env",
+        "      key_schema: \"prod/{{secretKey}}\"\n",
+        "import-prioritize-destination",
+    );
+    j.state_unwritable = Some("read-only file system".into());
+    store.reset_calls();
+    let r = pass(&store, &j, Mode::Apply, &SyncState::default()).await;
+    assert_eq!(r.report.sync_status, SyncStatus::Failed);
+    assert!(
+        r.report
+            .last_import_message
+            .unwrap_or_default()
+            .contains("writable state_dir")
+    );
+    assert_eq!(
+        read(&file),
+        "A=local-edit\n",
+        "a local edit is never overwritten by a repeated import"
+    );
+    assert_eq!(store.write_calls(), 0);
+}

@@ -72,6 +72,7 @@ impl JobBuilder {
             max_file_size: 1024 * 1024,
             options: PlanOptions::default(),
             import: None,
+            state_unwritable: None,
             enabled: true,
         };
         Self { job }
