@@ -919,27 +919,7 @@ mod tests {
         assert_eq!(ours("A=\"a\\tb\"").unwrap()[0].1, "a\tb");
     }
 
-    /// Small xorshift generator: deterministic, no dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-            items[self.below(items.len())]
-        }
-        fn text(&mut self, alphabet: &[&str], max: usize) -> String {
-            (0..self.below(max + 1))
-                .map(|_| self.pick(alphabet))
-                .collect()
-        }
-    }
+    use crate::source::test_rng::Rng;
 
     /// A random file in the subset of syntax where we and `dotenvy` agree.
     fn random_env(rng: &mut Rng) -> String {

@@ -27,6 +27,8 @@ use std::path::Path;
 use crate::secret::SecretValue;
 
 pub mod dotenv;
+#[cfg(test)]
+mod test_rng;
 pub mod writeback;
 pub mod yaml;
 
@@ -578,19 +580,7 @@ mod tests {
         assert_eq!(idx.line(text.len()), 4);
     }
 
-    /// Small xorshift generator: deterministic, no dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::source::test_rng::Rng;
 
     /// Checks the invariants every result must satisfy.
     fn check_result(input: &[u8], r: &Result<ParsedFile, ParseError>) {

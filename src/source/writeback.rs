@@ -1777,30 +1777,7 @@ NEW_KEY: \"v\"
 
     // -- property tests ----------------------------------------------------
 
-    /// Small xorshift generator: deterministic, no dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-        fn chance(&mut self, one_in: usize) -> bool {
-            self.below(one_in) == 0
-        }
-        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-            items[self.below(items.len())]
-        }
-        fn text(&mut self, alphabet: &[&str], max: usize) -> String {
-            (0..self.below(max + 1))
-                .map(|_| self.pick(alphabet))
-                .collect()
-        }
-    }
+    use crate::source::test_rng::Rng;
 
     const ATOMS: &[&str] = &[
         "a", "Z", "0", "9", "_", ".", " ", "  ", "\t", "\n", "\r\n", "\r", "\"", "'", "#", " #",
