@@ -14,7 +14,9 @@
 //! - [`config`]: `agent.yaml` model, defaults, validation with `PATH:LINE:COL`.
 //! - [`secret`]: [`secret::SecretValue`], whose `Debug`/`Display` redact.
 //! - [`naming`]: name templates and AWS name/tag/size limits.
-//! - [`source`]: pure `.env` / YAML parsers; [`files`]: reading source files.
+//! - [`source`]: pure `.env` / YAML parsers and format-preserving write-back;
+//!   [`files`]: reading source files; [`import`]: initial-sync import scope
+//!   and merge (pure).
 //! - [`desired`]: files + mapping → the secrets that should exist (pure).
 //! - [`plan`]: desired vs actual → actions; every safety rule (pure).
 //! - [`store`]: the [`store::SecretStore`] trait, the AWS store (the only
@@ -26,7 +28,9 @@
 //! # Invariants
 //! - Data flows one way: sources (file events, signals, socket) → debounce
 //!   (engine) → parse → desired → plan → apply → status.
-//! - `source`, `desired` and `plan` do no IO; their tests are tables of cases.
+//! - `source`, `desired`, `plan` and `import` do no IO (the one exception is
+//!   `source::writeback::write_atomic`, the import's file write, kept beside
+//!   the format-preserving edits it writes); their tests are tables of cases.
 //! - Only the engine writes status; the socket and CLI read snapshots.
 //! - Only `store::aws` knows the AWS SDK; everything else uses the trait, so
 //!   the in-memory store can drive engine tests under `tokio::time::pause`.

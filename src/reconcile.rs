@@ -351,7 +351,8 @@ fn write_import(job: &SyncJob, plan: &import::ImportPlan) -> Result<std::path::P
             value: c.value.clone(),
         })
         .collect();
-    let new_text = writeback::apply(&text, format, &edits).map_err(|e| format!("{first}: {e}"))?;
+    let new_text = writeback::apply_checked(&text, format, &edits, job.expand)
+        .map_err(|e| format!("{first}: {e}"))?;
     let outcome = writeback::write_atomic(path, new_text.as_bytes(), false)
         .map_err(|e| format!("{first}: {e}"))?;
     for note in &outcome.notes {

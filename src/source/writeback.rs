@@ -74,9 +74,13 @@
 //!   `expand: true`, which [`apply_checked`] reports instead of writing.
 //! * New keys: appended as `KEY: "value"` lines (single-quoted for `$`, as
 //!   above) with the top-level mapping's indentation, before an explicit
-//!   document end `...` if there is one; into a top-level flow mapping
+//!   document end `...` if there is one (and before an unterminated last
+//!   line of only blanks, unless that is block-scalar content); the key is
+//!   double-quoted too if a typed loader would not read it as a string
+//!   (`"null"`, `"on"`, `"Y"`); into a top-level flow mapping
 //!   (`{A: 1}`) they are inserted after its last entry as `, KEY: "value"`.
-//!   A file whose top level is an explicit null (`~`) gets no new keys
+//!   A file whose top level is an explicit null (`~`), or whose first key
+//!   is not preceded by spaces only (a tab, `--- KEY: v`), gets no new keys
 //!   ([`WriteBackError::Unsupported`]).
 //!
 //! In both formats: an edit whose value equals the current one changes
@@ -227,7 +231,8 @@ pub fn apply_env(text: &str, edits: &[Edit]) -> Result<String, WriteBackError> {
     let sets = collapse(edits);
     let starts = line_starts(body);
     let mut splices = Vec::new();
-    let mut appends = Vec::new();
+    // (key, line)
+    let mut appends: Vec<(&str, String)> = Vec::new();
     for &(key, value) in &sets {
         let expose = value.expose();
         if expose.contains('\0') {
@@ -265,11 +270,23 @@ pub fn apply_env(text: &str, edits: &[Edit]) -> Result<String, WriteBackError> {
                 } else {
                     env_double(expose)
                 };
-                appends.push(format!("{key}={repr}"));
+                appends.push((key, format!("{key}={repr}")));
             }
         }
     }
     let mut out = splice(body, splices)?;
+    // A lone `\r` at the very end is part of the last value in `.env`
+    // syntax; the line break added before new lines would turn it into a
+    // CRLF and change that value.
+    if let Some((key, _)) = appends.first()
+        && out.ends_with('\r')
+    {
+        return Err(unsupported(
+            key,
+            "the file ends with a carriage return that is not followed by a line feed",
+        ));
+    }
+    let appends: Vec<String> = appends.into_iter().map(|(_, line)| line).collect();
     append_lines(&mut out, body, &appends);
     let out = format!("{bom}{out}");
     verify(&before, &out, SourceFormat::Env, &sets)?;
@@ -317,17 +334,29 @@ pub fn apply_yaml(text: &str, edits: &[Edit]) -> Result<String, WriteBackError> 
     }
     let out = match (&layout.top, appends.first()) {
         (_, None) => splice(body, splices)?,
-        (YamlTop::Block { indent, append_at }, Some(_)) => {
-            let head = body.get(..*append_at).ok_or_else(layout_error)?;
-            let tail = body.get(*append_at..).ok_or_else(layout_error)?;
+        (YamlTop::Block { indent, at }, Some(_)) => {
             let indented: Vec<String> = appends
                 .iter()
                 .map(|(_, line)| format!("{}{line}", " ".repeat(*indent)))
                 .collect();
-            let mut out = splice(head, splices)?;
-            append_lines(&mut out, body, &indented);
-            out.push_str(tail);
-            out
+            let build = |append_at: usize| -> Result<String, WriteBackError> {
+                let head = body.get(..append_at).ok_or_else(layout_error)?;
+                let tail = body.get(append_at..).ok_or_else(layout_error)?;
+                let mut out = splice(head, splices.clone())?;
+                append_lines(&mut out, body, &indented);
+                out.push_str(tail);
+                Ok(format!("{bom}{out}"))
+            };
+            let out = build(at.first)?;
+            return match (verify(&before, &out, SourceFormat::Yaml, &sets), at.second) {
+                (Ok(()), _) => Ok(out),
+                (Err(_), Some(second)) => {
+                    let out = build(second)?;
+                    verify(&before, &out, SourceFormat::Yaml, &sets)?;
+                    Ok(out)
+                }
+                (Err(e), None) => Err(e),
+            };
         }
         (YamlTop::Flow { insert_at, empty }, Some(_)) => {
             let mut text = String::new();
@@ -348,6 +377,13 @@ pub fn apply_yaml(text: &str, edits: &[Edit]) -> Result<String, WriteBackError> 
             return Err(unsupported(
                 key,
                 "the file's top level is an explicit null, not a mapping",
+            ));
+        }
+        (YamlTop::Unaligned, Some((key, _))) => {
+            return Err(unsupported(
+                key,
+                "new keys cannot be aligned with the file's top-level keys \
+                 (they are not indented with spaces only)",
             ));
         }
     };
@@ -534,6 +570,7 @@ fn line_ending(text: &str) -> &'static str {
 }
 
 /// A replacement of `start..end` (byte offsets) by `text`.
+#[derive(Clone)]
 struct Splice {
     start: usize,
     end: usize,
@@ -567,7 +604,8 @@ fn append_lines(out: &mut String, original: &str, lines: &[String]) {
         return;
     }
     let eol = line_ending(original);
-    if !out.is_empty() && !out.ends_with('\n') {
+    // (`\r` alone ends a line in YAML; in `.env` the caller refuses it.)
+    if !out.is_empty() && !out.ends_with(['\n', '\r']) {
         out.push_str(eol);
     }
     for line in lines {
@@ -776,16 +814,27 @@ struct ScalarLoc {
     typed: bool,
 }
 
+/// Where new lines go in a block mapping: at `first`, or, if the result
+/// does not read back, at `second`.
+#[derive(Debug, Clone, Copy)]
+struct AppendAt {
+    first: usize,
+    second: Option<usize>,
+}
+
 /// Where new top-level keys go.
 #[derive(Debug, Clone, Copy)]
 enum YamlTop {
     /// A block mapping (or an empty document): lines indented by `indent`
     /// spaces, inserted at `append_at`.
-    Block { indent: usize, append_at: usize },
+    Block { indent: usize, at: AppendAt },
     /// A flow mapping `{...}`: `, KEY: value` inserted at `insert_at`.
     Flow { insert_at: usize, empty: bool },
     /// An explicit null document (`~`): nowhere.
     Null,
+    /// A block mapping whose first key is not preceded by spaces only (a
+    /// tab, or `--- ` on the same line): no safe indentation for new keys.
+    Unaligned,
 }
 
 struct YamlLayout {
@@ -838,10 +887,7 @@ fn yaml_layout(body: &str) -> Option<YamlLayout> {
     let Some((first, first_span)) = it.next() else {
         // No document at all: an empty or comment-only file.
         return Some(YamlLayout {
-            top: YamlTop::Block {
-                indent: 0,
-                append_at: body.len(),
-            },
+            top: block_top(body, 0, body.len()),
             scalars,
         });
     };
@@ -849,10 +895,7 @@ fn yaml_layout(body: &str) -> Option<YamlLayout> {
         Event::Scalar(..) => {
             if start_of(first_span)? == end_of(first_span)? {
                 // An implicit empty document (`---` and comments).
-                YamlTop::Block {
-                    indent: 0,
-                    append_at: document_end(body, &mut it)?,
-                }
+                block_top(body, 0, document_end(body, &mut it)?)
             } else {
                 YamlTop::Null
             }
@@ -882,20 +925,48 @@ fn yaml_layout(body: &str) -> Option<YamlLayout> {
                 // New keys line up with the existing ones, which must start
                 // their line (not follow `--- ` on it).
                 let before_map = body.get(..map_start)?;
-                let line_start = before_map.rfind('\n').map_or(0, |i| i + 1);
-                let indent = body.get(line_start..map_start)?;
-                if !indent.bytes().all(|b| b == b' ') {
-                    return None;
+                // (YAML also ends lines with a lone `\r`.)
+                let line_start = before_map.rfind(['\n', '\r']).map_or(0, |i| i + 1);
+                let mut indent = body.get(line_start..map_start)?;
+                if line_start == 0 {
+                    // The YAML scanner also skips a further byte-order mark.
+                    indent = indent.trim_start_matches('\u{feff}');
                 }
-                YamlTop::Block {
-                    indent: indent.len(),
-                    append_at: document_end(body, &mut it)?,
+                if indent.bytes().all(|b| b == b' ') {
+                    block_top(body, indent.len(), document_end(body, &mut it)?)
+                } else {
+                    YamlTop::Unaligned
                 }
             }
         }
         _ => return None,
     };
     Some(YamlLayout { top, scalars })
+}
+
+/// Where new lines go in a block mapping (or empty document) indented by
+/// `indent` whose content ends at `append_at`. At the end of the file, a
+/// last line of only blanks stays last (new lines go before it, so it does
+/// not become an empty line of a `|+` block scalar's value), unless that
+/// line is content of a block scalar (deeper than its indentation): then the
+/// end of the file is the second choice.
+fn block_top(body: &str, indent: usize, append_at: usize) -> YamlTop {
+    let last_line = body.rfind(['\n', '\r']).map_or(0, |i| i + 1);
+    let blank_last = body
+        .get(last_line..)
+        .is_some_and(|l| l.bytes().all(|b| b == b' ' || b == b'\t'));
+    let at = if append_at == body.len() && blank_last && last_line < body.len() {
+        AppendAt {
+            first: last_line,
+            second: Some(append_at),
+        }
+    } else {
+        AppendAt {
+            first: append_at,
+            second: None,
+        }
+    };
+    YamlTop::Block { indent, at }
 }
 
 /// Where block-style new keys go: before an explicit `...` document end
@@ -908,7 +979,8 @@ fn document_end<'e, 'a: 'e>(
         if matches!(ev, Event::DocumentEnd) {
             let (start, end) = (start_of(span)?, end_of(span)?);
             if start < end {
-                return Some(body.get(..start)?.rfind('\n').map_or(0, |i| i + 1));
+                let before = body.get(..start)?;
+                return Some(before.rfind(['\n', '\r']).map_or(0, |i| i + 1));
             }
             return Some(body.len());
         }
@@ -992,12 +1064,10 @@ fn yaml_splice(body: &str, loc: &ScalarLoc, repr: String) -> Option<Splice> {
             let (header_start, header_end) =
                 block_header(body, loc.tag.map_or(loc.prev_end, |(_, e)| e))?;
             let start = loc.tag.map_or(header_start, |(s, _)| s);
-            let mut line_end = body[header_end..]
-                .find('\n')
+            // End of the header line (YAML also breaks lines at a lone `\r`).
+            let line_end = body[header_end..]
+                .find(['\n', '\r'])
                 .map_or(body.len(), |i| header_end + i);
-            if line_end > header_end && body.as_bytes()[line_end - 1] == b'\r' {
-                line_end -= 1;
-            }
             // The content ends at its last non-blank character; trailing
             // blank lines (part of the node's span) stay.
             let content = body.get(loc.start..loc.end)?;
@@ -1038,7 +1108,7 @@ fn block_header(body: &str, from: usize) -> Option<(usize, usize)> {
     loop {
         match *bytes.get(i)? {
             b' ' | b'\t' | b'\r' | b'\n' | b':' => i += 1,
-            b'#' => i = body[i..].find('\n').map_or(body.len(), |p| i + p),
+            b'#' => i = body[i..].find(['\n', '\r']).map_or(body.len(), |p| i + p),
             b'&' | b'!' => i = token_end(i),
             b'|' | b'>' => {
                 let end = token_end(i);
@@ -1525,6 +1595,11 @@ NEW_THREE=
 
     #[test]
     fn unsupported_cases() {
+        let e = apply_env("A=1\r", &[set("B", "1")]).unwrap_err();
+        assert!(
+            matches!(&e, WriteBackError::Unsupported { key, .. } if key == "B"),
+            "{e}"
+        );
         let e = apply_env("A=1\n", &[set("A", "a\0b")]).unwrap_err();
         assert!(
             matches!(&e, WriteBackError::Unsupported { key, .. } if key == "A"),
@@ -1539,7 +1614,7 @@ NEW_THREE=
                 );
             }
         }
-        for text in ["~", "--- ~\n", "null\n"] {
+        for text in ["~", "--- ~\n", "null\n", "\tB: 1\n"] {
             let e = apply_yaml(text, &[set("A", "v")]).unwrap_err();
             assert!(
                 matches!(&e, WriteBackError::Unsupported { key, .. } if key == "A"),
@@ -1692,6 +1767,17 @@ NEW_KEY: \"v\"
             ("{A: 1,}\n", &[("C", "3")], "{A: 1, C: \"3\",}\n"),
             ("{}\n", &[("C", "3"), ("D", "4")], "{C: \"3\", D: \"4\"}\n"),
             ("", &[("A", "1")], "A: \"1\"\n"),
+            ("A: 1\n  ", &[("B", "2")], "A: 1\nB: \"2\"\n  "),
+            ("A: 1\r", &[("B", "2")], "A: 1\rB: \"2\"\n"),
+            ("A: |+\n  x\n\n", &[("B", "2")], "A: |+\n  x\n\nB: \"2\"\n"),
+            ("A: |+\n  x\n ", &[("B", "2")], "A: |+\n  x\nB: \"2\"\n "),
+            (
+                "A: |+\n  x\n# c",
+                &[("B", "2")],
+                "A: |+\n  x\n# c\nB: \"2\"\n",
+            ),
+            ("A: |+\n  x", &[("B", "2")], "A: |+\n  x\nB: \"2\"\n"),
+            ("A: |2\n   ", &[("B", "2")], "A: |2\n   \nB: \"2\"\n"),
             ("# only\n", &[("A", "1")], "# only\nA: \"1\"\n"),
             ("---\n# c", &[("A", "1")], "---\n# c\nA: \"1\"\n"),
             ("---\n...\n", &[("A", "1")], "---\nA: \"1\"\n...\n"),
@@ -2072,6 +2158,54 @@ NEW_KEY: \"v\"
                 check_untouched(&text, &out, &before, &edits);
             }
             assert_eq!(apply_yaml(&out, &edits).unwrap(), out, "{text:?}");
+        }
+    }
+
+    /// Mutated files (most no longer parse, some parse oddly): `apply` must
+    /// answer without panicking, and whatever it returns for a file that
+    /// parses must read back (checked inside `apply`; here it must not be
+    /// a panic).
+    #[test]
+    fn never_panics_on_mutated_files() {
+        const SPICE: &[&str] = &[
+            "\"", "'", "\\", "#", " #", "\n", "\r\n", "\r", ":", ": ", "|", ">", "{", "}", "[",
+            ",", "&a ", "!!str ", "- ", "? ", "---\n", "...\n", "=", "export ", "\u{feff}", "\t",
+            "  ", "é",
+        ];
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        for i in 0..3000 {
+            let (format, text) = if i % 2 == 0 {
+                (SourceFormat::Env, random_env(&mut rng))
+            } else {
+                (SourceFormat::Yaml, random_yaml(&mut rng))
+            };
+            let mut text = text;
+            for _ in 0..1 + rng.below(3) {
+                let mut at = rng.below(text.len() + 1);
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                if rng.chance(2) {
+                    text.insert_str(at, rng.pick(SPICE));
+                } else if at < text.len() {
+                    let mut end = (at + 1 + rng.below(6)).min(text.len());
+                    while !text.is_char_boundary(end) {
+                        end += 1;
+                    }
+                    text.replace_range(at..end, "");
+                }
+            }
+            let keys: Vec<String> = parse_text(&text, format, false)
+                .map(|f| f.entries.iter().map(|e| e.key.clone()).collect())
+                .unwrap_or_default();
+            let edits = random_edits(&mut rng, &keys, format == SourceFormat::Yaml);
+            let parses = parse_text(&text, format, false).is_ok();
+            match apply(&text, format, &edits) {
+                Ok(out) => assert!(parse_text(&out, format, false).is_ok(), "{text:?}"),
+                Err(WriteBackError::Parse(_)) => assert!(!parses, "{text:?}"),
+                Err(WriteBackError::Unsupported { .. }) => {}
+                Err(e) => panic!("{text:?}: {e}"),
+            }
         }
     }
 
