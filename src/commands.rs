@@ -72,7 +72,7 @@ pub async fn check(path: &std::path::Path, offline: bool) -> Exit {
         let first_is_glob = job
             .files
             .first()
-            .is_some_and(|f| f.contains(['*', '?', '[']));
+            .is_some_and(|f| crate::files::has_glob_chars(f));
         if job.import.is_some() && first_is_glob {
             println!(
                 "sync {}: error: initial_sync imports into the first file of source.files, which is a glob; list a plain file first",

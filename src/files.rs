@@ -57,7 +57,8 @@ impl FileView {
     }
 }
 
-fn has_glob_chars(pattern: &str) -> bool {
+/// Whether a configured source path is a glob pattern rather than a file.
+pub fn has_glob_chars(pattern: &str) -> bool {
     pattern.contains(['*', '?', '['])
 }
 

@@ -328,7 +328,7 @@ fn write_import(job: &SyncJob, plan: &import::ImportPlan) -> Result<std::path::P
         .files
         .first()
         .ok_or("the sync has no source file to import into")?;
-    if first.contains(['*', '?', '[']) {
+    if files::has_glob_chars(first) {
         return Err(format!(
             "import writes into the sync's first file, but '{first}' is a glob; list a plain file first"
         ));

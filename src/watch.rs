@@ -12,6 +12,8 @@ use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 
 use notify::event::{AccessKind, AccessMode};
+
+use crate::files::has_glob_chars;
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
@@ -27,9 +29,9 @@ pub fn dirs_for(patterns: &[String]) -> BTreeSet<PathBuf> {
         let Some(parent) = path.parent() else {
             continue;
         };
-        if has_glob(pattern) {
+        if has_glob_chars(pattern) {
             let parent_str = parent.to_string_lossy();
-            if has_glob(&parent_str) {
+            if has_glob_chars(&parent_str) {
                 dirs.insert(existing_ancestor(&static_prefix(parent)));
                 if let Ok(matches) = glob::glob(&parent_str) {
                     dirs.extend(matches.filter_map(Result::ok).filter(|p| p.is_dir()));
@@ -49,15 +51,11 @@ pub fn dirs_for(patterns: &[String]) -> BTreeSet<PathBuf> {
     dirs
 }
 
-fn has_glob(s: &str) -> bool {
-    s.contains(['*', '?', '['])
-}
-
 fn static_prefix(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         if let Component::Normal(part) = c {
-            if has_glob(&part.to_string_lossy()) {
+            if has_glob_chars(&part.to_string_lossy()) {
                 break;
             }
         }
