@@ -784,7 +784,7 @@ impl<F: StoreFactory> Engine<F> {
         }
         slot.view.files = report::file_views(&done.files, &now);
         if let Some(import) = done.result.as_ref().and_then(|r| r.import.as_ref()) {
-            slot.view.import_status = Some(if import.ok { "SYNCED" } else { "FAILED" }.into());
+            slot.view.import_status = Some(import.status().into());
             slot.view.last_import_message = Some(import.message.clone());
             if import.ok && done.mode == Mode::Apply {
                 slot.view.last_imported_at = Some(now.clone());

@@ -227,6 +227,19 @@ pub struct ImportOutcome {
     pub message: String,
 }
 
+impl ImportOutcome {
+    /// `SYNCED` or `FAILED`, as `import_status` spells it.
+    pub fn status(&self) -> &'static str {
+        if self.ok { "SYNCED" } else { "FAILED" }
+    }
+
+    /// Copies the outcome into a report's import fields.
+    fn record(&self, rep: &mut SyncReport) {
+        rep.import_status = Some(self.status().to_string());
+        rep.last_import_message = Some(self.message.clone());
+    }
+}
+
 /// Why an import could not run.
 enum ImportFailure {
     /// AWS could not be read: retry later.
@@ -505,8 +518,7 @@ pub async fn run_pass_with_files<S: SecretStore>(
             rep.sync_status = status;
             rep.last_sync_message = Some(message);
             if let Some(outcome) = &import {
-                rep.import_status = Some(if outcome.ok { "SYNCED" } else { "FAILED" }.to_string());
-                rep.last_import_message = Some(outcome.message.clone());
+                outcome.record(&mut rep);
             }
             PassResult {
                 report: rep,
@@ -677,8 +689,7 @@ pub async fn run_pass_with_files<S: SecretStore>(
         rep.secrets = Some(views);
     }
     if let Some(outcome) = &import_outcome {
-        rep.import_status = Some(if outcome.ok { "SYNCED" } else { "FAILED" }.to_string());
-        rep.last_import_message = Some(outcome.message.clone());
+        outcome.record(&mut rep);
     }
     PassResult {
         report: rep,
