@@ -44,6 +44,16 @@ fn stderr_is_terminal() -> bool {
     std::io::stderr().is_terminal()
 }
 
+/// Human-readable lines on stderr (the fallback and the `text` format).
+fn text_layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_subscriber::fmt::layer()
+        .with_ansi(stderr_is_terminal())
+        .with_writer(std::io::stderr)
+}
+
 /// Logging for one-shot CLI commands.
 pub fn init_cli() {
     let _ = tracing_subscriber::fmt()
@@ -74,13 +84,7 @@ pub fn init_agent(agent: &AgentSettings) {
                     .try_init();
             }
             Err(e) => {
-                let _ = registry
-                    .with(
-                        tracing_subscriber::fmt::layer()
-                            .with_ansi(stderr_is_terminal())
-                            .with_writer(std::io::stderr),
-                    )
-                    .try_init();
+                let _ = registry.with(text_layer()).try_init();
                 tracing::warn!(error = %e, "journald unavailable; logging text to stderr");
             }
         },
@@ -94,13 +98,7 @@ pub fn init_agent(agent: &AgentSettings) {
                 .try_init();
         }
         LogFormat::Auto | LogFormat::Text => {
-            let _ = registry
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .with_ansi(stderr_is_terminal())
-                        .with_writer(std::io::stderr),
-                )
-                .try_init();
+            let _ = registry.with(text_layer()).try_init();
         }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::apply::{self, Applied};
-use crate::config::{Config, FormatSetting, InitialSync, Mapping, SyncConfig};
+use crate::config::{AwsSettings, Config, FormatSetting, InitialSync, Mapping, SyncConfig};
 use crate::desired::{self, Desired, MappingKind, MappingSpec};
 use crate::files::{self, FileView};
 use crate::import::{self, ImportMode};
@@ -94,16 +94,13 @@ impl SyncJob {
         };
         SyncJob {
             region: d.region.clone(),
-            connection: Connection {
-                region: d.region.clone(),
-                profile: d.profile.clone(),
-                role_arn: d.role_arn.clone(),
-                external_id: d.external_id.clone(),
-                endpoint_url: config.aws.endpoint_url.clone(),
-                max_write_tps: config.aws.max_write_tps,
-                max_read_tps: config.aws.max_read_tps,
-                call_timeout: config.aws.call_timeout,
-            },
+            connection: aws_connection(
+                &config.aws,
+                d.region.clone(),
+                d.profile.clone(),
+                d.role_arn.clone(),
+                d.external_id.clone(),
+            ),
             files: sync.source.files.clone(),
             format: match sync.source.format {
                 FormatSetting::Auto => None,
@@ -127,6 +124,27 @@ impl SyncJob {
             enabled: sync.enabled,
             spec,
         }
+    }
+}
+
+/// A connection to `region` with the given credentials and the `aws:`
+/// endpoint, pacing and timeout settings (shared by every destination).
+pub fn aws_connection(
+    aws: &AwsSettings,
+    region: String,
+    profile: Option<String>,
+    role_arn: Option<String>,
+    external_id: Option<String>,
+) -> Connection {
+    Connection {
+        region,
+        profile,
+        role_arn,
+        external_id,
+        endpoint_url: aws.endpoint_url.clone(),
+        max_write_tps: aws.max_write_tps,
+        max_read_tps: aws.max_read_tps,
+        call_timeout: aws.call_timeout,
     }
 }
 

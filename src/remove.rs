@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::config::{self, Config};
 use crate::exit::Exit;
 use crate::naming;
-use crate::reconcile::SyncJob;
+use crate::reconcile::{SyncJob, aws_connection};
 use crate::store::aws::AwsStore;
 use crate::store::{Connection, RemoteSecret, SecretStore};
 
@@ -29,16 +29,13 @@ fn target(config: &Config, name: &str) -> Result<(Connection, u8), String> {
         .clone()
         .ok_or("no aws.region in the config (or AWS_REGION) to look for the sync's secrets")?;
     Ok((
-        Connection {
+        aws_connection(
+            &config.aws,
             region,
-            profile: config.aws.profile.clone(),
-            role_arn: config.aws.role_arn.clone(),
-            external_id: config.aws.external_id.clone(),
-            endpoint_url: config.aws.endpoint_url.clone(),
-            max_write_tps: config.aws.max_write_tps,
-            max_read_tps: config.aws.max_read_tps,
-            call_timeout: config.aws.call_timeout,
-        },
+            config.aws.profile.clone(),
+            config.aws.role_arn.clone(),
+            config.aws.external_id.clone(),
+        ),
         DEFAULT_RECOVERY_DAYS,
     ))
 }
