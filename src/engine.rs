@@ -28,7 +28,7 @@ use crate::state::State;
 use crate::status::{AgentStatus, Status, SyncStatusView};
 use crate::store::aws::AwsStore;
 use crate::store::{Connection, SecretStore, StoreError};
-use crate::watch::{self as fswatch, DirWatcher};
+use crate::watch::{self as fswatch, Change, ChangeReceiver, DirWatcher};
 
 /// Longest wait between retries of a sync whose pass failed transiently.
 pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(300);
@@ -72,7 +72,15 @@ pub enum EngineError {
     /// The engine has stopped (shutdown in progress).
     #[error("the agent is shutting down")]
     Stopped,
+    /// [`REQUEST_QUEUE`] requests are already waiting for the engine.
+    #[error("the agent has too many requests queued; try again shortly")]
+    Busy,
 }
+
+/// How many requests (socket commands, signals) may wait for the engine
+/// loop. Bounded so a client sending `resync --no-wait` in a loop gets
+/// `busy` instead of growing the agent's memory.
+pub const REQUEST_QUEUE: usize = 256;
 
 type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
 
@@ -113,14 +121,18 @@ pub enum Request {
 /// A cheap, cloneable handle to a running engine.
 #[derive(Debug, Clone)]
 pub struct EngineHandle {
-    tx: mpsc::UnboundedSender<Request>,
+    tx: mpsc::Sender<Request>,
     status: watch::Receiver<Arc<Status>>,
 }
 
 impl EngineHandle {
-    /// Sends a request; `false` if the engine has stopped.
-    pub fn send(&self, request: Request) -> bool {
-        self.tx.send(request).is_ok()
+    /// Queues a request without waiting: [`EngineError::Busy`] when the
+    /// queue is full, [`EngineError::Stopped`] once the engine is gone.
+    pub fn send(&self, request: Request) -> Result<(), EngineError> {
+        self.tx.try_send(request).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => EngineError::Busy,
+            mpsc::error::TrySendError::Closed(_) => EngineError::Stopped,
+        })
     }
 
     /// The latest published status.
@@ -140,38 +152,32 @@ impl EngineHandle {
         allow_deletes: bool,
     ) -> Result<Vec<SyncReport>, EngineError> {
         let (reply, rx) = oneshot::channel();
-        if !self.send(Request::Resync {
+        self.send(Request::Resync {
             syncs,
             allow_deletes,
             reply: Some(reply),
-        }) {
-            return Err(EngineError::Stopped);
-        }
+        })?;
         rx.await.unwrap_or(Err(EngineError::Stopped))
     }
 
     /// Plan now.
     pub async fn plan(&self, sync: Option<String>) -> Result<Report, EngineError> {
         let (reply, rx) = oneshot::channel();
-        if !self.send(Request::Plan { sync, reply }) {
-            return Err(EngineError::Stopped);
-        }
+        self.send(Request::Plan { sync, reply })?;
         rx.await.unwrap_or(Err(EngineError::Stopped))
     }
 
     /// Reload the config and wait for the verdict.
     pub async fn reload(&self) -> Result<(), EngineError> {
         let (reply, rx) = oneshot::channel();
-        if !self.send(Request::Reload { reply: Some(reply) }) {
-            return Err(EngineError::Stopped);
-        }
+        self.send(Request::Reload { reply: Some(reply) })?;
         rx.await.unwrap_or(Err(EngineError::Stopped))
     }
 
     /// Whether the engine loop answers within `timeout`.
     pub async fn ping(&self, timeout: Duration) -> bool {
         let (reply, rx) = oneshot::channel();
-        if !self.send(Request::Ping { reply }) {
+        if self.send(Request::Ping { reply }).is_err() {
             return false;
         }
         matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())))
@@ -298,8 +304,8 @@ pub struct Engine<F: StoreFactory> {
     watcher: Option<DirWatcher>,
     inflight: JoinSet<(String, PassDone)>,
     next_drift: Option<Instant>,
-    rx: mpsc::UnboundedReceiver<Request>,
-    fs_rx: mpsc::UnboundedReceiver<Vec<PathBuf>>,
+    rx: mpsc::Receiver<Request>,
+    fs_rx: ChangeReceiver,
     state_warned: bool,
     /// Why the state file cannot be written (blocks imports).
     state_error: Option<String>,
@@ -315,8 +321,8 @@ impl<F: StoreFactory> Engine<F> {
         factory: F,
         watch_files: bool,
     ) -> Result<(Engine<F>, EngineHandle), notify::Error> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (fs_tx, fs_rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+        let (fs_tx, fs_rx) = fswatch::change_feed(fswatch::EVENT_QUEUE);
         let watcher = if watch_files {
             Some(DirWatcher::new(fs_tx)?)
         } else {
@@ -433,7 +439,10 @@ impl<F: StoreFactory> Engine<F> {
                     Some(r) => self.handle(r).await,
                     None => break,
                 },
-                Some(paths) = self.fs_rx.recv() => self.files_changed(&paths),
+                Some(change) = self.fs_rx.next() => match change {
+                    Change::Paths(paths) => self.files_changed(&paths),
+                    Change::Unknown => self.all_files_changed(),
+                },
                 () = sleep_until_opt(wake) => self.on_timer(),
             }
         }
@@ -494,6 +503,22 @@ impl<F: StoreFactory> Engine<F> {
     }
 
     fn files_changed(&mut self, paths: &[PathBuf]) {
+        self.debounce_syncs(|slot| {
+            paths
+                .iter()
+                .any(|p| fswatch::event_concerns(p, &slot.dirs, &slot.job.files))
+        });
+    }
+
+    /// File events were lost: every enabled sync re-reads its files (the
+    /// content hashes keep unchanged ones from costing AWS calls).
+    fn all_files_changed(&mut self) {
+        tracing::warn!("file events were dropped (event storm); re-reading every sync's files");
+        self.debounce_syncs(|_| true);
+    }
+
+    /// Starts or extends the debounce of every enabled sync `concerns`.
+    fn debounce_syncs(&mut self, concerns: impl Fn(&Slot) -> bool) {
         let now = Instant::now();
         let debounce = self.config.agent.debounce;
         let mut any = false;
@@ -501,10 +526,7 @@ impl<F: StoreFactory> Engine<F> {
             if !slot.job.enabled {
                 continue;
             }
-            if paths
-                .iter()
-                .any(|p| fswatch::event_concerns(p, &slot.dirs, &slot.job.files))
-            {
+            if concerns(slot) {
                 // Quiet period: each event pushes the deadline back, up
                 // to MAX_DEBOUNCE_PERIODS after the burst's first event.
                 let start = *slot.burst_start.get_or_insert(now);

@@ -10,6 +10,8 @@
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use notify::event::{AccessKind, AccessMode};
 
@@ -107,6 +109,78 @@ pub struct WatchError {
     pub source: notify::Error,
 }
 
+/// How many event batches may wait for the engine. Past this the feed
+/// stops queueing and records an overflow instead, so an event storm in a
+/// watched directory costs bounded memory (the engine then re-reads every
+/// sync once, which is what the dropped events could have asked for).
+pub const EVENT_QUEUE: usize = 1024;
+
+/// What the watcher tells the engine.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    /// These paths saw an event.
+    Paths(Vec<PathBuf>),
+    /// Events were dropped (our queue or the kernel's overflowed): any
+    /// watched file may have changed.
+    Unknown,
+}
+
+/// The sending half of the watch feed, moved into notify's callback.
+#[derive(Clone, Debug)]
+pub struct ChangeSender {
+    tx: mpsc::Sender<Vec<PathBuf>>,
+    overflow: Arc<AtomicBool>,
+}
+
+impl ChangeSender {
+    /// Queues `paths`, or records an overflow when the queue is full.
+    pub fn send(&self, paths: Vec<PathBuf>) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(paths) {
+            self.overflow.store(true, Ordering::Release);
+        }
+    }
+
+    /// Records that events were lost and wakes the engine if it can.
+    pub fn lost_events(&self) {
+        self.overflow.store(true, Ordering::Release);
+        // An empty batch only wakes the receiver; when the queue is full
+        // the receiver is awake anyway.
+        let _ = self.tx.try_send(Vec::new());
+    }
+}
+
+/// The receiving half of the watch feed, owned by the engine.
+#[derive(Debug)]
+pub struct ChangeReceiver {
+    rx: mpsc::Receiver<Vec<PathBuf>>,
+    overflow: Arc<AtomicBool>,
+}
+
+impl ChangeReceiver {
+    /// The next change; `None` once every sender is gone.
+    pub async fn next(&mut self) -> Option<Change> {
+        let paths = self.rx.recv().await?;
+        Some(if self.overflow.swap(false, Ordering::AcqRel) {
+            Change::Unknown
+        } else {
+            Change::Paths(paths)
+        })
+    }
+}
+
+/// A bounded feed from the watcher thread to the engine (see [`EVENT_QUEUE`]).
+pub fn change_feed(capacity: usize) -> (ChangeSender, ChangeReceiver) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let overflow = Arc::new(AtomicBool::new(false));
+    (
+        ChangeSender {
+            tx,
+            overflow: Arc::clone(&overflow),
+        },
+        ChangeReceiver { rx, overflow },
+    )
+}
+
 /// A set of non-recursive directory watches that forwards event paths.
 pub struct DirWatcher {
     inner: notify::RecommendedWatcher,
@@ -114,13 +188,14 @@ pub struct DirWatcher {
 }
 
 impl DirWatcher {
-    /// Starts the watcher thread; relevant event paths go to `tx`.
-    pub fn new(tx: mpsc::UnboundedSender<Vec<PathBuf>>) -> Result<Self, notify::Error> {
+    /// Starts the watcher thread; relevant event paths go to `feed`. An
+    /// event that says the kernel dropped events (inotify queue overflow)
+    /// becomes [`Change::Unknown`].
+    pub fn new(feed: ChangeSender) -> Result<Self, notify::Error> {
         let inner =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-                Ok(event) if is_relevant(&event.kind) => {
-                    let _ = tx.send(event.paths);
-                }
+                Ok(event) if event.need_rescan() => feed.lost_events(),
+                Ok(event) if is_relevant(&event.kind) => feed.send(event.paths),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "file watch error"),
             })?;
@@ -162,6 +237,35 @@ impl DirWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_full_feed_drops_batches_and_reports_one_unknown_change() {
+        let (tx, mut rx) = change_feed(2);
+        for i in 0..5 {
+            tx.send(vec![PathBuf::from(format!("/d/{i}"))]);
+        }
+        // The queued batches come out; the first receive after the overflow
+        // says "unknown" (any file may have changed), then it is cleared.
+        assert_eq!(rx.next().await, Some(Change::Unknown));
+        assert_eq!(
+            rx.next().await,
+            Some(Change::Paths(vec![PathBuf::from("/d/1")]))
+        );
+        tx.send(vec![PathBuf::from("/d/9")]);
+        assert_eq!(
+            rx.next().await,
+            Some(Change::Paths(vec![PathBuf::from("/d/9")]))
+        );
+        drop(tx);
+        assert_eq!(rx.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn lost_kernel_events_wake_the_receiver_as_unknown() {
+        let (tx, mut rx) = change_feed(4);
+        tx.lost_events();
+        assert_eq!(rx.next().await, Some(Change::Unknown));
+    }
 
     #[test]
     fn dirs_table() {

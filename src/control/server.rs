@@ -330,14 +330,13 @@ impl Connection {
                     {
                         return Err((ErrorCode::NotFound, format!("no sync named '{unknown}'")));
                     }
-                    let sent = self.handle.send(EngineRequest::Resync {
-                        syncs: names.clone(),
-                        allow_deletes: request.allow_deletes,
-                        reply: None,
-                    });
-                    if !sent {
-                        return Err(engine_error(EngineError::Stopped));
-                    }
+                    self.handle
+                        .send(EngineRequest::Resync {
+                            syncs: names.clone(),
+                            allow_deletes: request.allow_deletes,
+                            reply: None,
+                        })
+                        .map_err(engine_error)?;
                     return Ok(json!({ "queued": names }));
                 }
                 let reports = self
@@ -366,7 +365,7 @@ fn engine_error(e: EngineError) -> (ErrorCode, String) {
     let code = match &e {
         EngineError::UnknownSync(_) => ErrorCode::NotFound,
         EngineError::InvalidConfig(_) => ErrorCode::InvalidConfig,
-        EngineError::Stopped => ErrorCode::Busy,
+        EngineError::Stopped | EngineError::Busy => ErrorCode::Busy,
     };
     (code, e.to_string())
 }
@@ -406,6 +405,7 @@ mod tests {
             engine_error(EngineError::InvalidConfig("x".into())).0,
             ErrorCode::InvalidConfig
         );
+        assert_eq!(engine_error(EngineError::Busy).0, ErrorCode::Busy);
     }
 
     #[test]

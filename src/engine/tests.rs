@@ -62,7 +62,9 @@ impl Harness {
 
     fn touch(&self) {
         let path = self.dir.path().join("app.env");
-        assert!(self.handle.send(Request::FilesChanged(vec![path])));
+        self.handle
+            .send(Request::FilesChanged(vec![path]))
+            .expect("engine takes the event");
     }
 
     fn value(&self, name: &str) -> Option<String> {
@@ -429,4 +431,26 @@ async fn import_write_back_does_not_trigger_a_second_pass() {
         h.store.calls()
     );
     h.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_request_queue_answers_busy_and_a_stopped_engine_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("app.env"), "A=1\n").unwrap();
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(&path, config_text(dir.path(), "", "")).unwrap();
+    let config = config::load_config(&path).unwrap();
+    let store = Arc::new(MemoryStore::new());
+    // The engine is built but not run, so nothing drains its queue.
+    let (engine, handle) = Engine::new(config, MemFactory(store), false).unwrap();
+    let ping = || {
+        let (reply, _rx) = oneshot::channel();
+        handle.send(Request::Ping { reply })
+    };
+    for _ in 0..REQUEST_QUEUE {
+        ping().expect("room in the queue");
+    }
+    assert!(matches!(ping(), Err(EngineError::Busy)));
+    drop(engine);
+    assert!(matches!(ping(), Err(EngineError::Stopped)));
 }
