@@ -258,6 +258,9 @@ impl Slot {
 
     /// Takes over the runtime memory of the slot this one replaces.
     fn inherit(&mut self, old: Slot) {
+        // Known values are facts about AWS versions (keyed by name), still
+        // true under a new config.
+        self.job.known = old.job.known;
         self.digests = old.digests;
         self.last_good = old.last_good;
         self.running = old.running;

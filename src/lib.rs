@@ -23,7 +23,9 @@
 //!   module that names AWS SDK types) and an in-memory store for tests.
 //! - [`apply`]: runs a plan through a store with bounded concurrency.
 //! - [`reconcile`]: one pass: files → desired → AWS state → plan → apply.
-//! - [`report`]: JSON and human output models; [`state`]: `state_dir`.
+//! - [`report`]: JSON and human output models; [`state`]: `state_dir`;
+//!   [`known`]: per-sync memory of AWS values (version id + keyed digest)
+//!   that spares re-reading values a pass already knows.
 //!
 //! # Invariants
 //! - Data flows one way: sources (file events, signals, socket) → debounce
@@ -50,6 +52,7 @@ pub mod engine;
 pub mod exit;
 pub mod files;
 pub mod import;
+pub mod known;
 pub mod logging;
 pub mod naming;
 pub mod plan;

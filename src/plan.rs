@@ -23,6 +23,10 @@ pub struct Actual {
     pub secrets: BTreeMap<String, RemoteSecret>,
     /// Current values by name (`Ok(None)`: binary secret; `Err`: unreadable).
     pub values: BTreeMap<String, Result<Option<SecretValue>, String>>,
+    /// One-to-one names whose current AWS version is known (from an earlier
+    /// pass) to hold a value other than the desired one, so they were not
+    /// read: the planner writes them without comparing.
+    pub known_different: BTreeSet<String>,
 }
 
 /// Knobs of one pass.
@@ -415,6 +419,9 @@ impl Planner<'_> {
             );
             // The value of a secret pending deletion cannot be read: write it.
             self.put_value(d, r, "restored; value rewritten");
+            wrote_value = true;
+        } else if d.json_keys.is_none() && actual.known_different.contains(&d.name) {
+            self.put_value(d, r, "value differs");
             wrote_value = true;
         } else {
             match actual.values.get(&d.name) {

@@ -9,9 +9,11 @@ use crate::config::{AwsSettings, Config, FormatSetting, InitialSync, Mapping, Sy
 use crate::desired::{self, Desired, MappingKind, MappingSpec};
 use crate::files::{self, FileView};
 use crate::import::{self, ImportMode};
+use crate::known::{Knowledge, KnownValues};
 use crate::naming;
-use crate::plan::{self, Actual, Plan, PlanOptions, SecretState};
+use crate::plan::{self, Actual, Plan, PlanOptions, SecretState, TokenKey};
 use crate::report::{self, SyncReport, SyncStatus};
+use crate::secret::SecretValue;
 use crate::source::SourceFormat;
 use crate::source::writeback::{self, Edit};
 use crate::state::SyncState;
@@ -45,6 +47,9 @@ pub struct SyncJob {
     pub state_unwritable: Option<String>,
     /// `enabled` from the config.
     pub enabled: bool,
+    /// Values seen in AWS by earlier passes of this sync (runtime memory,
+    /// shared by clones; see [`KnownValues`]).
+    pub known: KnownValues,
 }
 
 impl SyncJob {
@@ -93,6 +98,7 @@ impl SyncJob {
             InitialSync::ImportPrioritizeDestination => Some(ImportMode::PrioritizeDestination),
         };
         SyncJob {
+            known: KnownValues::default(),
             region: d.region.clone(),
             connection: aws_connection(
                 &config.aws,
@@ -155,6 +161,8 @@ pub async fn read_actual<S: SecretStore>(
     spec: &MappingSpec,
     desired: &Desired,
     adopt: bool,
+    known: &KnownValues,
+    key: &TokenKey,
 ) -> Result<Actual, StoreError> {
     let mut actual = Actual::default();
     for r in store.list_by_sync(&spec.sync_name).await? {
@@ -171,23 +179,81 @@ pub async fn read_actual<S: SecretStore>(
             actual.secrets.insert(r.name.clone(), r);
         }
     }
-    let to_read = plan::names_to_read(spec, desired, &actual.secrets, adopt);
+    let mut to_read = plan::names_to_read(spec, desired, &actual.secrets, adopt);
+    // A current version whose value we wrote or read needs no read: AWS
+    // never changes an existing version's value. Many-to-one secrets that
+    // differ are still read (the planner's key guard needs their JSON).
+    let by_name: BTreeMap<&str, &desired::DesiredSecret> = desired
+        .secrets
+        .iter()
+        .map(|d| (d.name.as_str(), d))
+        .collect();
+    to_read.retain(|name| {
+        let Some(d) = by_name.get(name.as_str()) else {
+            return true;
+        };
+        let version = actual
+            .secrets
+            .get(name)
+            .and_then(|r| r.current_version.as_deref());
+        match known.compare(key, name, version, &d.value) {
+            Knowledge::Holds => {
+                actual
+                    .values
+                    .insert(name.clone(), Ok(Some(d.value.clone())));
+                false
+            }
+            Knowledge::Differs if d.json_keys.is_none() => {
+                actual.known_different.insert(name.clone());
+                false
+            }
+            Knowledge::Differs | Knowledge::Unknown => true,
+        }
+    });
     if !to_read.is_empty() {
         for (name, read) in store.get_values(&to_read).await? {
-            let entry = match read {
-                Ok(v) => Ok(v.value),
-                Err(e) => Err(e.to_string()),
-            };
             // Reads may come back by ARN; map them to names.
             let name = actual
                 .secrets
                 .values()
                 .find(|r| r.arn == name)
                 .map_or(name, |r| r.name.clone());
+            let entry = match read {
+                Ok(v) => {
+                    if let (Some(version), Some(value)) = (&v.version_id, &v.value) {
+                        known.record(key, &name, version, value);
+                    }
+                    Ok(v.value)
+                }
+                Err(e) => Err(e.to_string()),
+            };
             actual.values.insert(name, entry);
         }
     }
     Ok(actual)
+}
+
+/// After an apply, remembers the values AWS now holds for this sync's
+/// secrets (written, or found equal) and forgets everything else.
+fn remember_applied(known: &KnownValues, key: &TokenKey, desired: &Desired, applied: &Applied) {
+    let values: BTreeMap<&str, &SecretValue> = desired
+        .secrets
+        .iter()
+        .map(|d| (d.name.as_str(), &d.value))
+        .collect();
+    known.retain(|name| values.contains_key(name));
+    for s in &applied.secrets {
+        match (
+            s.state,
+            s.version_id.as_deref(),
+            values.get(s.name.as_str()),
+        ) {
+            (SecretState::Synced, Some(version), Some(value)) => {
+                known.record(key, &s.name, version, value);
+            }
+            _ => known.forget(&s.name),
+        }
+    }
 }
 
 impl SyncJob {
@@ -547,19 +613,32 @@ pub async fn run_pass_with_files<S: SecretStore>(
                 files_after: None,
             }
         };
-    let mut actual =
-        match read_actual(store.as_ref(), &job.spec, &desired, opts.adopt_existing).await {
-            Ok(a) => a,
-            Err(e) => {
-                let status = if e.is_transient() {
-                    SyncStatus::Pending
-                } else {
-                    SyncStatus::Failed
-                };
-                let msg = format!("cannot read AWS state: {e}");
-                return fail_early(rep, status, msg, e.is_transient(), None);
-            }
-        };
+    // An initial-sync import compares AWS values with the files: it reads
+    // them all rather than rely on what earlier passes saw.
+    let import_due = job.import.is_some() && !state.initial_sync_done;
+    let fresh = KnownValues::default();
+    let known = if import_due { &fresh } else { &job.known };
+    let mut actual = match read_actual(
+        store.as_ref(),
+        &job.spec,
+        &desired,
+        opts.adopt_existing,
+        known,
+        &opts.token_key,
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            let status = if e.is_transient() {
+                SyncStatus::Pending
+            } else {
+                SyncStatus::Failed
+            };
+            let msg = format!("cannot read AWS state: {e}");
+            return fail_early(rep, status, msg, e.is_transient(), None);
+        }
+    };
     // Initial-sync import: bring in-scope AWS secrets into the first file
     // before the push, so files and AWS agree at the end of this pass.
     let mut import_outcome = None;
@@ -669,7 +748,9 @@ pub async fn run_pass_with_files<S: SecretStore>(
     let applied = match mode {
         Mode::Plan => None,
         Mode::Apply => {
-            Some(apply::apply(Arc::clone(&store), &plan, apply::DEFAULT_CONCURRENCY).await)
+            let applied = apply::apply(Arc::clone(&store), &plan, apply::DEFAULT_CONCURRENCY).await;
+            remember_applied(&job.known, &opts.token_key, &desired, &applied);
+            Some(applied)
         }
     };
     rep.actions = report::action_views(&plan, applied.as_ref());

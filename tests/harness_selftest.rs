@@ -198,6 +198,32 @@ async fn every_nth_throttles_a_fraction() {
     assert_eq!(proxy.faults_fired(), 2);
 }
 
+#[test]
+fn quota_meter_allows_the_aws_rate_per_class_and_throttles_the_excess() {
+    let mut meter = support::QuotaMeter::default();
+    let t0 = Instant::now();
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    // 50 writes in the first second pass, the 51st is over...
+    for i in 0..50 {
+        assert!(!meter.over("PutSecretValue", ms(i)), "write {i}");
+    }
+    assert!(
+        meter.over("UpdateSecret", ms(500)),
+        "same class as PutSecretValue"
+    );
+    // ...while other classes have their own limits...
+    assert!(!meter.over("TagResource", ms(500)));
+    assert!(!meter.over("ListSecrets", ms(500)));
+    assert!(!meter.over("UnknownOperation", ms(500)));
+    // ...and the window slides: a second after the first writes, room again.
+    assert!(!meter.over("PutSecretValue", ms(1000)));
+    assert!(
+        meter.over("PutSecretValue", ms(1000)),
+        "only one slot freed at 1000 ms"
+    );
+    assert!(!meter.over("PutSecretValue", ms(1005)));
+}
+
 #[tokio::test]
 async fn sdk_retries_recover_from_first_throttles_and_server_errors() {
     let moto = Moto::start();

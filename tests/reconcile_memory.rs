@@ -72,6 +72,7 @@ impl JobBuilder {
             max_file_size: 1024 * 1024,
             options: PlanOptions::default(),
             import: None,
+            known: Default::default(),
             state_unwritable: None,
             enabled: true,
         };
@@ -309,6 +310,55 @@ async fn create_then_unchanged_is_zero_writes_then_one_put_per_changed_key() {
 }
 
 #[tokio::test]
+async fn values_known_from_earlier_passes_are_not_read_again() {
+    let body: String = (0..100).map(|i| format!("K{i:03}=v{i}\n")).collect();
+    let mut h = Harness::new(JobBuilder::new(), &[("app.env", &body)]);
+    assert_synced(&h.pass().await);
+    assert_eq!(h.call(OP_CREATE), 100);
+
+    // Nothing changed: one listing page, no value read, no write.
+    h.store.reset_calls();
+    assert_synced(&h.pass().await);
+    assert_eq!(h.call(OP_BATCH_GET), 0, "{:?}", h.store.calls());
+    assert_eq!(h.call(OP_LIST), 1);
+    assert_eq!(h.store.write_calls(), 0);
+
+    // One key edited: its current version is one we wrote, so it is known
+    // to differ without a read: one listing page and one put.
+    h.write("app.env", &body.replace("K007=v7\n", "K007=seven\n"));
+    h.store.reset_calls();
+    assert_synced(&h.pass().await);
+    assert_eq!(
+        h.store.calls(),
+        BTreeMap::from([(OP_LIST, 1), (OP_PUT, 1)]),
+        "a one-key edit costs one page of listing and one write"
+    );
+    assert_eq!(h.value("prod/K007"), "seven");
+
+    // Someone else writes a new version: that one secret is read again and
+    // repaired; the other 99 are still known.
+    let (mut meta, _) = h.store.get("prod/K042").expect("exists");
+    meta.current_version = None;
+    h.store
+        .insert(meta, Some(SecretValue::new("changed elsewhere")));
+    h.store.reset_calls();
+    assert_synced(&h.pass().await);
+    assert_eq!(h.call(OP_BATCH_GET), 1, "{:?}", h.store.calls());
+    assert_eq!(h.call(OP_PUT), 1);
+    assert_eq!(h.value("prod/K042"), "v42");
+
+    // A failed write is forgotten: the next pass reads that value again
+    // before writing, instead of trusting what it hoped to have written.
+    h.write("app.env", &body.replace("K009=v9\n", "K009=nine\n"));
+    h.store.fail_next(OP_PUT, unavailable(), 1);
+    assert!(h.pass().await.transient);
+    h.store.reset_calls();
+    assert_synced(&h.pass().await);
+    assert_eq!(h.value("prod/K009"), "nine");
+    assert_eq!(h.call(OP_PUT), 1, "{:?}", h.store.calls());
+}
+
+#[tokio::test]
 async fn many_to_one_json_is_compared_semantically() {
     let mut h = Harness::new(
         JobBuilder::new().many_to_one("{{environment}}/{{syncName}}"),
@@ -335,6 +385,8 @@ async fn reading_1000_owned_secrets_is_paged_and_batched() {
     assert_synced(&h.pass().await);
     assert_eq!(h.call(OP_CREATE), 1000);
 
+    // As after a restart: nothing known, every value is read.
+    h.job.known = Default::default();
     h.store.reset_calls();
     let pass = h.pass().await;
     assert_synced(&pass);
@@ -460,7 +512,9 @@ async fn outage_while_reading_makes_no_writes_and_says_aws_unavailable() {
     assert_eq!(h.store.write_calls(), 0, "{:?}", h.store.calls());
     h.store.heal();
 
-    // Value reads fail after the listing worked: still nothing written.
+    // Value reads fail after the listing worked (as after a restart, when
+    // no value is known): still nothing written.
+    h.job.known = Default::default();
     h.store.fail_next(OP_BATCH_GET, unavailable(), 1);
     h.store.reset_calls();
     let half = h.pass().await;

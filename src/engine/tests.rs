@@ -252,7 +252,10 @@ async fn drift_is_repaired_on_the_interval() {
         h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
             .await
     );
-    let (meta, _) = h.store.get("A").unwrap();
+    let (mut meta, _) = h.store.get("A").unwrap();
+    // Someone else writes a new version (AWS never changes an existing
+    // version's value, so the new value comes with a new version id).
+    meta.current_version = None;
     h.store
         .insert(meta, Some(SecretValue::new("changed-behind-our-back")));
     tokio::time::sleep(Duration::from_secs(61)).await;

@@ -517,6 +517,27 @@ fn many_to_one_guard_on_dropped_keys() {
 }
 
 #[test]
+fn values_known_to_differ_are_written_without_a_read_one_to_one_only() {
+    // One-to-one: a name known to differ is written although no value was
+    // read; a name neither read nor known is an error, never a blind write.
+    let d = desired_one(&[("A", "1"), ("B", "1")]);
+    let mut a = actual(&[("A", Owner::Us, false, None), ("B", Owner::Us, false, None)]);
+    a.known_different.insert("A".into());
+    let p = plan(&spec(), &d, &a, &opts());
+    assert_eq!(
+        kinds(&p),
+        vec![(K::Update, "A".to_string()), (K::Error, "B".to_string())]
+    );
+    // Many-to-one needs the current JSON for its key guard, so "known to
+    // differ" alone is not enough: without a read it is an error.
+    let d = many(&[("A", "1")]);
+    let mut a = actual(&[("M", Owner::Us, false, None)]);
+    a.known_different.insert("M".into());
+    let p = plan(&spec(), &d, &a, &opts());
+    assert_eq!(kinds(&p), vec![(K::Error, "M".to_string())]);
+}
+
+#[test]
 fn kms_and_description() {
     let mut s = spec();
     s.kms_key_id = Some("alias/app".into());

@@ -569,13 +569,69 @@ impl Rule {
     }
 }
 
+/// The Secrets Manager request quotas (per second, per region; from the AWS
+/// quota table) that [`FaultProxy::enforce_aws_quotas`] applies: each class
+/// of operations shares one limit.
+pub const AWS_QUOTAS: &[(&[&str], usize)] = &[
+    (
+        &[
+            "PutSecretValue",
+            "UpdateSecret",
+            "ReplicateSecretToRegions",
+            "RemoveRegionsFromReplication",
+        ],
+        50,
+    ),
+    (&["CreateSecret"], 50),
+    (&["DeleteSecret"], 50),
+    (&["RestoreSecret"], 50),
+    (&["TagResource", "UntagResource"], 50),
+    (&["ListSecrets"], 100),
+    (&["BatchGetSecretValue"], 100),
+    (&["GetSecretValue", "DescribeSecret"], 10_000),
+];
+
+/// Sliding one-second windows per quota class.
+#[derive(Default)]
+pub struct QuotaMeter {
+    windows: BTreeMap<usize, VecDeque<Instant>>,
+    throttled: u64,
+}
+
+impl QuotaMeter {
+    /// Whether a request for `op` now goes over its class's quota; counts
+    /// it against the window when it does not.
+    pub fn over(&mut self, op: &str, now: Instant) -> bool {
+        let Some(class) = AWS_QUOTAS.iter().position(|(ops, _)| ops.contains(&op)) else {
+            return false;
+        };
+        let limit = AWS_QUOTAS[class].1;
+        let window = self.windows.entry(class).or_default();
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            window.pop_front();
+        }
+        if window.len() >= limit {
+            self.throttled += 1;
+            return true;
+        }
+        window.push_back(now);
+        false
+    }
+}
+
 #[derive(Default)]
 struct ProxyState {
     calls: BTreeMap<String, u64>,
     /// Request bodies in arrival order, with their operation.
     requests: Vec<(String, Bytes)>,
+    /// When each of `requests` arrived.
+    arrived: Vec<Instant>,
     rules: Vec<Rule>,
     faults_fired: u64,
+    quotas: Option<QuotaMeter>,
 }
 
 impl ProxyState {
@@ -584,6 +640,21 @@ impl ProxyState {
     fn arrive(&mut self, op: &str, body: Bytes) -> (Duration, bool, Action) {
         *self.calls.entry(op.to_string()).or_default() += 1;
         self.requests.push((op.to_string(), body));
+        let now = Instant::now();
+        self.arrived.push(now);
+        if let Some(meter) = self.quotas.as_mut() {
+            if meter.over(op, now) {
+                return (
+                    Duration::ZERO,
+                    false,
+                    Action::Respond {
+                        status: 400,
+                        code: "ThrottlingException".into(),
+                        message: "Rate exceeded (AWS quota enforced by FaultProxy)".into(),
+                    },
+                );
+            }
+        }
         let mut delay = Duration::ZERO;
         let mut detached = false;
         let mut action = None;
@@ -719,6 +790,41 @@ impl FaultProxy {
             .collect()
     }
 
+    /// Like [`FaultProxy::bodies`], with each request's arrival time, e.g. to
+    /// time when the write of an edited value reached "AWS".
+    pub fn timed_bodies(&self, op: &str) -> Vec<(Instant, serde_json::Value)> {
+        let state = self.state.lock().unwrap();
+        state
+            .requests
+            .iter()
+            .zip(&state.arrived)
+            .filter(|((o, _), _)| o == op)
+            .map(|((_, body), at)| {
+                let body = serde_json::from_slice(body).unwrap_or_else(|_| {
+                    serde_json::Value::String(String::from_utf8_lossy(body).into_owned())
+                });
+                (*at, body)
+            })
+            .collect()
+    }
+
+    /// From now on, requests over the AWS request quotas ([`AWS_QUOTAS`])
+    /// get `ThrottlingException`, as AWS would answer them: a client that
+    /// paces itself correctly never sees one.
+    pub fn enforce_aws_quotas(&self) {
+        self.state.lock().unwrap().quotas = Some(QuotaMeter::default());
+    }
+
+    /// Requests throttled by [`FaultProxy::enforce_aws_quotas`].
+    pub fn quota_throttles(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap()
+            .quotas
+            .as_ref()
+            .map_or(0, |q| q.throttled)
+    }
+
     /// Operations in arrival order, e.g. to check that a create came before a tag.
     pub fn ops(&self) -> Vec<String> {
         let state = self.state.lock().unwrap();
@@ -735,6 +841,7 @@ impl FaultProxy {
         let mut state = self.state.lock().unwrap();
         state.calls.clear();
         state.requests.clear();
+        state.arrived.clear();
         state.faults_fired = 0;
     }
 

@@ -1,0 +1,203 @@
+//! What the agent knows of the values in AWS between passes, so that an edit
+//! to one key does not read every value of the sync.
+//!
+//! A pass always lists the sync's secrets (tags, ownership, and the version
+//! id labelled `AWSCURRENT`). AWS never changes the value of an existing
+//! version, so when that version id is one whose value we wrote or read
+//! before, and that value equals the desired one, the value needs no read.
+//! Anything else (unknown version: someone wrote, or we never saw it) is
+//! read as before. Only keyed digests are kept, never values.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::plan::TokenKey;
+use crate::secret::SecretValue;
+
+/// What [`KnownValues::compare`] can say without reading the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Knowledge {
+    /// The current version holds exactly this value.
+    Holds,
+    /// The current version holds some other value.
+    Differs,
+    /// The current version was never seen: read it.
+    Unknown,
+}
+
+/// A value seen in AWS: its version id and a keyed digest of the value.
+#[derive(Clone, PartialEq, Eq)]
+struct Seen {
+    version: String,
+    digest: [u8; 32],
+}
+
+/// Per-sync memory of values in AWS, shared by the passes of one sync (a
+/// cheap handle: clones share the same memory). Empty for one-shot
+/// commands, which therefore read every value.
+#[derive(Clone, Default)]
+pub struct KnownValues {
+    inner: Arc<Mutex<BTreeMap<String, Seen>>>,
+}
+
+impl std::fmt::Debug for KnownValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KnownValues({} secrets)", self.lock().len())
+    }
+}
+
+/// HMAC-SHA256 under the agent's token key, so the digests in memory
+/// cannot be checked against guessed values without the key.
+fn digest(key: &TokenKey, name: &str, value: &SecretValue) -> [u8; 32] {
+    // HMAC accepts keys of any length, so construction cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.0)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(b"secretsync/known/v1\0");
+    mac.update(name.as_bytes());
+    mac.update(b"\0");
+    mac.update(value.expose().as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+impl KnownValues {
+    /// The memory is only an optimisation: after a panic elsewhere while it
+    /// was locked, start from nothing rather than trust it.
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Seen>> {
+        self.inner.lock().unwrap_or_else(|poisoned| {
+            let mut guard = poisoned.into_inner();
+            guard.clear();
+            guard
+        })
+    }
+
+    /// What is known of AWS's current version of `name` against `value`.
+    pub fn compare(
+        &self,
+        key: &TokenKey,
+        name: &str,
+        current_version: Option<&str>,
+        value: &SecretValue,
+    ) -> Knowledge {
+        let Some(version) = current_version else {
+            return Knowledge::Unknown;
+        };
+        match self.lock().get(name) {
+            Some(s) if s.version == version => {
+                if s.digest == digest(key, name, value) {
+                    Knowledge::Holds
+                } else {
+                    Knowledge::Differs
+                }
+            }
+            _ => Knowledge::Unknown,
+        }
+    }
+
+    /// Whether AWS's current version of `name` is known to hold `value`.
+    pub fn holds(
+        &self,
+        key: &TokenKey,
+        name: &str,
+        current_version: Option<&str>,
+        value: &SecretValue,
+    ) -> bool {
+        self.compare(key, name, current_version, value) == Knowledge::Holds
+    }
+
+    /// Remembers that `version` of `name` holds `value` (read or written).
+    pub fn record(&self, key: &TokenKey, name: &str, version: &str, value: &SecretValue) {
+        let seen = Seen {
+            version: version.to_string(),
+            digest: digest(key, name, value),
+        };
+        self.lock().insert(name.to_string(), seen);
+    }
+
+    /// Forgets `name` (its value is no longer known).
+    pub fn forget(&self, name: &str) {
+        self.lock().remove(name);
+    }
+
+    /// Keeps only the names `keep` accepts (secrets that left the sync).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.lock().retain(|name, _| keep(name));
+    }
+
+    /// How many secrets are remembered.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> SecretValue {
+        SecretValue::new(s.to_string())
+    }
+
+    #[test]
+    fn holds_only_for_the_recorded_version_and_value() {
+        let key = TokenKey([7; 32]);
+        let known = KnownValues::default();
+        assert!(
+            !known.holds(&key, "a", Some("v1"), &v("x")),
+            "nothing known"
+        );
+        known.record(&key, "a", "v1", &v("x"));
+        let cases = [
+            ("a", Some("v1"), "x", true),
+            ("a", Some("v2"), "x", false), // someone wrote a new version
+            ("a", None, "x", false),       // no current version listed
+            ("a", Some("v1"), "y", false), // the file changed
+            ("b", Some("v1"), "x", false), // another secret
+        ];
+        for (name, version, value, want) in cases {
+            assert_eq!(
+                known.holds(&key, name, version, &v(value)),
+                want,
+                "{name} {version:?} {value}"
+            );
+        }
+        assert_eq!(
+            known.compare(&key, "a", Some("v1"), &v("y")),
+            Knowledge::Differs
+        );
+        assert_eq!(
+            known.compare(&key, "a", Some("v2"), &v("y")),
+            Knowledge::Unknown
+        );
+        // Another key (another install) does not match the digest.
+        assert!(!known.holds(&TokenKey([8; 32]), "a", Some("v1"), &v("x")));
+    }
+
+    #[test]
+    fn forget_retain_and_shared_clones() {
+        let key = TokenKey([1; 32]);
+        let known = KnownValues::default();
+        let shared = known.clone();
+        known.record(&key, "a", "v1", &v("x"));
+        known.record(&key, "b", "v1", &v("y"));
+        assert!(shared.holds(&key, "a", Some("v1"), &v("x")), "clones share");
+        shared.forget("a");
+        assert!(!known.holds(&key, "a", Some("v1"), &v("x")));
+        known.retain(|n| n != "b");
+        assert!(known.is_empty());
+    }
+
+    #[test]
+    fn debug_shows_no_digests() {
+        let known = KnownValues::default();
+        known.record(&TokenKey([1; 32]), "a", "v1", &v("secret"));
+        assert_eq!(format!("{known:?}"), "KnownValues(1 secrets)");
+    }
+}
