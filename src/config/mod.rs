@@ -548,6 +548,18 @@ pub fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
     file.take(limit)
         .read_to_end(&mut bytes)
         .map_err(|e| ConfigErrors::file_level(path, format!("cannot read config file: {e}")))?;
+    parse_config_bytes(path, bytes, &|name| std::env::var(name).ok())
+}
+
+/// [`parse_config`] for the raw bytes of a config file: checks the size
+/// and UTF-8 (an error points at the first invalid byte) first. What
+/// [`load_config`] does after reading; the random-input tests feed it
+/// arbitrary bytes.
+pub fn parse_config_bytes(
+    path: &Path,
+    bytes: Vec<u8>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
     if bytes.len() > MAX_CONFIG_BYTES {
         return Err(ConfigErrors::file_level(
             path,
@@ -573,5 +585,5 @@ pub fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
             )]));
         }
     };
-    parse_config(path, &text, &|name| std::env::var(name).ok())
+    parse_config(path, &text, env)
 }

@@ -1626,61 +1626,88 @@ fn load_config_reads_files_and_bounds_size() {
     assert!(err.to_string().contains(":0:0: cannot "), "{err}");
 }
 
-/// Mutated versions of the example must produce a config or errors, never a
-/// panic, and every error must stay one well-formed line.
+/// Checks what every failed load must look like: at least one error,
+/// each one `PATH:LINE:COL: message` on one line, with a position inside
+/// the file (`0:0` only for errors about the file as a whole).
+fn check_errors(bytes: &[u8], e: &ConfigErrors) {
+    assert!(!e.0.is_empty(), "{bytes:?}");
+    let lines = bytes.iter().filter(|b| **b == b'\n').count() as u64 + 2;
+    for error in &e.0 {
+        assert!(!error.message.is_empty(), "{bytes:?}");
+        assert!(!error.message.contains(['\n', '\r']), "{error}");
+        assert_eq!(error.path, Path::new(PATH));
+        assert!(
+            (error.line >= 1 && error.column >= 1 && error.line <= lines)
+                || (error.line, error.column) == (0, 0),
+            "{bytes:?}: {error}"
+        );
+        let shown = error.to_string();
+        assert!(
+            shown.starts_with(&format!("{PATH}:{}:{}: ", error.line, error.column)),
+            "{shown}"
+        );
+    }
+    assert_eq!(e.to_string().lines().count(), e.0.len());
+}
+
+/// Mutated versions of the example (raw bytes: bit flips, syntax
+/// characters, NUL, invalid UTF-8, duplicated runs) must produce a config
+/// or errors in `PATH:LINE:COL` form, never a panic.
 #[test]
-fn mutated_inputs_never_panic() {
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let interesting = b":-{}[],&*!|>'\"#\n \t0123456789{{}}%@`?";
+fn fuzz_config_mutated_example_never_panics() {
+    use crate::test_rng::{Rng, cases};
+    let interesting = b":-{}[],&*!|>'\"#\n \t0123456789{{}}%@`?\0\xff\xc3\r";
+    let mut rng = Rng::seeded(0x9E37_79B9_7F4A_7C15);
     let base = EXAMPLE.as_bytes();
+    let total = cases(3000);
     let (mut ok, mut failed) = (0, 0);
-    for _ in 0..3000 {
+    for _ in 0..total {
         let mut bytes = base.to_vec();
-        let edits = 1 + next() % 8;
-        for _ in 0..edits {
+        for _ in 0..1 + rng.below(8) {
             if bytes.is_empty() {
                 break;
             }
-            let at = (next() % bytes.len() as u64) as usize;
-            match next() % 5 {
-                0 => bytes[at] ^= 1 << (next() % 8),
-                1 => bytes[at] = interesting[(next() % interesting.len() as u64) as usize],
-                2 => bytes.insert(
-                    at,
-                    interesting[(next() % interesting.len() as u64) as usize],
-                ),
+            let at = rng.below(bytes.len());
+            match rng.below(5) {
+                0 => bytes[at] ^= 1 << rng.below(8),
+                1 => bytes[at] = interesting[rng.below(interesting.len())],
+                2 => bytes.insert(at, interesting[rng.below(interesting.len())]),
                 3 => {
                     bytes.remove(at);
                 }
                 _ => {
                     // Duplicate a random run of bytes (lines, keys, syncs).
-                    let len = (next() % 200) as usize;
-                    let end = (at + len).min(bytes.len());
+                    let end = (at + rng.below(200)).min(bytes.len());
                     let chunk = bytes[at..end].to_vec();
-                    let to = (next() % bytes.len() as u64) as usize;
+                    let to = rng.below(bytes.len());
                     bytes.splice(to..to, chunk);
                 }
             }
         }
-        let text = String::from_utf8_lossy(&bytes);
-        match parse(&text) {
+        match parse_config_bytes(Path::new(PATH), bytes.clone(), &no_env) {
             Ok(_) => ok += 1,
             Err(e) => {
                 failed += 1;
-                assert!(!e.0.is_empty());
-                for error in &e.0 {
-                    assert!(!error.message.contains('\n'), "{error}");
-                    assert!(!error.message.is_empty());
-                }
-                assert_eq!(e.to_string().lines().count(), e.0.len());
+                check_errors(&bytes, &e);
             }
         }
     }
-    assert!(failed > 0 && ok + failed == 3000);
+    assert!(failed > 0 && ok + failed == total);
+}
+
+/// Arbitrary bytes (mostly YAML syntax characters) as a config: errors in
+/// `PATH:LINE:COL` form (or, rarely, a config), never a panic.
+#[test]
+fn fuzz_config_random_bytes_never_panics() {
+    use crate::test_rng::{Rng, cases};
+    const SYNTAX: &[u8] = b" \n\t:-{}[],&*!|>'\"#%@`?~\0\r";
+    let mut rng = Rng::seeded(0x2545_f491_4f6c_dd1d);
+    for _ in 0..cases(20_000) {
+        let len = rng.below(120);
+        let bytes = rng.bytes(len, SYNTAX);
+        match parse_config_bytes(Path::new(PATH), bytes.clone(), &no_env) {
+            Ok(_) => {}
+            Err(e) => check_errors(&bytes, &e),
+        }
+    }
 }
