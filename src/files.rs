@@ -181,6 +181,62 @@ mod tests {
         assert_eq!(v.result.unwrap_err(), FileError::TooLarge { max: 50 });
     }
 
+    /// A 10 MB file under the default `max_file_size` (1 MiB): an error
+    /// naming the file and the setting, nothing of the content.
+    #[test]
+    fn ten_megabyte_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("huge.env");
+        let line = format!("TOKEN=canary-{}\n", "x".repeat(100));
+        std::fs::write(&p, line.repeat(10 * 1024 * 1024 / line.len() + 1)).unwrap();
+        let max = crate::config::DEFAULT_MAX_FILE_SIZE;
+        assert_eq!(max, 1024 * 1024);
+        let views = read_sources(&[p.display().to_string()], None, false, max);
+        assert_eq!(views.len(), 1);
+        let shown = views[0].error_line().unwrap();
+        assert!(shown.starts_with(&p.display().to_string()), "{shown}");
+        assert!(shown.contains("max_file_size (1048576 bytes)"), "{shown}");
+        assert!(!shown.contains("canary"), "{shown}");
+        assert_eq!(views[0].digest, None);
+    }
+
+    /// NUL bytes and invalid UTF-8 next to a value: `PATH:LINE:COL`, and
+    /// the value is not in the message.
+    #[test]
+    fn nul_and_invalid_utf8_name_file_and_line_not_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: &[(&str, &[u8], &str)] = &[
+            (
+                "a.env",
+                b"A=1\nTOKEN=canary-secret\0tail\n",
+                ":2:20: file contains a NUL byte",
+            ),
+            (
+                "b.env",
+                b"A=1\nTOKEN=\"canary-secret\xff\"\n",
+                ":2:21: file is not valid UTF-8",
+            ),
+            (
+                "c.yaml",
+                b"A: 1\nTOKEN: canary-secret\0\n",
+                ":2:21: file contains a NUL byte",
+            ),
+            (
+                "d.yaml",
+                b"A: 1\nTOKEN: 'canary-secret\xc3'\n",
+                ":2:22: file is not valid UTF-8",
+            ),
+            ("e.env", b"\0", ":1:1: file contains a NUL byte"),
+        ];
+        for (name, bytes, want) in cases {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            let shown = read_one(&p, None, false, 1024).error_line().unwrap();
+            assert_eq!(shown, format!("{}{want}", p.display()));
+            assert!(!shown.contains("canary"), "{shown}");
+        }
+    }
+
     #[test]
     fn parse_error_line_names_file_and_position() {
         let dir = tempfile::tempdir().unwrap();

@@ -65,6 +65,10 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/secretsync/agent.yaml";
 /// Default control socket path (SPEC §2, §3); the CLI uses it too.
 pub const DEFAULT_SOCKET_PATH: &str = "/run/secretsync/control.sock";
 
+/// Default `agent.max_file_size` (1 MiB): larger source files are an
+/// error, not read.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 1024 * 1024;
+
 /// Default directory for remembered state (initial-sync markers, etc.).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/secretsync";
 

@@ -1360,6 +1360,97 @@ fn alias_bomb_is_rejected_quickly() {
     assert!(start.elapsed() < Duration::from_secs(5));
 }
 
+/// 10,000 levels of flow or block nesting, anywhere in the file: one
+/// error with a position, not a stack overflow, and quickly.
+#[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    let n = 10_000;
+    // Block nesting costs one more space per level: 1,000 levels is what
+    // fits in MAX_CONFIG_BYTES.
+    let block: String = (0..1000)
+        .map(|i| format!("{}k:\n", " ".repeat(i)))
+        .collect();
+    let inputs = [
+        "[".repeat(n),
+        "{".repeat(n),
+        format!("agent: {}", "[".repeat(n)),
+        format!("agent: {}", "{a: ".repeat(n)),
+        format!(
+            "{HEADER}  - name: a\n    source: {{files: {}}}\n",
+            "[".repeat(n)
+        ),
+        format!("aws: {}{}", "[".repeat(n), "]".repeat(n)),
+        format!("control:\n  allow_groups: {}", "- ".repeat(n)),
+        block,
+    ];
+    for text in inputs {
+        let start = std::time::Instant::now();
+        let err = parse(&text).unwrap_err();
+        assert!(!err.0.is_empty());
+        for e in &err.0 {
+            assert!(e.line >= 1 && e.column >= 1, "{e}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "slow on {:?}",
+            &text[..20]
+        );
+    }
+}
+
+/// The classic "billion laughs" shape, aimed at a key the config reads
+/// (tags of a sync): refused by the alias budget before anything expands.
+#[test]
+fn billion_laughs_in_agent_yaml_is_refused() {
+    let mut text = String::from("x-lol0: &l0 lol\n");
+    for i in 1..10 {
+        let prev = format!("*l{}", i - 1);
+        text.push_str(&format!(
+            "x-lol{i}: &l{i} [{}]\n",
+            [prev.as_str(); 10].join(", ")
+        ));
+    }
+    text.push_str(&format!(
+        "{HEADER}  - name: a\n    source: {{files: [/x.env]}}\n    destination: {{tags: {{t: *l9}}}}\n"
+    ));
+    let start = std::time::Instant::now();
+    let err = parse(&text).unwrap_err();
+    assert_eq!(err.0.len(), 1, "{err}");
+    assert!(err.0[0].line >= 1, "{err}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(&path, &text).expect("write");
+    let err = load_config(&path).unwrap_err();
+    assert_eq!(err.0.len(), 1, "{err}");
+    assert!(
+        err.to_string().starts_with(&path.display().to_string()),
+        "{err}"
+    );
+}
+
+/// NUL bytes and invalid UTF-8 in agent.yaml: an error at the offending
+/// position, never a panic, and the neighbouring text is not quoted.
+#[test]
+fn nul_and_invalid_utf8_in_agent_yaml() {
+    let path = Path::new(PATH);
+    let cases: &[(&[u8], u64)] = &[
+        (b"agent:\n  id: canary\0x\n", 2),
+        (b"agent:\n  id: \"canary\0x\"\n", 2),
+        (b"\0", 1),
+        (b"agent: {id: w}\n\0\n", 2),
+        (b"agent:\n  id: canary\xffx\n", 2),
+        (b"agent:\n  id: canary\xc3\n", 2),
+    ];
+    for (bytes, line) in cases {
+        let err = parse_config_bytes(path, bytes.to_vec(), &no_env).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.0[0].line, *line, "{bytes:?}: {text}");
+        assert!(err.0[0].column >= 1, "{bytes:?}: {text}");
+        assert!(!text.contains("canary"), "{bytes:?}: {text}");
+    }
+}
+
 #[test]
 fn overlap_detection() {
     let sync = |name: &str, dest: &str, source: &str| {
@@ -1631,7 +1722,8 @@ fn load_config_reads_files_and_bounds_size() {
 /// the file (`0:0` only for errors about the file as a whole).
 fn check_errors(bytes: &[u8], e: &ConfigErrors) {
     assert!(!e.0.is_empty(), "{bytes:?}");
-    let lines = bytes.iter().filter(|b| **b == b'\n').count() as u64 + 2;
+    // YAML also ends lines at a lone CR.
+    let lines = bytes.iter().filter(|b| matches!(b, b'\n' | b'\r')).count() as u64 + 2;
     for error in &e.0 {
         assert!(!error.message.is_empty(), "{bytes:?}");
         assert!(!error.message.contains(['\n', '\r']), "{error}");

@@ -229,7 +229,7 @@ fn resolve_agent(
             ],
         )
     });
-    let max_file_size = report.value(raw.max_file_size.get(), 1024 * 1024, |s| {
+    let max_file_size = report.value(raw.max_file_size.get(), super::DEFAULT_MAX_FILE_SIZE, |s| {
         let n = parse_size(s).map_err(|e| format!("agent.max_file_size: {e}"))?;
         if n == 0 || n > MAX_FILE_SIZE_LIMIT {
             return Err(format!(
