@@ -37,6 +37,15 @@
 //!
 //! Relative paths (`agent.socket`, `agent.state_dir`, `source.files`) are
 //! resolved against the config file's directory.
+//!
+//! Errors never quote the value they are about, whatever the key: a secret
+//! pasted into the wrong key (or a whole `.env` pasted into agent.yaml)
+//! must not be echoed by `check`, `run` or `reload` into a terminal or the
+//! journal. A message names the key and what is accepted (for enumerated
+//! keys, the accepted words); `PATH:LINE:COL` points at the value. Quoted
+//! are only key names (the config's own and tag keys), a single offending
+//! character, and, in the cross-sync overlap checks, sync and secret names
+//! that already passed their own validation.
 
 mod raw;
 mod validate;
