@@ -387,6 +387,36 @@ fn socket_permissions_and_peer_credentials() {
     );
     let out = w.cli_with(&["reload", "--socket", sock], Some(NOBODY));
     assert_eq!(out.code, 1, "forbidden reload: {out:?}");
+    // A denied request with a made-up command (here the canary) is logged
+    // without it; `agent.stop()` below fails the test on a leak.
+    use std::os::unix::process::CommandExt;
+    let request = format!("{{\"id\":1,\"cmd\":\"{CANARY}\"}}\n");
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); \
+             s.sendall(sys.argv[2].encode()); print(s.makefile().readline())",
+            sock,
+            &request,
+        ])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .current_dir("/")
+        .output()
+        .expect("run python3 as nobody");
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(reply.contains("\"forbidden\""), "{reply} {out:?}");
+    eventually(
+        "the denial to be logged",
+        DEADLINE,
+        || {
+            agent
+                .stderr()
+                .contains("control request denied")
+                .then_some(())
+        },
+        || agent.stderr_tail(),
+    );
     let out = w.cli(&["resync", "--socket", sock]);
     assert_eq!(out.code, 0, "root may resync: {out:?}");
     agent.stop();

@@ -255,7 +255,13 @@ impl Connection {
         };
         let id = request.id.clone();
         if !auth::is_read_only(&request.cmd) && !self.authorized(peer) {
-            tracing::warn!(uid = peer.uid, pid = ?peer.pid, cmd = %request.cmd, "control request denied");
+            // Only command names the protocol knows reach the log: the rest
+            // is whatever a client sent, possibly pasted data.
+            let cmd = match request.cmd.as_str() {
+                known @ ("resync" | "reload") => known,
+                _ => "(unknown command)",
+            };
+            tracing::warn!(uid = peer.uid, pid = ?peer.pid, cmd, "control request denied");
             return Reply::err(
                 id,
                 ErrorCode::Forbidden,
