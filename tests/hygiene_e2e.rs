@@ -285,12 +285,14 @@ fn canary_values_never_leave_the_source_files() {
     }
     agent.stop();
 
-    // 6. The same agent with JSON logs: an update and an AWS error that
-    // quotes the whole value.
+    // 6. The same agent with JSON logs at the most verbose level (the
+    // SDK's wire-level targets stay capped): an update and an AWS error
+    // that quotes the whole value.
     let yaml = std::fs::read_to_string(&cfg).unwrap();
     assert!(yaml.contains("log_format: text"));
     std::fs::write(&cfg, yaml.replace("log_format: text", "log_format: json")).unwrap();
-    let agent = Agent::start(&w);
+    let mut agent = Agent::spawn_env(&w, &[("RUST_LOG", "trace")]);
+    agent.wait_ready(&w);
     w.wait_synced("app");
     let v5 = format!("{CANARY}-v5");
     w.proxy.inject(Fault::AwsError {
@@ -318,6 +320,10 @@ fn canary_values_never_leave_the_source_files() {
             serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"))
         })
         .collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "TRACE"),
+        "trace-level events were logged"
+    );
     assert!(
         lines.iter().any(|l| l["fields"]["error"]
             .as_str()
