@@ -1407,6 +1407,34 @@ fn errors_never_echo_a_value_pasted_into_the_wrong_key() {
     assert!(errors_seen > fields.len() * 3, "only {errors_seen} errors");
 }
 
+/// Found by the config fuzz test: a mapping used as a key at the top
+/// level (here made by a stray `?` in a sync's `options:`) stopped the
+/// typed read with an error that was dropped in favour of the key's own
+/// message, which was then never added: `check` printed nothing and
+/// exited 2.
+#[test]
+fn a_mapping_used_as_a_key_is_reported_even_when_the_read_stops() {
+    let text = format!(
+        "{HEADER}  - name: a\n    source: {{files: [/x.env]}}\n    options:\n?      # stray\n      initial_sync: overwrite-destination\n"
+    );
+    let err = parse(&text).unwrap_err();
+    assert!(!err.0.is_empty(), "an error without a message");
+    assert!(
+        err.0
+            .iter()
+            .any(|e| e.message.contains("a list or mapping used as a key")),
+        "{err}"
+    );
+    for text in [
+        "? {a: 1}\n: x\n".to_string(),
+        "? [a]\n: x\nagent: {id: w}\n".to_string(),
+        format!("{HEADER}? {{k: v}}\n: 1\n"),
+    ] {
+        let err = parse(&text).unwrap_err();
+        assert!(!err.0.is_empty(), "{text:?}: an error without a message");
+    }
+}
+
 #[test]
 fn type_errors_stop_after_fifty() {
     let mut text = String::from(HEADER);
