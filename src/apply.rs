@@ -144,7 +144,9 @@ pub async fn apply<S: SecretStore>(store: Arc<S>, plan: &Plan, concurrency: usiz
                 results.insert(name, (version, failure));
             }
             // A panicking task is a bug; its secrets are marked ERROR below.
-            Err(e) => tracing::error!(error = %e, "apply task failed"),
+            Err(e) => {
+                tracing::error!(error = %crate::logging::join_error_text(e), "apply task failed")
+            }
         }
     }
     let secrets = plan

@@ -436,7 +436,7 @@ impl<F: StoreFactory> Engine<F> {
                 () = &mut shutdown => break,
                 Some(joined) = self.inflight.join_next(), if !self.inflight.is_empty() => match joined {
                     Ok((name, done)) => self.finish_pass(&name, done),
-                    Err(e) => tracing::error!(error = %e, "pass task failed"),
+                    Err(e) => tracing::error!(error = %crate::logging::join_error_text(e), "pass task failed"),
                 },
                 request = self.rx.recv() => match request {
                     Some(r) => self.handle(r).await,
@@ -927,16 +927,19 @@ async fn read_files_blocking(job: SyncJob) -> Vec<FileView> {
     let files = job.files.clone();
     match tokio::task::spawn_blocking(move || job.read_files()).await {
         Ok(v) => v,
-        Err(e) => files
-            .iter()
-            .map(|f| FileView {
-                path: Path::new(f).to_path_buf(),
-                result: Err(crate::files::FileError::Io(format!(
-                    "reader task failed: {e}"
-                ))),
-                digest: None,
-            })
-            .collect(),
+        Err(e) => {
+            let e = crate::logging::join_error_text(e);
+            files
+                .iter()
+                .map(|f| FileView {
+                    path: Path::new(f).to_path_buf(),
+                    result: Err(crate::files::FileError::Io(format!(
+                        "reader task failed: {e}"
+                    ))),
+                    digest: None,
+                })
+                .collect()
+        }
     }
 }
 

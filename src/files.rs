@@ -1,8 +1,8 @@
 //! Reading a sync's source files: glob expansion, size limit, parse.
 //!
 //! The only IO before the pure stages. A file that is missing, unreadable,
-//! too large or does not parse is reported per file and never read as
-//! "empty": the reconcile then refuses to delete anything.
+//! too large, empty (0 bytes) or does not parse is reported per file and
+//! never read as "no keys": the reconcile then refuses to delete anything.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -26,6 +26,15 @@ pub enum FileError {
         /// The limit in bytes.
         max: u64,
     },
+    /// The file has no bytes at all. That is what a file looks like while
+    /// an editor or `> file` is rewriting it, or after a failed write, far
+    /// more often than a wish to remove every key; so it is not applied
+    /// and deletes nothing. A file meant to hold no keys says so with a
+    /// comment line.
+    #[error(
+        "file is empty (0 bytes); not applied and nothing deleted (a file meant to have no keys needs a comment line)"
+    )]
+    Empty,
     /// Format not configured and not guessable from the extension.
     #[error("cannot tell the format from the file name; set source.format to env or yaml")]
     UnknownFormat,
@@ -141,6 +150,9 @@ fn read_bytes(path: &Path, max_size: u64) -> Result<Vec<u8>, FileError> {
     if bytes.len() as u64 > max_size {
         return Err(FileError::TooLarge { max: max_size });
     }
+    if bytes.is_empty() {
+        return Err(FileError::Empty);
+    }
     Ok(bytes)
 }
 
@@ -179,6 +191,82 @@ mod tests {
             "{line}"
         );
         assert_eq!(v.result.unwrap_err(), FileError::TooLarge { max: 50 });
+    }
+
+    /// A 10 MB file under the default `max_file_size` (1 MiB): an error
+    /// naming the file and the setting, nothing of the content.
+    #[test]
+    fn ten_megabyte_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("huge.env");
+        let line = format!("TOKEN=canary-{}\n", "x".repeat(100));
+        std::fs::write(&p, line.repeat(10 * 1024 * 1024 / line.len() + 1)).unwrap();
+        let max = crate::config::DEFAULT_MAX_FILE_SIZE;
+        assert_eq!(max, 1024 * 1024);
+        let views = read_sources(&[p.display().to_string()], None, false, max);
+        assert_eq!(views.len(), 1);
+        let shown = views[0].error_line().unwrap();
+        assert!(shown.starts_with(&p.display().to_string()), "{shown}");
+        assert!(shown.contains("max_file_size (1048576 bytes)"), "{shown}");
+        assert!(!shown.contains("canary"), "{shown}");
+        assert_eq!(views[0].digest, None);
+    }
+
+    /// NUL bytes and invalid UTF-8 next to a value: `PATH:LINE:COL`, and
+    /// the value is not in the message.
+    #[test]
+    fn nul_and_invalid_utf8_name_file_and_line_not_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: &[(&str, &[u8], &str)] = &[
+            (
+                "a.env",
+                b"A=1\nTOKEN=canary-secret\0tail\n",
+                ":2:20: file contains a NUL byte",
+            ),
+            (
+                "b.env",
+                b"A=1\nTOKEN=\"canary-secret\xff\"\n",
+                ":2:21: file is not valid UTF-8",
+            ),
+            (
+                "c.yaml",
+                b"A: 1\nTOKEN: canary-secret\0\n",
+                ":2:21: file contains a NUL byte",
+            ),
+            (
+                "d.yaml",
+                b"A: 1\nTOKEN: 'canary-secret\xc3'\n",
+                ":2:22: file is not valid UTF-8",
+            ),
+            ("e.env", b"\0", ":1:1: file contains a NUL byte"),
+        ];
+        for (name, bytes, want) in cases {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            let shown = read_one(&p, None, false, 1024).error_line().unwrap();
+            assert_eq!(shown, format!("{}{want}", p.display()));
+            assert!(!shown.contains("canary"), "{shown}");
+        }
+    }
+
+    /// A file truncated to 0 bytes is an error, not "no keys"; a file that
+    /// says it has none (a comment, a blank line) is read as empty.
+    #[test]
+    fn zero_byte_file_is_an_error_but_a_comment_only_file_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a.env", "a.yaml"] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, "").unwrap();
+            let v = read_one(&p, None, false, 1024);
+            assert_eq!(v.result.as_ref().unwrap_err(), &FileError::Empty);
+            let line = v.error_line().unwrap();
+            assert!(line.contains("file is empty (0 bytes)"), "{line}");
+            for text in ["# no keys\n", "\n"] {
+                std::fs::write(&p, text).unwrap();
+                let v = read_one(&p, None, false, 1024);
+                assert!(v.result.unwrap().entries.is_empty(), "{name} {text:?}");
+            }
+        }
     }
 
     #[test]

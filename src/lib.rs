@@ -64,4 +64,6 @@ pub mod source;
 pub mod state;
 pub mod status;
 pub mod store;
+#[cfg(test)]
+mod test_rng;
 pub mod watch;

@@ -103,6 +103,48 @@ pub fn init_agent(agent: &AgentSettings) {
     }
 }
 
+/// What a panic payload may show: a string literal (`panic!("...")`,
+/// `unreachable!()`, `expect("...")` without a formatted error) cannot hold
+/// data from a file or from AWS; a formatted message can, so it is
+/// withheld (SPEC §5 rule 9: no values in panics).
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> &'static str {
+    payload
+        .downcast_ref::<&'static str>()
+        .copied()
+        .unwrap_or("(message withheld: a formatted panic message may contain data)")
+}
+
+/// A failed task (`JoinError`) as text for logs and status: tokio's own
+/// `Display` quotes the panic message, which [`panic_text`] filters.
+pub fn join_error_text(e: tokio::task::JoinError) -> String {
+    if e.is_cancelled() {
+        return "task cancelled".to_string();
+    }
+    match e.try_into_panic() {
+        Ok(payload) => format!("task panicked (a bug): {}", panic_text(payload.as_ref())),
+        Err(_) => "task failed".to_string(),
+    }
+}
+
+/// Replaces the default panic hook, which prints whatever the panic
+/// message holds, with one that prints the location and only literal
+/// messages ([`panic_text`]) to stderr and the log.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_else(|| "an unknown location".to_string());
+        let text = panic_text(info.payload());
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("unnamed");
+        eprintln!(
+            "secretsync: internal error (a bug; please report it): thread '{thread}' panicked at {location}: {text}"
+        );
+        tracing::error!(%location, thread, message = text, "internal error (panic)");
+    }));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +180,73 @@ mod tests {
     fn sdk_wire_logs_stay_off_at_trace() {
         assert!(!enabled(Some("trace"), Level::TRACE).0);
         assert!(!enabled(Some("aws_smithy_runtime=trace"), Level::TRACE).0);
+    }
+
+    const CANARY: &str = "canary-panic-71c2-must-not-leak";
+    const CHILD_ENV: &str = "SECRETSYNC_TEST_PANIC_CHILD";
+
+    #[test]
+    fn panic_text_shows_literals_only() {
+        let literal: Box<dyn std::any::Any + Send> = Box::new("index out of range");
+        assert_eq!(panic_text(literal.as_ref()), "index out of range");
+        let formatted: Box<dyn std::any::Any + Send> = Box::new(format!("bad value {CANARY}"));
+        assert!(!panic_text(formatted.as_ref()).contains("canary"));
+        assert!(panic_text(formatted.as_ref()).contains("withheld"));
+    }
+
+    #[tokio::test]
+    async fn join_errors_do_not_quote_panic_messages() {
+        let task = tokio::spawn(async {
+            if !CANARY.is_empty() {
+                panic!("value was {CANARY}");
+            }
+        });
+        let err = task.await.unwrap_err();
+        assert!(
+            err.to_string().contains("canary"),
+            "tokio quotes the message"
+        );
+        let text = join_error_text(err);
+        assert!(
+            text.contains("panicked") && !text.contains("canary"),
+            "{text}"
+        );
+    }
+
+    /// The installed hook, in a child process (a hook is process-wide):
+    /// a panic with a formatted message prints where, never what.
+    #[test]
+    fn panic_hook_prints_location_not_message() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "logging::tests::panic_hook_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(CHILD_ENV, "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "the child must panic: {stdout}");
+        assert!(
+            stderr.contains("secretsync: internal error") && stderr.contains("src/logging.rs:"),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("canary") && !stdout.contains("canary"),
+            "{stderr}"
+        );
+    }
+
+    #[test]
+    #[ignore = "helper process of panic_hook_prints_location_not_message"]
+    fn panic_hook_child() {
+        if std::env::var_os(CHILD_ENV).is_none() {
+            return;
+        }
+        install_panic_hook();
+        panic!("secret value: {CANARY}");
     }
 }

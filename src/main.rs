@@ -8,6 +8,7 @@ use secretsync::cli::{Cli, Command};
 use secretsync::{agent_cli, commands, daemon, logging, remove};
 
 fn main() -> ExitCode {
+    logging::install_panic_hook();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run { .. }) {
         logging::init_cli();

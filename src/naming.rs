@@ -40,8 +40,10 @@ pub enum TemplateError {
     /// `{{` without a matching `}}`.
     #[error("unclosed '{{{{' in template")]
     Unclosed,
-    /// A variable this tool does not know.
-    #[error("unknown template variable '{0}' (known: secretKey, environment, syncName)")]
+    /// A variable this tool does not know. Its name is part of a config
+    /// value, so the message does not quote it (the config error's
+    /// position points at the template).
+    #[error("unknown template variable (known: secretKey, environment, syncName)")]
     UnknownVariable(String),
     /// A known variable with no value in this context.
     #[error("template variable '{0}' has no value here")]
@@ -102,8 +104,7 @@ pub fn validate_secret_name(name: &str) -> Result<(), String> {
     }
     if let Some(bad) = name.chars().find(|c| !is_name_char(*c)) {
         return Err(format!(
-            "secret name '{}' contains {bad:?}, AWS allows only A-Z a-z 0-9 / _ + = . @ -",
-            name.escape_default()
+            "secret name contains {bad:?}, AWS allows only A-Z a-z 0-9 / _ + = . @ -"
         ));
     }
     Ok(())

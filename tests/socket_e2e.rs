@@ -387,6 +387,36 @@ fn socket_permissions_and_peer_credentials() {
     );
     let out = w.cli_with(&["reload", "--socket", sock], Some(NOBODY));
     assert_eq!(out.code, 1, "forbidden reload: {out:?}");
+    // A denied request with a made-up command (here the canary) is logged
+    // without it; `agent.stop()` below fails the test on a leak.
+    use std::os::unix::process::CommandExt;
+    let request = format!("{{\"id\":1,\"cmd\":\"{CANARY}\"}}\n");
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); \
+             s.sendall(sys.argv[2].encode()); print(s.makefile().readline())",
+            sock,
+            &request,
+        ])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .current_dir("/")
+        .output()
+        .expect("run python3 as nobody");
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(reply.contains("\"forbidden\""), "{reply} {out:?}");
+    eventually(
+        "the denial to be logged",
+        DEADLINE,
+        || {
+            agent
+                .stderr()
+                .contains("control request denied")
+                .then_some(())
+        },
+        || agent.stderr_tail(),
+    );
     let out = w.cli(&["resync", "--socket", sock]);
     assert_eq!(out.code, 0, "root may resync: {out:?}");
     agent.stop();
@@ -649,4 +679,94 @@ fn one_agent_per_socket_and_stale_sockets_are_replaced() {
         fourth.stderr_tail()
     );
     assert_eq!(std::fs::read_to_string(w.socket()).unwrap(), "not a socket");
+}
+
+/// Random byte streams (NUL, invalid UTF-8, lone CR, no final newline,
+/// 1 MiB lines with and without a newline), each on its own connection and
+/// then half-closed: every reply is a well-formed `bad_request` line, no
+/// stream stops the agent, and status answers after each one. The number
+/// of streams is `SECRETSYNC_FUZZ_CASES / 100` when set (default 40).
+#[test]
+fn fuzz_random_byte_streams_never_stop_the_agent() {
+    let w = World::new();
+    let file = w.write("app/app.env", &app_env());
+    w.config(&AgentOpts::default(), &[sync_entry("app", &[file], "")]);
+    let mut agent = Agent::start(&w);
+    w.wait_synced("app");
+    let sock = w.socket();
+
+    let streams = std::env::var("SECRETSYNC_FUZZ_CASES")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .map_or(40, |n| (n / 100).max(1));
+    let mut seed: u64 = 0x243f_6a88_85a3_08d3;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    const SYNTAX: &[u8] = b"{}[]\":,\\\0\r\n\xff\xc3 ";
+    let started = Instant::now();
+    for i in 0..streams {
+        let kind = i % 5;
+        let len = match kind {
+            3 | 4 => 1024 * 1024,
+            _ => (next() % 16384) as usize,
+        };
+        let mut bytes: Vec<u8> = (0..len)
+            .map(|_| match next() % 4 {
+                0 => next() as u8,
+                1 => SYNTAX[(next() % SYNTAX.len() as u64) as usize],
+                _ => b'a' + (next() % 26) as u8,
+            })
+            .collect();
+        match kind {
+            // No newline at all: one unterminated line, read at EOF.
+            1 => bytes.retain(|b| *b != b'\n'),
+            // Only NULs and invalid UTF-8 lead bytes, lines of them.
+            2 => bytes.iter_mut().for_each(|b| {
+                *b = [0u8, 0xff, 0xc3, 0xe2, b'\n'][(*b % 5) as usize];
+            }),
+            // A 1 MiB line without a newline.
+            3 => bytes.retain(|b| *b != b'\n'),
+            // A 1 MiB line, then a newline.
+            4 => {
+                bytes.retain(|b| *b != b'\n');
+                bytes.push(b'\n');
+            }
+            _ => {}
+        }
+        let lines = bytes.split(|b| *b == b'\n').count();
+        let mut c = Conn::open(&sock);
+        let mut reader = Conn::from_stream(c.stream.try_clone().unwrap());
+        let replies = std::thread::spawn(move || {
+            let mut n = 0usize;
+            while let Some(r) = reader.read_reply() {
+                assert_error(&r, "bad_request", &Value::Null);
+                n += 1;
+            }
+            n
+        });
+        // The agent closes a connection after an oversize line, so a write
+        // may fail part-way; that is expected.
+        let _ = c.send_raw(&bytes);
+        let _ = c.stream.shutdown(std::net::Shutdown::Write);
+        let n = replies.join().expect("reply reader");
+        assert!(n <= lines, "stream {i}: {n} replies to {lines} lines");
+        if kind >= 3 {
+            assert_eq!(n, 1, "stream {i}: one bad_request for an oversize line");
+        }
+        assert!(agent.alive(), "agent died on stream {i}");
+        let r = Conn::open(&sock).call(&json!({"id": i, "cmd": "status"}));
+        assert_eq!(r["ok"], true, "status after stream {i}: {r}");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "streams too slow"
+        );
+    }
+    let st = w.status_cli().expect("status works after the streams");
+    assert_eq!(st["syncs"][0]["sync_status"], "SYNCED");
+    agent.check_canary();
+    agent.stop();
 }

@@ -481,7 +481,7 @@ fn invalid_config_exits_2_with_positions() {
     let run = env.run(&["check", "--offline"]);
     assert_eq!(run.code, 2, "{}", run.stdout);
     for line in [
-        "agent.yaml:11:11: sync name 'Bad_Name'",
+        "agent.yaml:11:11: sync name contains 'B'",
         "agent.yaml:14:5: unknown key `unknown`, expected one of name,",
     ] {
         assert!(
@@ -490,6 +490,17 @@ fn invalid_config_exits_2_with_positions() {
             run.stderr
         );
     }
+
+    // A secret pasted into keys where it does not belong: `check` points
+    // at each one and quotes none (`run` fails the test on the canary).
+    env.config(&format!(
+        "  - name: a\n    source:\n      files: [/x.env]\n      format: \"{CANARY}\"\n    \
+         destination:\n      region: \"{CANARY}\"\n      key_schema: \"{CANARY} {{{{secretKey}}}}\"\n      \
+         role_arn: \"{CANARY}\"\n    options:\n      initial_sync: \"{CANARY}\"\n"
+    ));
+    let run = env.run(&["check", "--offline"]);
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    assert_eq!(run.stderr.lines().count(), 5, "{}", run.stderr);
 }
 
 #[test]

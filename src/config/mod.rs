@@ -37,6 +37,15 @@
 //!
 //! Relative paths (`agent.socket`, `agent.state_dir`, `source.files`) are
 //! resolved against the config file's directory.
+//!
+//! Errors never quote the value they are about, whatever the key: a secret
+//! pasted into the wrong key (or a whole `.env` pasted into agent.yaml)
+//! must not be echoed by `check`, `run` or `reload` into a terminal or the
+//! journal. A message names the key and what is accepted (for enumerated
+//! keys, the accepted words); `PATH:LINE:COL` points at the value. Quoted
+//! are only key names (the config's own and tag keys), a single offending
+//! character, and, in the cross-sync overlap checks, sync and secret names
+//! that already passed their own validation.
 
 mod raw;
 mod validate;
@@ -64,6 +73,10 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/secretsync/agent.yaml";
 
 /// Default control socket path (SPEC §2, §3); the CLI uses it too.
 pub const DEFAULT_SOCKET_PATH: &str = "/run/secretsync/control.sock";
+
+/// Default `agent.max_file_size` (1 MiB): larger source files are an
+/// error, not read.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 1024 * 1024;
 
 /// Default directory for remembered state (initial-sync markers, etc.).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/secretsync";
@@ -548,6 +561,18 @@ pub fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
     file.take(limit)
         .read_to_end(&mut bytes)
         .map_err(|e| ConfigErrors::file_level(path, format!("cannot read config file: {e}")))?;
+    parse_config_bytes(path, bytes, &|name| std::env::var(name).ok())
+}
+
+/// [`parse_config`] for the raw bytes of a config file: checks the size
+/// and UTF-8 (an error points at the first invalid byte) first. What
+/// [`load_config`] does after reading; the random-input tests feed it
+/// arbitrary bytes.
+pub fn parse_config_bytes(
+    path: &Path,
+    bytes: Vec<u8>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
     if bytes.len() > MAX_CONFIG_BYTES {
         return Err(ConfigErrors::file_level(
             path,
@@ -573,5 +598,5 @@ pub fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
             )]));
         }
     };
-    parse_config(path, &text, &|name| std::env::var(name).ok())
+    parse_config(path, &text, env)
 }

@@ -445,6 +445,36 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawRoot, Vec<ConfigError
         .map(|u| line_col(&u.at))
         .collect();
 
+    let aws_has_unknown_keys = unknown.iter().any(|u| std::ptr::eq(u.shape, &AWS));
+    let unknown_errors: Vec<ConfigError> = unknown
+        .iter()
+        .map(|unknown| {
+            let (line, column) = line_col(&unknown.at);
+            let key = match &unknown.key {
+                Some(key) => format!("unknown key `{key}`"),
+                None => "unknown key (a list or mapping used as a key)".to_string(),
+            };
+            ConfigError::new(
+                path,
+                line,
+                column,
+                format!(
+                    "{key}, expected one of {}",
+                    (unknown.shape.keys)().join(", ")
+                ),
+            )
+        })
+        .collect();
+    // Giving up early still reports every unknown key: one of them may be
+    // the only explanation of the type error that stopped the read (its
+    // own message is dropped in favour of the key's, above).
+    let give_up = |mut errors: Vec<ConfigError>, last: Option<ConfigError>| {
+        errors.extend(unknown_errors.iter().cloned());
+        errors.sort_by_key(|e| (e.line, e.column));
+        errors.extend(last);
+        ConfigErrors(errors)
+    };
+
     let mut errors = Vec::new();
     let mut skip = BTreeSet::new();
     let mut failed_passes = 0;
@@ -465,39 +495,24 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawRoot, Vec<ConfigError
                         skip.insert(node);
                     }
                     // Not attributable to a node: nothing more can be learned.
-                    _ => return Err(ConfigErrors(errors)),
+                    _ => return Err(give_up(errors, None)),
                 }
                 failed_passes += 1;
                 if failed_passes >= MAX_TYPE_ERRORS {
-                    errors.push(ConfigError::new(
+                    let stop = ConfigError::new(
                         path,
                         1,
                         1,
                         format!("too many errors ({MAX_TYPE_ERRORS}); fix these first"),
-                    ));
-                    return Err(ConfigErrors(errors));
+                    );
+                    return Err(give_up(errors, Some(stop)));
                 }
             }
         }
     };
 
-    for unknown in unknown {
-        root.aws_has_unknown_keys |= std::ptr::eq(unknown.shape, &AWS);
-        let (line, column) = line_col(&unknown.at);
-        let key = match &unknown.key {
-            Some(key) => format!("unknown key `{key}`"),
-            None => "unknown key (a list or mapping used as a key)".to_string(),
-        };
-        errors.push(ConfigError::new(
-            path,
-            line,
-            column,
-            format!(
-                "{key}, expected one of {}",
-                (unknown.shape.keys)().join(", ")
-            ),
-        ));
-    }
+    root.aws_has_unknown_keys = aws_has_unknown_keys;
+    errors.extend(unknown_errors);
     Ok((root, errors))
 }
 

@@ -17,7 +17,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
 use super::auth::{self, Peer};
-use super::proto::{ErrorCode, MAX_REQUEST_BYTES, Reply, Request};
+use super::proto::{ErrorCode, MAX_REQUEST_BYTES, Reply, Request, parse_request};
 use crate::config::Config;
 use crate::engine::{EngineError, EngineHandle, Request as EngineRequest};
 
@@ -249,19 +249,19 @@ impl Connection {
     }
 
     async fn answer(&self, peer: &Peer, line: &[u8]) -> Reply {
-        let request: Request = match serde_json::from_slice(line) {
+        let request = match parse_request(line) {
             Ok(r) => r,
-            Err(e) => {
-                let id = serde_json::from_slice::<Value>(line)
-                    .ok()
-                    .and_then(|v| v.get("id").cloned())
-                    .unwrap_or(Value::Null);
-                return Reply::err(id, ErrorCode::BadRequest, format!("invalid request: {e}"));
-            }
+            Err(reply) => return *reply,
         };
         let id = request.id.clone();
         if !auth::is_read_only(&request.cmd) && !self.authorized(peer) {
-            tracing::warn!(uid = peer.uid, pid = ?peer.pid, cmd = %request.cmd, "control request denied");
+            // Only command names the protocol knows reach the log: the rest
+            // is whatever a client sent, possibly pasted data.
+            let cmd = match request.cmd.as_str() {
+                known @ ("resync" | "reload") => known,
+                _ => "(unknown command)",
+            };
+            tracing::warn!(uid = peer.uid, pid = ?peer.pid, cmd, "control request denied");
             return Reply::err(
                 id,
                 ErrorCode::Forbidden,

@@ -1863,7 +1863,7 @@ NEW_KEY: \"v\"
 
     // -- property tests ----------------------------------------------------
 
-    use crate::source::test_rng::Rng;
+    use crate::test_rng::{Rng, cases};
 
     const ATOMS: &[&str] = &[
         "a", "Z", "0", "9", "_", ".", " ", "  ", "\t", "\n", "\r\n", "\r", "\"", "'", "#", " #",
@@ -1991,10 +1991,11 @@ NEW_KEY: \"v\"
     }
 
     #[test]
-    fn env_round_trip_property() {
-        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    fn fuzz_env_write_back_round_trip() {
+        let mut rng = Rng::seeded(0x2545_f491_4f6c_dd1d);
+        let total = cases(4000);
         let mut cases = 0;
-        while cases < 4000 {
+        while cases < total {
             let text = random_env(&mut rng);
             let Ok(before) = parse_env(&text, false) else {
                 continue;
@@ -2127,15 +2128,19 @@ NEW_KEY: \"v\"
     }
 
     #[test]
-    fn yaml_round_trip_property() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    fn fuzz_yaml_write_back_round_trip() {
+        let mut rng = Rng::seeded(0x9e37_79b9_7f4a_7c15);
+        let total = cases(4000);
         let mut cases = 0;
         let mut rejected = 0;
-        while cases < 4000 {
+        while cases < total {
             let text = random_yaml(&mut rng);
             let Ok(before) = parse_yaml(&text, false) else {
                 rejected += 1;
-                assert!(rejected < 400, "generator makes invalid YAML: {text:?}");
+                assert!(
+                    rejected < total / 10 + 1,
+                    "generator makes invalid YAML: {text:?}"
+                );
                 continue;
             };
             cases += 1;
@@ -2166,14 +2171,14 @@ NEW_KEY: \"v\"
     /// parses must read back (checked inside `apply`; here it must not be
     /// a panic).
     #[test]
-    fn never_panics_on_mutated_files() {
+    fn fuzz_write_back_on_mutated_files() {
         const SPICE: &[&str] = &[
             "\"", "'", "\\", "#", " #", "\n", "\r\n", "\r", ":", ": ", "|", ">", "{", "}", "[",
             ",", "&a ", "!!str ", "- ", "? ", "---\n", "...\n", "=", "export ", "\u{feff}", "\t",
             "  ", "é",
         ];
-        let mut rng = Rng(0x1234_5678_9abc_def1);
-        for i in 0..3000 {
+        let mut rng = Rng::seeded(0x1234_5678_9abc_def1);
+        for i in 0..cases(3000) {
             let (format, text) = if i % 2 == 0 {
                 (SourceFormat::Env, random_env(&mut rng))
             } else {
@@ -2206,6 +2211,63 @@ NEW_KEY: \"v\"
                 Err(WriteBackError::Unsupported { .. }) => {}
                 Err(e) => panic!("{text:?}: {e}"),
             }
+            // The import's entry point, with either `expand`: what it
+            // returns reads back with every edited key at its new value.
+            let expand = rng.chance(2);
+            check_apply_checked(&text, format, &edits, expand);
+        }
+    }
+
+    /// `apply_checked` either refuses (never a panic, never an IO error)
+    /// or returns text in which, read with `expand`, every edited key has
+    /// its new value; without `expand` the other keys keep theirs.
+    fn check_apply_checked(text: &str, format: SourceFormat, edits: &[Edit], expand: bool) {
+        match apply_checked(text, format, edits, expand) {
+            Ok(out) => {
+                let after = parse_text(&out, format, expand)
+                    .unwrap_or_else(|e| panic!("{text:?} -> {out:?} ({expand}): {e}"));
+                for (key, value) in collapse(edits) {
+                    assert!(
+                        after.get(key).is_some_and(|e| e.value == *value),
+                        "{text:?} -> {out:?} ({expand}): key {key} does not read back"
+                    );
+                }
+                if !expand {
+                    let before = parse_text(text, format, false)
+                        .unwrap_or_else(|e| panic!("accepted unparseable {text:?}: {e}"));
+                    assert_eq!(map_of(&after), expected(&before, edits), "{text:?}");
+                }
+            }
+            Err(
+                WriteBackError::Parse(_)
+                | WriteBackError::Unsupported { .. }
+                | WriteBackError::Verify { .. },
+            ) => {}
+            Err(e) => panic!("{text:?}: unexpected error {e}"),
+        }
+    }
+
+    /// `apply_checked` on arbitrary bytes (lossily decoded, so invalid
+    /// UTF-8 turns into U+FFFD) and arbitrary edits never panics and never
+    /// returns text that reads back wrong.
+    #[test]
+    fn fuzz_apply_checked_on_random_text() {
+        const SYNTAX: &[u8] = b" \n\n\t\"'\\$={}[]:#-|>&*!?,\r";
+        let mut rng = Rng::seeded(0x5851_f42d_4c95_7f2d);
+        for _ in 0..cases(20_000) {
+            let len = rng.below(80);
+            let bytes = rng.bytes(len, SYNTAX);
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let format = if rng.chance(2) {
+                SourceFormat::Env
+            } else {
+                SourceFormat::Yaml
+            };
+            let keys: Vec<String> = parse_text(&text, format, false)
+                .map(|f| f.entries.iter().map(|e| e.key.clone()).collect())
+                .unwrap_or_default();
+            let edits = random_edits(&mut rng, &keys, format == SourceFormat::Yaml);
+            check_apply_checked(&text, format, &edits, rng.chance(2));
         }
     }
 

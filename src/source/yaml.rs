@@ -1000,7 +1000,7 @@ mod tests {
 
     #[test]
     fn deep_nesting_errors_without_recursion() {
-        for n in [10, 64, 65, 1000, 100_000] {
+        for n in [10, 64, 65, 1000, 10_000, 100_000] {
             for input in [
                 format!("A: {}", "[".repeat(n)),
                 format!("A: {}", "{a: ".repeat(n)),

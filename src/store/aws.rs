@@ -662,8 +662,33 @@ const REJECTED_CODES: &[&str] = &[
     "SerializationException",
 ];
 
-/// Text for an AWS error: code, message and request id. If AWS ever echoed
-/// the value we sent, the message is withheld rather than logged.
+/// Shortest run of a value's characters that, found in an AWS error
+/// message, counts as an echo of the value.
+const ECHO_WINDOW: usize = 8;
+
+/// Whether `message` quotes `value` or a piece of it: the whole value, or
+/// any [`ECHO_WINDOW`] consecutive characters of it (AWS-style messages
+/// quote input truncated, e.g. `Value 'abc...' at 'secretString'`). A value
+/// shorter than the window counts when it appears whole. Errs towards
+/// withholding: a stray match costs an error message's detail, a miss
+/// would put (part of) a secret into logs and status.
+fn echoes(message: &str, value: &str) -> bool {
+    if value.is_empty() {
+        return false;
+    }
+    let starts: Vec<usize> = value.char_indices().map(|(i, _)| i).collect();
+    if starts.len() <= ECHO_WINDOW {
+        return message.contains(value);
+    }
+    (0..=starts.len() - ECHO_WINDOW).any(|i| {
+        let end = starts.get(i + ECHO_WINDOW).copied().unwrap_or(value.len());
+        message.contains(&value[starts[i]..end])
+    })
+}
+
+/// Text for an AWS error: code, message and request id. If the message
+/// quotes the value we sent, or any piece of it ([`echoes`]), it is
+/// withheld rather than logged.
 fn describe(
     code: Option<&str>,
     message: Option<&str>,
@@ -672,10 +697,10 @@ fn describe(
 ) -> String {
     let mut text = code.unwrap_or("UnknownError").to_owned();
     if let Some(message) = message.filter(|m| !m.is_empty()) {
-        let leaks = sent.is_some_and(|v| !v.is_empty() && message.contains(v.expose()));
+        let leaks = sent.is_some_and(|v| echoes(message, v.expose()));
         text.push_str(": ");
         text.push_str(if leaks {
-            "(message withheld: it contained the secret value)"
+            "(message withheld: it quoted the secret value)"
         } else {
             message
         });
@@ -1149,6 +1174,43 @@ mod tests {
         let text = err.to_string();
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("withheld"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn message_echoing_part_of_the_value_is_withheld() {
+        let value = "canary-0123456789-must-not-leak";
+        for message in [
+            "Value 'canary-012...' at 'secretString' failed to satisfy constraint",
+            "invalid character in '...6789-must-...'",
+            "Value at 'secretString' ends with 'not-leak'",
+        ] {
+            let rule = put_rule(400, "ValidationException", message);
+            let store = mocked(&[&rule]);
+            let err = store
+                .put_value("a", &SecretValue::new(value), &token())
+                .await
+                .expect_err("rejected");
+            let text = err.to_string();
+            assert!(text.contains("withheld"), "{message}: {text}");
+            assert!(
+                text.starts_with("PutSecretValue: rejected by AWS: ValidationException"),
+                "{text}"
+            );
+            assert!(!text.contains("canary") && !text.contains("leak"), "{text}");
+        }
+    }
+
+    #[test]
+    fn echo_detection() {
+        assert!(echoes("x 'abcdefgh' y", "abcdefghij"));
+        assert!(echoes("x 'ghij' y", "ghij"));
+        assert!(echoes("äöü€abcd", "xäöü€abcdz"));
+        assert!(!echoes("x 'abcdefg' y", "abcdefghij"));
+        assert!(!echoes("anything", ""));
+        assert!(!echoes(
+            "Member must have length less than or equal to 65536",
+            "s3cr3t-Value!"
+        ));
     }
 
     fn entry(name: &str, sync: &str) -> SecretListEntry {

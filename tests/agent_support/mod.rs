@@ -154,11 +154,18 @@ impl World {
     /// Writes agent.yaml with `opts` and the given `syncs:` entries (see
     /// [`sync_entry`]).
     pub fn config(&self, opts: &AgentOpts, syncs: &[String]) -> PathBuf {
+        self.config_for(&self.agent_path(""), "e2e-agent", opts, syncs)
+    }
+
+    /// Like [`World::config`] for another agent on the same moto: its own
+    /// `agent.id`, with config, socket (`run/control.sock`) and state
+    /// under `dir`. Start it with [`Agent::spawn_at`].
+    pub fn config_for(&self, dir: &Path, id: &str, opts: &AgentOpts, syncs: &[String]) -> PathBuf {
         let text = format!(
-            "agent:\n  id: e2e-agent\n  socket: {socket}\n  socket_mode: \"{mode}\"\n  state_dir: {state}\n  debounce: {debounce}ms\n  reconcile_interval: {interval}\n  shutdown_timeout: {shutdown}\n  log_format: text\n  log_level: debug\naws:\n  region: us-east-1\n  endpoint_url: {ep}\n  max_write_tps: 1000\n  max_read_tps: 1000\n  call_timeout: 2s\n{extra}syncs:\n{syncs}",
-            socket = self.socket().display(),
+            "agent:\n  id: {id}\n  socket: {socket}\n  socket_mode: \"{mode}\"\n  state_dir: {state}\n  debounce: {debounce}ms\n  reconcile_interval: {interval}\n  shutdown_timeout: {shutdown}\n  log_format: text\n  log_level: debug\naws:\n  region: us-east-1\n  endpoint_url: {ep}\n  max_write_tps: 1000\n  max_read_tps: 1000\n  call_timeout: 2s\n{extra}syncs:\n{syncs}",
+            socket = dir.join("run/control.sock").display(),
             mode = opts.socket_mode,
-            state = self.agent_path("state").display(),
+            state = dir.join("state").display(),
             debounce = DEBOUNCE.as_millis(),
             interval = opts.reconcile_interval,
             shutdown = opts.shutdown_timeout,
@@ -166,8 +173,8 @@ impl World {
             extra = opts.extra,
             syncs = syncs.concat(),
         );
-        let p = self.config_path();
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let p = dir.join("agent.yaml");
+        std::fs::create_dir_all(dir).unwrap();
         std::fs::write(&p, text).unwrap();
         p
     }
@@ -244,7 +251,15 @@ impl World {
 
     /// The status entry of sync `name`.
     pub fn sync_status(&self, name: &str) -> Value {
-        let st = self.status();
+        self.sync_status_at(&self.socket(), name)
+    }
+
+    /// The status entry of sync `name` of the agent listening on `socket`.
+    pub fn sync_status_at(&self, socket: &Path, name: &str) -> Value {
+        let mut c = Conn::open(socket);
+        let reply = c.call(&json!({"id": "st", "cmd": "status"}));
+        assert_eq!(reply["ok"], true, "status failed: {reply}");
+        let st = &reply["result"];
         st["syncs"]
             .as_array()
             .unwrap()
@@ -377,6 +392,68 @@ impl World {
         }
     }
 
+    /// Tags of `name` in moto.
+    pub fn tags(&self, name: &str) -> std::collections::BTreeMap<String, String> {
+        self.rt.block_on(async {
+            let d = self
+                .client
+                .describe_secret()
+                .secret_id(name)
+                .send()
+                .await
+                .unwrap();
+            d.tags()
+                .iter()
+                .map(|t| {
+                    (
+                        t.key().unwrap_or_default().to_string(),
+                        t.value().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+    }
+
+    /// Version ids of `name` with their stages, deprecated ones included.
+    pub fn version_ids(&self, name: &str) -> Vec<(String, Vec<String>)> {
+        self.rt.block_on(async {
+            let mut v: Vec<(String, Vec<String>)> = self
+                .client
+                .list_secret_version_ids()
+                .secret_id(name)
+                .include_deprecated(true)
+                .send()
+                .await
+                .unwrap()
+                .versions()
+                .iter()
+                .map(|v| {
+                    let mut stages = v.version_stages().to_vec();
+                    stages.sort();
+                    (v.version_id().unwrap_or_default().to_string(), stages)
+                })
+                .collect();
+            v.sort();
+            v
+        })
+    }
+
+    /// Creates `name` straight in moto with `tags`, as someone else would.
+    pub fn create_foreign(&self, name: &str, value: &str, tags: &[(&str, &str)]) {
+        self.rt.block_on(async {
+            let mut req = self.client.create_secret().name(name).secret_string(value);
+            for (k, v) in tags {
+                req = req.tags(
+                    aws_sdk_secretsmanager::types::Tag::builder()
+                        .key(*k)
+                        .value(*v)
+                        .build(),
+                );
+            }
+            req.send().await.unwrap();
+        });
+    }
+
     /// Secret ids of the `PutSecretValue` calls seen by the proxy.
     pub fn put_ids(&self) -> Vec<String> {
         self.proxy
@@ -465,6 +542,48 @@ impl Agent {
             socket: world.socket(),
             stderr_path,
             config,
+        }
+    }
+
+    /// Spawns an agent on the config `config` (see [`World::config_for`])
+    /// and waits until its socket answers `status`.
+    pub fn spawn_at(world: &World, config: &Path) -> Agent {
+        let dir = config.parent().expect("config in a directory");
+        let n = NEXT_LOG.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stderr_path = world.agent_path(&format!("agent-{n}.stderr"));
+        let stdout_path = world.agent_path(&format!("agent-{n}.stdout"));
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout_path).unwrap())
+            .stderr(File::create(&stderr_path).unwrap());
+        agent_env(&mut cmd);
+        die_with_parent(&mut cmd);
+        let mut agent = Agent {
+            child: Some(cmd.spawn().expect("spawn secretsync run")),
+            socket: dir.join("run/control.sock"),
+            stderr_path,
+            config: config.to_path_buf(),
+        };
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(st) = agent.try_wait() {
+                panic!("agent exited ({st}); stderr:\n{}", agent.stderr_tail());
+            }
+            if let Ok(stream) = UnixStream::connect(&agent.socket) {
+                let r = Conn::from_stream(stream).call(&json!({"id": "ready", "cmd": "status"}));
+                if r["ok"] == true {
+                    return agent;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready within {DEADLINE:?}; stderr:\n{}",
+                agent.stderr_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
