@@ -62,6 +62,9 @@ pub async fn check(path: &std::path::Path, offline: bool) -> Exit {
         config.path.display(),
         config.syncs.len()
     );
+    if let Some(addr) = config.agent.metrics_listen {
+        println!("metrics: the agent serves Prometheus text at http://{addr}/metrics");
+    }
     let jobs: Vec<SyncJob> = config
         .syncs
         .iter()

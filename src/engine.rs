@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::{self, Config};
 use crate::files::FileView;
+use crate::metrics::Metrics;
 use crate::plan::{SecretState, TokenKey};
 use crate::reconcile::{self, Mode, PassResult, SyncJob};
 use crate::report::{self, Report, StateCounts, SyncReport, SyncStatus};
@@ -49,14 +50,20 @@ pub trait StoreFactory: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Arc<Self::Store>, StoreError>> + Send;
 }
 
-/// Production factory: one [`AwsStore`] per connection.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct AwsStoreFactory;
+/// Production factory: one [`AwsStore`] per connection, counting its
+/// calls into `metrics` when set.
+#[derive(Debug, Default, Clone)]
+pub struct AwsStoreFactory {
+    /// Where AWS calls are counted (`agent.metrics_listen` set).
+    pub metrics: Option<Arc<Metrics>>,
+}
 
 impl StoreFactory for AwsStoreFactory {
     type Store = AwsStore;
     async fn connect(&self, conn: &Connection) -> Result<Arc<AwsStore>, StoreError> {
-        AwsStore::connect(conn).await.map(Arc::new)
+        AwsStore::connect_with_metrics(conn, self.metrics.clone())
+            .await
+            .map(Arc::new)
     }
 }
 
@@ -202,6 +209,11 @@ struct Slot {
     failures: u32,
     /// First file event since the last pass started.
     burst_start: Option<Instant>,
+    /// First file event not yet carried to AWS (propagation latency).
+    event_at: Option<Instant>,
+    /// When the running pass started, and the event it carries.
+    pass_started: Option<Instant>,
+    pass_event_at: Option<Instant>,
     view: SyncStatusView,
 }
 
@@ -247,6 +259,9 @@ impl Slot {
             last_good: BTreeMap::new(),
             failures: 0,
             burst_start: None,
+            event_at: None,
+            pass_started: None,
+            pass_event_at: None,
         }
     }
 
@@ -255,6 +270,9 @@ impl Slot {
         self.digests = old.digests;
         self.last_good = old.last_good;
         self.running = old.running;
+        self.event_at = old.event_at;
+        self.pass_started = old.pass_started;
+        self.pass_event_at = old.pass_event_at;
         self.riding = old.riding;
         self.waiting = old.waiting;
         self.view.last_synced_at = old.view.last_synced_at;
@@ -304,9 +322,17 @@ pub struct Engine<F: StoreFactory> {
     /// Why the state file cannot be written (blocks imports).
     state_error: Option<String>,
     token_key: TokenKey,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<F: StoreFactory> Engine<F> {
+    /// Records passes, latencies, secret states and reloads into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self.publish();
+        self
+    }
+
     /// Builds an engine for a validated config. With `watch_files`, a
     /// directory watcher feeds file events (tests may send
     /// [`Request::FilesChanged`] themselves instead).
@@ -351,6 +377,7 @@ impl<F: StoreFactory> Engine<F> {
             fs_rx,
             state_warned: false,
             state_error: None,
+            metrics: None,
         };
         let config = Arc::clone(&engine.config);
         // Persist a new token key before any write uses it.
@@ -412,6 +439,9 @@ impl<F: StoreFactory> Engine<F> {
             agent: self.agent.clone(),
             syncs: self.slots.values().map(|s| s.view.clone()).collect(),
         };
+        if let Some(m) = &self.metrics {
+            m.observe_status(&status);
+        }
         self.status_tx.send_replace(Arc::new(status));
     }
 
@@ -508,6 +538,7 @@ impl<F: StoreFactory> Engine<F> {
                 // Quiet period: each event pushes the deadline back, up
                 // to MAX_DEBOUNCE_PERIODS after the burst's first event.
                 let start = *slot.burst_start.get_or_insert(now);
+                slot.event_at.get_or_insert(now);
                 let due = (now + debounce).min(start + debounce * MAX_DEBOUNCE_PERIODS);
                 slot.due = Some(slot.due.map_or(due, |d| d.max(due)));
                 any = true;
@@ -615,6 +646,12 @@ impl<F: StoreFactory> Engine<F> {
                         "agent.socket / log_format / log_level changes take effect after a restart"
                     );
                 }
+                if new.agent.metrics_listen != self.config.agent.metrics_listen {
+                    tracing::warn!("agent.metrics_listen changes take effect after a restart");
+                }
+                if let Some(m) = &self.metrics {
+                    m.config_reload(true);
+                }
                 let new = Arc::new(new);
                 self.install_config(&new);
                 self.config = new;
@@ -630,6 +667,9 @@ impl<F: StoreFactory> Engine<F> {
                     tracing::error!("{line}");
                 }
                 tracing::error!("reload rejected; the previous config keeps running");
+                if let Some(m) = &self.metrics {
+                    m.config_reload(false);
+                }
                 self.agent.config_error = Some(text.clone());
                 self.publish();
                 Err(EngineError::InvalidConfig(text))
@@ -717,6 +757,8 @@ impl<F: StoreFactory> Engine<F> {
             };
             slot.due = None;
             slot.burst_start = None;
+            slot.pass_started = Some(Instant::now());
+            slot.pass_event_at = slot.event_at.take();
             slot.running = true;
             slot.riding = std::mem::take(&mut slot.waiting);
             let mode = if slot.auto_sync || slot.explicit {
@@ -761,6 +803,8 @@ impl<F: StoreFactory> Engine<F> {
         };
         slot.running = false;
         let riders = std::mem::take(&mut slot.riding);
+        let started = slot.pass_started.take();
+        let event_at = slot.pass_event_at.take();
         if done.skipped {
             if slot.view.sync_status == SyncStatus::Running {
                 slot.view.sync_status = SyncStatus::Synced;
@@ -790,6 +834,11 @@ impl<F: StoreFactory> Engine<F> {
                 slot.view.last_imported_at = Some(now.clone());
             }
         }
+        let wrote = done
+            .result
+            .as_ref()
+            .and_then(|r| r.applied.as_ref())
+            .is_some_and(|a| a.outcomes.contains(&crate::apply::Outcome::Ok));
         let (report, transient) = match (done.setup_error, done.result) {
             (Some(e), _) => (
                 failed_report(&slot.job, format!("cannot set up AWS client: {e}")),
@@ -822,7 +871,26 @@ impl<F: StoreFactory> Engine<F> {
         if report.sync_status == SyncStatus::Synced && done.mode == Mode::Apply {
             slot.view.last_synced_at = Some(now);
         }
+        if let Some(m) = &self.metrics {
+            let finished = Instant::now();
+            if let Some(started) = started {
+                m.pass_finished(name, report.sync_status, finished - started);
+            }
+            if report.sync_status == SyncStatus::Synced && done.mode == Mode::Apply {
+                let unix = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                m.sync_succeeded(name, unix);
+                if let Some(at) = event_at.filter(|_| wrote) {
+                    m.propagated(name, finished - at);
+                }
+            }
+        }
         if transient {
+            // The edit has not reached AWS yet: the retry carries its time.
+            if let Some(at) = event_at {
+                slot.event_at = Some(slot.event_at.map_or(at, |e| e.min(at)));
+            }
             slot.failures = slot.failures.saturating_add(1);
             let delay = backoff(slot.failures);
             slot.force = true;

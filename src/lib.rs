@@ -51,6 +51,7 @@ pub mod exit;
 pub mod files;
 pub mod import;
 pub mod logging;
+pub mod metrics;
 pub mod naming;
 pub mod plan;
 pub mod reconcile;

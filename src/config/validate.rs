@@ -239,9 +239,17 @@ fn resolve_agent(
         Ok(n)
     });
     let metrics_listen = report.value(raw.metrics_listen.get(), None, |s| {
-        s.trim().parse::<SocketAddr>().map(Some).map_err(|_| {
+        let addr = s.trim().parse::<SocketAddr>().map_err(|_| {
             format!("agent.metrics_listen must be IP:PORT such as 127.0.0.1:9469, got '{s}'")
-        })
+        })?;
+        // The endpoint has no authentication: loopback only (scrape
+        // through a local agent or reverse proxy from elsewhere).
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "agent.metrics_listen must be a loopback address (127.0.0.0/8 or ::1), got '{s}'"
+            ));
+        }
+        Ok(Some(addr))
     });
 
     AgentSettings {

@@ -27,6 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::error::Error as StdError;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
@@ -35,7 +36,12 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_secretsmanager as sm;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::retries::RequestAttempts;
 use sm::config::http::HttpResponse;
+use sm::config::interceptors::FinalizerInterceptorContextRef;
+use sm::config::{ConfigBag, Intercept, RuntimeComponents};
 use sm::error::{ConnectorError, ProvideErrorMetadata, SdkError};
 use sm::operation::RequestId;
 use sm::types::{Filter, FilterNameStringType, ReplicaRegionType, SecretListEntry, Tag};
@@ -45,6 +51,7 @@ use super::{
     BATCH_GET_MAX, Connection, CreateSecret, LIST_PAGE_MAX, NAME_FILTER_MAX, RemoteSecret,
     RemoteValue, SecretStore, StoreError, ValueRead, WriteResult,
 };
+use crate::metrics::Metrics;
 use crate::naming::TAG_SYNC;
 use crate::secret::SecretValue;
 
@@ -155,6 +162,16 @@ impl AwsStore {
     /// and retries; assumed credentials are cached and refreshed before they
     /// expire.
     pub async fn connect(conn: &Connection) -> Result<AwsStore, StoreError> {
+        Self::connect_with_metrics(conn, None).await
+    }
+
+    /// [`AwsStore::connect`], and with `metrics` every API call, retry and
+    /// throttled attempt is counted there (by an SDK interceptor, so the
+    /// counts are per HTTP exchange, not per store method).
+    pub async fn connect_with_metrics(
+        conn: &Connection,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<AwsStore, StoreError> {
         if conn.region.trim().is_empty() {
             return Err(StoreError::Config("AWS region is empty".into()));
         }
@@ -193,6 +210,9 @@ impl AwsStore {
                 assume = assume.external_id(external_id);
             }
             builder = builder.credentials_provider(assume.build().await);
+        }
+        if let Some(metrics) = metrics {
+            builder = builder.interceptor(MetricsInterceptor(metrics));
         }
         let client = sm::Client::from_conf(builder.build());
         Ok(Self::from_client(
@@ -602,6 +622,90 @@ impl SecretStore for AwsStore {
         log_call(OP_LIST, "(probe)", &result);
         result
     }
+}
+
+/// Counts calls, retries and throttled attempts into [`Metrics`]. Reads
+/// only the status, the error-type header and, for error responses, the
+/// error body's `__type` (error bodies carry no values).
+#[derive(Debug)]
+struct MetricsInterceptor(Arc<Metrics>);
+
+impl MetricsInterceptor {
+    fn operation(cfg: &ConfigBag) -> &str {
+        cfg.load::<Metadata>().map_or("unknown", Metadata::name)
+    }
+}
+
+impl Intercept for MetricsInterceptor {
+    fn name(&self) -> &'static str {
+        "secretsync-metrics"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let op = Self::operation(cfg);
+        if cfg
+            .load::<RequestAttempts>()
+            .is_some_and(|a| a.attempts() > 1)
+        {
+            self.0.aws_retried(op);
+        }
+        if response_outcome(context.response()) == "throttled" {
+            self.0.aws_throttled(op);
+        }
+        Ok(())
+    }
+
+    fn read_after_execution(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0
+            .aws_call(Self::operation(cfg), response_outcome(context.response()));
+        Ok(())
+    }
+}
+
+/// Outcome class of one HTTP exchange: `ok`, or [`StoreError::kind`] of the
+/// error it maps to (`unavailable` when no response arrived).
+fn response_outcome(response: Option<&HttpResponse>) -> &'static str {
+    let Some(response) = response else {
+        return "unavailable";
+    };
+    let status = response.status().as_u16();
+    if (200..300).contains(&status) {
+        return "ok";
+    }
+    let code = error_code(response);
+    from_code("", code.as_deref(), None, Some(status), None, None).kind()
+}
+
+/// The AWS error code of an error response: the `x-amzn-errortype` header,
+/// else the JSON body's `__type` (or `code`), without namespace or suffix.
+fn error_code(response: &HttpResponse) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(rename = "__type")]
+        kind: Option<String>,
+        code: Option<String>,
+    }
+    let raw = response
+        .headers()
+        .get("x-amzn-errortype")
+        .map(str::to_owned)
+        .or_else(|| {
+            let bytes = response.body().bytes()?;
+            let body: Body = serde_json::from_slice(bytes).ok()?;
+            body.kind.or(body.code)
+        })?;
+    let after_ns = raw.rsplit('#').next().unwrap_or(&raw);
+    Some(after_ns.split(':').next().unwrap_or(after_ns).to_owned())
 }
 
 /// Error codes that mean "slow down".

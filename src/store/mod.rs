@@ -140,6 +140,19 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Throttled { .. } | Self::Unavailable { .. })
     }
+
+    /// A short class name for metrics labels (bounded set, no message).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Throttled { .. } => "throttled",
+            Self::Unavailable { .. } => "unavailable",
+            Self::NotFound { .. } => "not_found",
+            Self::AlreadyExists { .. } => "already_exists",
+            Self::AccessDenied { .. } => "access_denied",
+            Self::Rejected { .. } => "rejected",
+            Self::Config(_) => "config",
+        }
+    }
 }
 
 /// A secrets backend. Implementations pace and retry on their own; errors
