@@ -139,6 +139,8 @@ async fn passes(
         .map(|s| {
             let mut job = SyncJob::from_config(&config, s).with_token_key(token_key);
             job.state_unwritable = state_unwritable.clone();
+            // A one-shot pass is the operator looking: show replicas as AWS has them.
+            job.describe_replicas = crate::plan::DescribeReplicas::All;
             job
         })
         .collect();

@@ -21,14 +21,14 @@ use tokio::time::Instant;
 use crate::config::{self, Config};
 use crate::files::FileView;
 use crate::metrics::Metrics;
-use crate::plan::{SecretState, TokenKey};
+use crate::plan::{DescribeReplicas, SecretState, TokenKey};
 use crate::reconcile::{self, Mode, PassResult, SyncJob};
 use crate::report::{self, Report, StateCounts, SyncReport, SyncStatus};
 use crate::source::ParsedFile;
 use crate::state::State;
 use crate::status::{AgentStatus, Status, SyncStatusView};
 use crate::store::aws::AwsStore;
-use crate::store::{Connection, SecretStore, StoreError};
+use crate::store::{Connection, ReplicaStatus, SecretStore, StoreError};
 use crate::watch::{self as fswatch, DirWatcher};
 
 /// Longest wait between retries of a sync whose pass failed transiently.
@@ -214,6 +214,11 @@ struct Slot {
     /// When the running pass started, and the event it carries.
     pass_started: Option<Instant>,
     pass_event_at: Option<Instant>,
+    /// The next pass describes every owned secret's replicas (first pass,
+    /// drift timer, after a failed pass).
+    describe_all: bool,
+    /// Last known replicas per secret name, shown in status.
+    replicas: BTreeMap<String, Vec<ReplicaStatus>>,
     view: SyncStatusView,
 }
 
@@ -262,6 +267,8 @@ impl Slot {
             event_at: None,
             pass_started: None,
             pass_event_at: None,
+            describe_all: true,
+            replicas: BTreeMap::new(),
         }
     }
 
@@ -273,6 +280,7 @@ impl Slot {
         self.event_at = old.event_at;
         self.pass_started = old.pass_started;
         self.pass_event_at = old.pass_event_at;
+        self.replicas = old.replicas;
         self.riding = old.riding;
         self.waiting = old.waiting;
         self.view.last_synced_at = old.view.last_synced_at;
@@ -513,6 +521,7 @@ impl<F: StoreFactory> Engine<F> {
             tracing::debug!("drift check");
             for slot in self.slots.values_mut() {
                 slot.force = true;
+                slot.describe_all = true;
                 slot.schedule(now);
             }
             self.next_drift = self
@@ -700,7 +709,8 @@ impl<F: StoreFactory> Engine<F> {
             let Some(slot) = self.slots.get(&name) else {
                 continue;
             };
-            let job = slot.job.clone();
+            let mut job = slot.job.clone();
+            job.describe_replicas = DescribeReplicas::All;
             let last_good = slot.last_good.clone();
             let sync_state = self.state.syncs.get(&name).cloned().unwrap_or_default();
             let store = if job.enabled {
@@ -774,6 +784,9 @@ impl<F: StoreFactory> Engine<F> {
             }
             let mut job = slot.job.clone();
             job.state_unwritable = self.state_error.clone();
+            if std::mem::take(&mut slot.describe_all) {
+                job.describe_replicas = DescribeReplicas::All;
+            }
             let previous = slot.digests.clone();
             let last_good = slot.last_good.clone();
             let span = tracing::info_span!("pass", sync = %name);
@@ -852,11 +865,17 @@ impl<F: StoreFactory> Engine<F> {
                         entry.initial_sync_done = true;
                     }
                 }
-                let secrets = match (&result.report.secrets, &result.plan) {
+                let mut secrets = match (&result.report.secrets, &result.plan) {
                     (Some(s), _) => s.clone(),
                     (None, Some(plan)) => planned_views(plan),
                     (None, None) => slot.view.secrets.clone(),
                 };
+                if let Some(plan) = &result.plan {
+                    remember_replicas(&mut slot.replicas, plan, result.applied.as_ref());
+                }
+                for v in &mut secrets {
+                    v.replicas = slot.replicas.get(&v.name).cloned().unwrap_or_default();
+                }
                 slot.view.secrets = secrets;
                 (result.report, result.transient)
             }
@@ -892,6 +911,7 @@ impl<F: StoreFactory> Engine<F> {
                 slot.event_at = Some(slot.event_at.map_or(at, |e| e.min(at)));
             }
             slot.failures = slot.failures.saturating_add(1);
+            slot.describe_all = true;
             let delay = backoff(slot.failures);
             slot.force = true;
             slot.schedule(Instant::now() + delay);
@@ -923,6 +943,54 @@ impl<F: StoreFactory> Engine<F> {
                 self.state_error = Some(e.to_string());
             }
         }
+    }
+}
+
+/// Keeps the last known replicas per secret: described ones replace what
+/// was known; successful adds show as `InProgress` (AWS's first status)
+/// and removals drop regions until the next describe; deleted secrets go.
+fn remember_replicas(
+    known: &mut BTreeMap<String, Vec<ReplicaStatus>>,
+    plan: &crate::plan::Plan,
+    applied: Option<&crate::apply::Applied>,
+) {
+    for (name, replicas) in &plan.replicas {
+        known.insert(name.clone(), replicas.clone());
+    }
+    let Some(applied) = applied else {
+        return;
+    };
+    for (a, outcome) in plan.actions.iter().zip(&applied.outcomes) {
+        if *outcome != crate::apply::Outcome::Ok {
+            continue;
+        }
+        let added: &[String] = match &a.op {
+            crate::plan::Op::Create(req) => &req.replica_regions,
+            crate::plan::Op::Replicate { add } => add,
+            crate::plan::Op::RemoveReplicas { regions } => {
+                if let Some(list) = known.get_mut(&a.name) {
+                    list.retain(|r| !regions.contains(&r.region));
+                }
+                continue;
+            }
+            crate::plan::Op::Delete { .. } => {
+                known.remove(&a.name);
+                continue;
+            }
+            _ => continue,
+        };
+        let list = known.entry(a.name.clone()).or_default();
+        for region in added {
+            list.retain(|r| &r.region != region);
+            list.push(ReplicaStatus {
+                region: region.clone(),
+                status: "InProgress".into(),
+                message: Some(
+                    "replication requested; status is read again at the next drift check".into(),
+                ),
+            });
+        }
+        list.sort();
     }
 }
 

@@ -74,6 +74,7 @@ impl JobBuilder {
             import: None,
             state_unwritable: None,
             enabled: true,
+            describe_replicas: secretsync::plan::DescribeReplicas::Untracked,
         };
         Self { job }
     }

@@ -49,7 +49,7 @@ use sm::types::{Filter, FilterNameStringType, ReplicaRegionType, SecretListEntry
 use super::pacing::Pacer;
 use super::{
     BATCH_GET_MAX, Connection, CreateSecret, LIST_PAGE_MAX, NAME_FILTER_MAX, RemoteSecret,
-    RemoteValue, SecretStore, StoreError, ValueRead, WriteResult,
+    RemoteValue, ReplicaStatus, SecretStore, StoreError, ValueRead, WriteResult,
 };
 use crate::metrics::Metrics;
 use crate::naming::TAG_SYNC;
@@ -98,6 +98,9 @@ const OP_UNTAG: &str = "UntagResource";
 const OP_UPDATE: &str = "UpdateSecret";
 const OP_DELETE: &str = "DeleteSecret";
 const OP_RESTORE: &str = "RestoreSecret";
+const OP_DESCRIBE: &str = "DescribeSecret";
+const OP_REPLICATE: &str = "ReplicateSecretToRegions";
+const OP_REMOVE_REPLICAS: &str = "RemoveRegionsFromReplication";
 
 /// Secrets Manager in one region with one set of credentials, paced and
 /// retried. Cheap to share behind an `Arc`: the SDK client is a handle and
@@ -606,6 +609,77 @@ impl SecretStore for AwsStore {
             .map(|_| ())
             .map_err(|e| classify(OP_RESTORE, &e, None));
         log_call(OP_RESTORE, name, &result);
+        result
+    }
+
+    async fn describe_replicas(&self, name: &str) -> Result<Vec<ReplicaStatus>, StoreError> {
+        self.reads.acquire().await;
+        let result = self
+            .client
+            .describe_secret()
+            .secret_id(name)
+            .send()
+            .await
+            .map(|out| {
+                let mut replicas: Vec<ReplicaStatus> = out
+                    .replication_status()
+                    .iter()
+                    .filter_map(|r| {
+                        Some(ReplicaStatus {
+                            region: r.region()?.to_owned(),
+                            status: r
+                                .status()
+                                .map_or_else(|| "Unknown".to_owned(), |s| s.as_str().to_owned()),
+                            message: r.status_message().map(str::to_owned),
+                        })
+                    })
+                    .collect();
+                replicas.sort();
+                replicas
+            })
+            .map_err(|e| classify(OP_DESCRIBE, &e, None));
+        log_call(OP_DESCRIBE, name, &result);
+        result
+    }
+
+    async fn replicate_to(&self, name: &str, regions: &[String]) -> Result<(), StoreError> {
+        if regions.is_empty() {
+            return Ok(());
+        }
+        self.writes.acquire().await;
+        let result = self
+            .client
+            .replicate_secret_to_regions()
+            .secret_id(name)
+            .set_add_replica_regions(Some(
+                regions
+                    .iter()
+                    .map(|r| ReplicaRegionType::builder().region(r).build())
+                    .collect(),
+            ))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(OP_REPLICATE, &e, None));
+        log_call(OP_REPLICATE, name, &result);
+        result
+    }
+
+    async fn remove_replicas(&self, name: &str, regions: &[String]) -> Result<(), StoreError> {
+        if regions.is_empty() {
+            return Ok(());
+        }
+        self.writes.acquire().await;
+        let result = self
+            .client
+            .remove_regions_from_replication()
+            .secret_id(name)
+            .set_remove_replica_regions(Some(regions.to_vec()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(OP_REMOVE_REPLICAS, &e, None));
+        log_call(OP_REMOVE_REPLICAS, name, &result);
         result
     }
 

@@ -52,6 +52,18 @@ pub struct RemoteValue {
     pub value: Option<SecretValue>,
 }
 
+/// One replica of a secret, as `DescribeSecret` reports it
+/// (`ReplicationStatus`), shown per secret in status.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct ReplicaStatus {
+    /// Replica region.
+    pub region: String,
+    /// `InSync`, `InProgress` or `Failed` (AWS's words).
+    pub status: String,
+    /// AWS's `StatusMessage` (why a replica failed), if any.
+    pub message: Option<String>,
+}
+
 /// Result of reading one secret's value in a batch.
 pub type ValueRead = (String, Result<RemoteValue, StoreError>);
 
@@ -233,6 +245,30 @@ pub trait SecretStore: Send + Sync + 'static {
 
     /// Cancels a scheduled deletion.
     fn restore_secret(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The secret's replicas and their status (`DescribeSecret`). Not part
+    /// of the listings (AWS's `ListSecrets` does not report replication), so
+    /// the engine asks only on the drift timer and for secrets whose
+    /// replicas it does not track yet.
+    fn describe_replicas(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Vec<ReplicaStatus>, StoreError>> + Send;
+
+    /// Adds replica regions to an existing secret (`ReplicateSecretToRegions`).
+    fn replicate_to(
+        &self,
+        name: &str,
+        regions: &[String],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes replica regions (`RemoveRegionsFromReplication`); the
+    /// replicas in those regions are deleted by AWS.
+    fn remove_replicas(
+        &self,
+        name: &str,
+        regions: &[String],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Read-only permission probe for `check` (one cheap listing call).
     fn probe(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
