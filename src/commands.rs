@@ -111,6 +111,40 @@ pub async fn check(path: &std::path::Path, offline: bool) -> Exit {
             }
         }
     }
+    // KMS: one DescribeKey per distinct (connection, key), reachable ones only.
+    let mut keys: BTreeMap<(Connection, String), crate::kms::KeyVerdict> = BTreeMap::new();
+    for job in &jobs {
+        let Some(key) = &job.spec.kms_key_id else {
+            continue;
+        };
+        let (Some(Ok(store)), Some(Ok(()))) =
+            (stores.get(&job.connection), probes.get(&job.connection))
+        else {
+            continue;
+        };
+        let id = (job.connection.clone(), key.clone());
+        if !keys.contains_key(&id) {
+            let answer = store.describe_kms_key(key).await;
+            keys.insert(id.clone(), crate::kms::verdict(key, &job.region, &answer));
+        }
+        match &keys[&id] {
+            crate::kms::KeyVerdict::Usable(text) => {
+                println!("sync {}: {}: {text}", job.spec.sync_name, job.region);
+            }
+            crate::kms::KeyVerdict::Unknown(text) => {
+                println!(
+                    "sync {}: {}: warning: {text}",
+                    job.spec.sync_name, job.region
+                );
+            }
+            crate::kms::KeyVerdict::Unusable(text) => {
+                println!("sync {}: {}: error: {text}", job.spec.sync_name, job.region);
+                if exit == Exit::Ok {
+                    exit = Exit::Failed;
+                }
+            }
+        }
+    }
     exit
 }
 

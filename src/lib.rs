@@ -50,6 +50,7 @@ pub mod engine;
 pub mod exit;
 pub mod files;
 pub mod import;
+pub mod kms;
 pub mod logging;
 pub mod metrics;
 pub mod naming;

@@ -64,6 +64,21 @@ pub struct ReplicaStatus {
     pub message: Option<String>,
 }
 
+/// What KMS says about a configured key (`check`'s probe).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KmsKeyInfo {
+    /// Key ARN (aliases resolved).
+    pub arn: String,
+    /// `Enabled` flag.
+    pub enabled: bool,
+    /// `KeyState`, e.g. `Enabled`, `Disabled`, `PendingDeletion`.
+    pub state: String,
+    /// `KeyUsage`, e.g. `ENCRYPT_DECRYPT` (`None` if not reported).
+    pub usage: Option<String>,
+    /// `KeySpec`, e.g. `SYMMETRIC_DEFAULT` (`None` if not reported).
+    pub spec: Option<String>,
+}
+
 /// Result of reading one secret's value in a batch.
 pub type ValueRead = (String, Result<RemoteValue, StoreError>);
 

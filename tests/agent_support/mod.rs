@@ -186,12 +186,22 @@ impl World {
 
     /// Like [`World::cli`], as another user when `uid` is set.
     pub fn cli_with(&self, args: &[&str], uid: Option<u32>) -> Out {
+        self.cli_full(args, uid, &[])
+    }
+
+    /// Like [`World::cli`], with extra environment variables.
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
+        self.cli_full(args, None, env)
+    }
+
+    fn cli_full(&self, args: &[&str], uid: Option<u32>, env: &[(&str, &str)]) -> Out {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         agent_env(&mut cmd);
+        cmd.envs(env.iter().copied());
         if let Some(uid) = uid {
             cmd.uid(uid).gid(uid).current_dir("/");
         }
