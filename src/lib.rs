@@ -24,6 +24,9 @@
 //! - [`apply`]: runs a plan through a store with bounded concurrency.
 //! - [`reconcile`]: one pass: files → desired → AWS state → plan → apply.
 //! - [`report`]: JSON and human output models; [`state`]: `state_dir`.
+//! - [`metrics`]: Prometheus metrics and the loopback `/metrics` endpoint
+//!   (written by the engine and the AWS store's SDK interceptor);
+//!   [`kms`]: `check`'s verdict on a configured KMS key (pure).
 //!
 //! # Invariants
 //! - Data flows one way: sources (file events, signals, socket) → debounce
