@@ -202,10 +202,12 @@ pub async fn read_actual<S: SecretStore>(
             }
             // Gone since the listing: the next pass sees that.
             Err(StoreError::NotFound { .. }) => {}
-            // Replicas stay unknown for this secret (nothing is planned
-            // for them); the value sync goes on.
+            // Replicas stay unknown (nothing is planned for them) and the
+            // value sync goes on. The rest are not asked this pass: a
+            // missing permission or an outage would fail them all alike.
             Err(e) => {
-                tracing::warn!(secret = %name, error = %e, "cannot read replication status");
+                tracing::warn!(secret = %name, error = %e, "cannot read replication status; replicas are left as they are this pass");
+                break;
             }
         }
     }
