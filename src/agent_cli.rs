@@ -147,6 +147,21 @@ pub fn render_status(result: &Value, per_secret: bool, now: SystemTime) -> Strin
                     sec["state"].as_str().unwrap_or("?"),
                     sec["message"].as_str().unwrap_or("")
                 );
+                // One indented line per replica region: `replica eu-west-1 InSync`.
+                for r in sec["replicas"].as_array().unwrap_or(&empty) {
+                    let _ = writeln!(
+                        out,
+                        "  {:<24} replica {} {}{}",
+                        "",
+                        r["region"].as_str().unwrap_or("?"),
+                        r["status"].as_str().unwrap_or("?"),
+                        r["message"]
+                            .as_str()
+                            .filter(|m| !m.is_empty())
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default()
+                    );
+                }
             }
             for f in s["files"].as_array().unwrap_or(&empty) {
                 if let Some(e) = f["error"].as_str() {
@@ -224,7 +239,10 @@ mod tests {
         let v = json!({"agent": {"id": "a", "version": "0.1.0", "pid": 1, "config_path": "/c"},
             "syncs": [{"name": "app", "sync_status": "FAILED", "last_sync_message": "x.env:2:3: bad\nmore",
               "last_synced_at": null, "counts": {"secrets": 2, "synced": 1, "pending": 0, "conflict": 0, "error": 1},
-              "secrets": [{"key": "A", "name": "p/A", "state": "ERROR", "message": "too big"}], "files": []}]});
+              "secrets": [{"key": "A", "name": "p/A", "state": "ERROR", "message": "too big"},
+                          {"key": "B", "name": "p/B", "state": "SYNCED", "message": null,
+                           "replicas": [{"region": "eu-west-1", "status": "Failed", "message": "name exists"}]}],
+              "files": []}]});
         let now = SystemTime::now();
         let t = render_status(&v, true, now);
         assert!(
@@ -233,5 +251,6 @@ mod tests {
         );
         assert!(!t.contains("more"));
         assert!(t.contains("p/A") && t.contains("too big"));
+        assert!(t.contains("replica eu-west-1 Failed: name exists"), "{t}");
     }
 }

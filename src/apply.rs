@@ -83,6 +83,11 @@ async fn run_step<S: SecretStore>(
             .await
             .map(|()| None),
         Op::Restore => store.restore_secret(&action.name).await.map(|()| None),
+        Op::Replicate { add } => store.replicate_to(&action.name, add).await.map(|()| None),
+        Op::RemoveReplicas { regions } => store
+            .remove_replicas(&action.name, regions)
+            .await
+            .map(|()| None),
     }
 }
 

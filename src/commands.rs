@@ -62,6 +62,9 @@ pub async fn check(path: &std::path::Path, offline: bool) -> Exit {
         config.path.display(),
         config.syncs.len()
     );
+    if let Some(addr) = config.agent.metrics_listen {
+        println!("metrics: the agent serves Prometheus text at http://{addr}/metrics");
+    }
     let jobs: Vec<SyncJob> = config
         .syncs
         .iter()
@@ -108,6 +111,40 @@ pub async fn check(path: &std::path::Path, offline: bool) -> Exit {
             }
         }
     }
+    // KMS: one DescribeKey per distinct (connection, key), reachable ones only.
+    let mut keys: BTreeMap<(Connection, String), crate::kms::KeyVerdict> = BTreeMap::new();
+    for job in &jobs {
+        let Some(key) = &job.spec.kms_key_id else {
+            continue;
+        };
+        let (Some(Ok(store)), Some(Ok(()))) =
+            (stores.get(&job.connection), probes.get(&job.connection))
+        else {
+            continue;
+        };
+        let id = (job.connection.clone(), key.clone());
+        if !keys.contains_key(&id) {
+            let answer = store.describe_kms_key(key).await;
+            keys.insert(id.clone(), crate::kms::verdict(key, &job.region, &answer));
+        }
+        match &keys[&id] {
+            crate::kms::KeyVerdict::Usable(text) => {
+                println!("sync {}: {}: {text}", job.spec.sync_name, job.region);
+            }
+            crate::kms::KeyVerdict::Unknown(text) => {
+                println!(
+                    "sync {}: {}: warning: {text}",
+                    job.spec.sync_name, job.region
+                );
+            }
+            crate::kms::KeyVerdict::Unusable(text) => {
+                println!("sync {}: {}: error: {text}", job.spec.sync_name, job.region);
+                if exit == Exit::Ok {
+                    exit = Exit::Failed;
+                }
+            }
+        }
+    }
     exit
 }
 
@@ -136,6 +173,8 @@ async fn passes(
         .map(|s| {
             let mut job = SyncJob::from_config(&config, s).with_token_key(token_key);
             job.state_unwritable = state_unwritable.clone();
+            // A one-shot pass is the operator looking: show replicas as AWS has them.
+            job.describe_replicas = crate::plan::DescribeReplicas::All;
             job
         })
         .collect();

@@ -4,6 +4,7 @@
 //! systemd (READY, STATUS, RELOADING, WATCHDOG, STOPPING).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -15,6 +16,7 @@ use crate::control;
 use crate::engine::{AwsStoreFactory, Engine, EngineHandle};
 use crate::exit::Exit;
 use crate::logging;
+use crate::metrics::{self, Metrics};
 use crate::report::SyncStatus;
 use crate::status::Status;
 
@@ -39,8 +41,27 @@ pub async fn run(config_path: &Path) -> Exit {
             return Exit::Usage;
         }
     };
-    let (engine, handle) = match Engine::new(config, AwsStoreFactory, true) {
-        Ok(pair) => pair,
+    let metrics_listener = match config.agent.metrics_listen {
+        Some(addr) => match metrics::server::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the metrics endpoint");
+                eprintln!("secretsync: {e}");
+                control::cleanup(&socket_path);
+                return Exit::Usage;
+            }
+        },
+        None => None,
+    };
+    let metrics = metrics_listener.as_ref().map(|_| Arc::new(Metrics::new()));
+    let factory = AwsStoreFactory {
+        metrics: metrics.clone(),
+    };
+    let (engine, handle) = match Engine::new(config, factory, true) {
+        Ok((engine, handle)) => match &metrics {
+            Some(m) => (engine.with_metrics(Arc::clone(m)), handle),
+            None => (engine, handle),
+        },
         Err(e) => {
             tracing::error!(error = %e, "cannot start the file watcher");
             return Exit::Failed;
@@ -59,6 +80,22 @@ pub async fn run(config_path: &Path) -> Exit {
             let _ = server_stop_rx.await;
         },
     ));
+    let (metrics_stop_tx, metrics_stop_rx) = oneshot::channel::<()>();
+    let metrics_task = match (metrics_listener, metrics) {
+        (Some(listener), Some(m)) => {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "metrics endpoint at http://{addr}/metrics");
+            }
+            Some(tokio::spawn(metrics::server::serve(
+                listener,
+                m,
+                async move {
+                    let _ = metrics_stop_rx.await;
+                },
+            )))
+        }
+        _ => None,
+    };
     notify(&[NotifyState::Ready]);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -75,6 +112,10 @@ pub async fn run(config_path: &Path) -> Exit {
     let _ = stop_tx.send(());
     let _ = engine_task.await;
     let _ = server.await;
+    let _ = metrics_stop_tx.send(());
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     status_task.abort();
     if let Some(w) = watchdog_task {
         w.abort();

@@ -20,14 +20,15 @@ use tokio::time::Instant;
 
 use crate::config::{self, Config};
 use crate::files::FileView;
-use crate::plan::{SecretState, TokenKey};
+use crate::metrics::Metrics;
+use crate::plan::{DescribeReplicas, SecretState, TokenKey};
 use crate::reconcile::{self, Mode, PassResult, SyncJob};
 use crate::report::{self, Report, StateCounts, SyncReport, SyncStatus};
 use crate::source::ParsedFile;
 use crate::state::State;
 use crate::status::{AgentStatus, Status, SyncStatusView};
 use crate::store::aws::AwsStore;
-use crate::store::{Connection, SecretStore, StoreError};
+use crate::store::{Connection, ReplicaStatus, SecretStore, StoreError};
 use crate::watch::{self as fswatch, Change, ChangeReceiver, DirWatcher};
 
 /// Longest wait between retries of a sync whose pass failed transiently.
@@ -49,14 +50,20 @@ pub trait StoreFactory: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Arc<Self::Store>, StoreError>> + Send;
 }
 
-/// Production factory: one [`AwsStore`] per connection.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct AwsStoreFactory;
+/// Production factory: one [`AwsStore`] per connection, counting its
+/// calls into `metrics` when set.
+#[derive(Debug, Default, Clone)]
+pub struct AwsStoreFactory {
+    /// Where AWS calls are counted (`agent.metrics_listen` set).
+    pub metrics: Option<Arc<Metrics>>,
+}
 
 impl StoreFactory for AwsStoreFactory {
     type Store = AwsStore;
     async fn connect(&self, conn: &Connection) -> Result<Arc<AwsStore>, StoreError> {
-        AwsStore::connect(conn).await.map(Arc::new)
+        AwsStore::connect_with_metrics(conn, self.metrics.clone())
+            .await
+            .map(Arc::new)
     }
 }
 
@@ -208,6 +215,16 @@ struct Slot {
     failures: u32,
     /// First file event since the last pass started.
     burst_start: Option<Instant>,
+    /// First file event not yet carried to AWS (propagation latency).
+    event_at: Option<Instant>,
+    /// When the running pass started, and the event it carries.
+    pass_started: Option<Instant>,
+    pass_event_at: Option<Instant>,
+    /// The next pass describes every owned secret's replicas (first pass,
+    /// drift timer, after a failed pass).
+    describe_all: bool,
+    /// Last known replicas per secret name, shown in status.
+    replicas: BTreeMap<String, Vec<ReplicaStatus>>,
     view: SyncStatusView,
 }
 
@@ -253,6 +270,11 @@ impl Slot {
             last_good: BTreeMap::new(),
             failures: 0,
             burst_start: None,
+            event_at: None,
+            pass_started: None,
+            pass_event_at: None,
+            describe_all: true,
+            replicas: BTreeMap::new(),
         }
     }
 
@@ -264,6 +286,10 @@ impl Slot {
         self.digests = old.digests;
         self.last_good = old.last_good;
         self.running = old.running;
+        self.event_at = old.event_at;
+        self.pass_started = old.pass_started;
+        self.pass_event_at = old.pass_event_at;
+        self.replicas = old.replicas;
         self.riding = old.riding;
         self.waiting = old.waiting;
         self.view.last_synced_at = old.view.last_synced_at;
@@ -313,9 +339,17 @@ pub struct Engine<F: StoreFactory> {
     /// Why the state file cannot be written (blocks imports).
     state_error: Option<String>,
     token_key: TokenKey,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<F: StoreFactory> Engine<F> {
+    /// Records passes, latencies, secret states and reloads into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self.publish();
+        self
+    }
+
     /// Builds an engine for a validated config. With `watch_files`, a
     /// directory watcher feeds file events (tests may send
     /// [`Request::FilesChanged`] themselves instead).
@@ -360,6 +394,7 @@ impl<F: StoreFactory> Engine<F> {
             fs_rx,
             state_warned: false,
             state_error: None,
+            metrics: None,
         };
         let config = Arc::clone(&engine.config);
         // Persist a new token key before any write uses it.
@@ -421,6 +456,9 @@ impl<F: StoreFactory> Engine<F> {
             agent: self.agent.clone(),
             syncs: self.slots.values().map(|s| s.view.clone()).collect(),
         };
+        if let Some(m) = &self.metrics {
+            m.observe_status(&status);
+        }
         self.status_tx.send_replace(Arc::new(status));
     }
 
@@ -495,6 +533,7 @@ impl<F: StoreFactory> Engine<F> {
             tracing::debug!("drift check");
             for slot in self.slots.values_mut() {
                 slot.force = true;
+                slot.describe_all = true;
                 slot.schedule(now);
             }
             self.next_drift = self
@@ -533,6 +572,7 @@ impl<F: StoreFactory> Engine<F> {
                 // Quiet period: each event pushes the deadline back, up
                 // to MAX_DEBOUNCE_PERIODS after the burst's first event.
                 let start = *slot.burst_start.get_or_insert(now);
+                slot.event_at.get_or_insert(now);
                 let due = (now + debounce).min(start + debounce * MAX_DEBOUNCE_PERIODS);
                 slot.due = Some(slot.due.map_or(due, |d| d.max(due)));
                 any = true;
@@ -640,6 +680,12 @@ impl<F: StoreFactory> Engine<F> {
                         "agent.socket / log_format / log_level changes take effect after a restart"
                     );
                 }
+                if new.agent.metrics_listen != self.config.agent.metrics_listen {
+                    tracing::warn!("agent.metrics_listen changes take effect after a restart");
+                }
+                if let Some(m) = &self.metrics {
+                    m.config_reload(true);
+                }
                 let new = Arc::new(new);
                 self.install_config(&new);
                 self.config = new;
@@ -655,6 +701,9 @@ impl<F: StoreFactory> Engine<F> {
                     tracing::error!("{line}");
                 }
                 tracing::error!("reload rejected; the previous config keeps running");
+                if let Some(m) = &self.metrics {
+                    m.config_reload(false);
+                }
                 self.agent.config_error = Some(text.clone());
                 self.publish();
                 Err(EngineError::InvalidConfig(text))
@@ -685,7 +734,8 @@ impl<F: StoreFactory> Engine<F> {
             let Some(slot) = self.slots.get(&name) else {
                 continue;
             };
-            let job = slot.job.clone();
+            let mut job = slot.job.clone();
+            job.describe_replicas = DescribeReplicas::All;
             let last_good = slot.last_good.clone();
             let sync_state = self.state.syncs.get(&name).cloned().unwrap_or_default();
             let store = if job.enabled {
@@ -742,6 +792,8 @@ impl<F: StoreFactory> Engine<F> {
             };
             slot.due = None;
             slot.burst_start = None;
+            slot.pass_started = Some(Instant::now());
+            slot.pass_event_at = slot.event_at.take();
             slot.running = true;
             slot.riding = std::mem::take(&mut slot.waiting);
             let mode = if slot.auto_sync || slot.explicit {
@@ -757,6 +809,9 @@ impl<F: StoreFactory> Engine<F> {
             }
             let mut job = slot.job.clone();
             job.state_unwritable = self.state_error.clone();
+            if std::mem::take(&mut slot.describe_all) {
+                job.describe_replicas = DescribeReplicas::All;
+            }
             let previous = slot.digests.clone();
             let last_good = slot.last_good.clone();
             let span = tracing::info_span!("pass", sync = %name);
@@ -786,6 +841,8 @@ impl<F: StoreFactory> Engine<F> {
         };
         slot.running = false;
         let riders = std::mem::take(&mut slot.riding);
+        let started = slot.pass_started.take();
+        let event_at = slot.pass_event_at.take();
         if done.skipped {
             if slot.view.sync_status == SyncStatus::Running {
                 slot.view.sync_status = SyncStatus::Synced;
@@ -815,6 +872,11 @@ impl<F: StoreFactory> Engine<F> {
                 slot.view.last_imported_at = Some(now.clone());
             }
         }
+        let wrote = done
+            .result
+            .as_ref()
+            .and_then(|r| r.applied.as_ref())
+            .is_some_and(|a| a.outcomes.contains(&crate::apply::Outcome::Ok));
         let (report, transient) = match (done.setup_error, done.result) {
             (Some(e), _) => (
                 failed_report(&slot.job, format!("cannot set up AWS client: {e}")),
@@ -828,11 +890,17 @@ impl<F: StoreFactory> Engine<F> {
                         entry.initial_sync_done = true;
                     }
                 }
-                let secrets = match (&result.report.secrets, &result.plan) {
+                let mut secrets = match (&result.report.secrets, &result.plan) {
                     (Some(s), _) => s.clone(),
                     (None, Some(plan)) => planned_views(plan),
                     (None, None) => slot.view.secrets.clone(),
                 };
+                if let Some(plan) = &result.plan {
+                    remember_replicas(&mut slot.replicas, plan, result.applied.as_ref());
+                }
+                for v in &mut secrets {
+                    v.replicas = slot.replicas.get(&v.name).cloned().unwrap_or_default();
+                }
                 slot.view.secrets = secrets;
                 (result.report, result.transient)
             }
@@ -847,8 +915,28 @@ impl<F: StoreFactory> Engine<F> {
         if report.sync_status == SyncStatus::Synced && done.mode == Mode::Apply {
             slot.view.last_synced_at = Some(now);
         }
+        if let Some(m) = &self.metrics {
+            let finished = Instant::now();
+            if let Some(started) = started {
+                m.pass_finished(name, report.sync_status, finished - started);
+            }
+            if report.sync_status == SyncStatus::Synced && done.mode == Mode::Apply {
+                let unix = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                m.sync_succeeded(name, unix);
+                if let Some(at) = event_at.filter(|_| wrote) {
+                    m.propagated(name, finished - at);
+                }
+            }
+        }
         if transient {
+            // The edit has not reached AWS yet: the retry carries its time.
+            if let Some(at) = event_at {
+                slot.event_at = Some(slot.event_at.map_or(at, |e| e.min(at)));
+            }
             slot.failures = slot.failures.saturating_add(1);
+            slot.describe_all = true;
             let delay = backoff(slot.failures);
             slot.force = true;
             slot.schedule(Instant::now() + delay);
@@ -880,6 +968,54 @@ impl<F: StoreFactory> Engine<F> {
                 self.state_error = Some(e.to_string());
             }
         }
+    }
+}
+
+/// Keeps the last known replicas per secret: described ones replace what
+/// was known; successful adds show as `InProgress` (AWS's first status)
+/// and removals drop regions until the next describe; deleted secrets go.
+fn remember_replicas(
+    known: &mut BTreeMap<String, Vec<ReplicaStatus>>,
+    plan: &crate::plan::Plan,
+    applied: Option<&crate::apply::Applied>,
+) {
+    for (name, replicas) in &plan.replicas {
+        known.insert(name.clone(), replicas.clone());
+    }
+    let Some(applied) = applied else {
+        return;
+    };
+    for (a, outcome) in plan.actions.iter().zip(&applied.outcomes) {
+        if *outcome != crate::apply::Outcome::Ok {
+            continue;
+        }
+        let added: &[String] = match &a.op {
+            crate::plan::Op::Create(req) => &req.replica_regions,
+            crate::plan::Op::Replicate { add } => add,
+            crate::plan::Op::RemoveReplicas { regions } => {
+                if let Some(list) = known.get_mut(&a.name) {
+                    list.retain(|r| !regions.contains(&r.region));
+                }
+                continue;
+            }
+            crate::plan::Op::Delete { .. } => {
+                known.remove(&a.name);
+                continue;
+            }
+            _ => continue,
+        };
+        let list = known.entry(a.name.clone()).or_default();
+        for region in added {
+            list.retain(|r| &r.region != region);
+            list.push(ReplicaStatus {
+                region: region.clone(),
+                status: "InProgress".into(),
+                message: Some(
+                    "replication requested; status is read again at the next drift check".into(),
+                ),
+            });
+        }
+        list.sort();
     }
 }
 

@@ -26,6 +26,9 @@
 //! - [`report`]: JSON and human output models; [`state`]: `state_dir`;
 //!   [`known`]: per-sync memory of AWS values (version id + keyed digest)
 //!   that spares re-reading values a pass already knows.
+//! - [`metrics`]: Prometheus metrics and the loopback `/metrics` endpoint
+//!   (written by the engine and the AWS store's SDK interceptor);
+//!   [`kms`]: `check`'s verdict on a configured KMS key (pure).
 //!
 //! # Invariants
 //! - Data flows one way: sources (file events, signals, socket) → debounce
@@ -52,8 +55,10 @@ pub mod engine;
 pub mod exit;
 pub mod files;
 pub mod import;
+pub mod kms;
 pub mod known;
 pub mod logging;
+pub mod metrics;
 pub mod naming;
 pub mod plan;
 pub mod reconcile;

@@ -13,7 +13,7 @@ use sha2::Sha256;
 use crate::desired::{Desired, DesiredSecret, MappingSpec};
 use crate::naming;
 use crate::secret::SecretValue;
-use crate::store::{CreateSecret, RemoteSecret};
+use crate::store::{CreateSecret, RemoteSecret, ReplicaStatus};
 
 /// What AWS holds for the sync: metadata for every relevant secret, and the
 /// current value of those the planner must compare.
@@ -27,6 +27,9 @@ pub struct Actual {
     /// pass) to hold a value other than the desired one, so they were not
     /// read: the planner writes them without comparing.
     pub known_different: BTreeSet<String>,
+    /// Replicas by name, for the secrets described this pass (`ListSecrets`
+    /// does not report them); absent = not known this pass.
+    pub replicas: BTreeMap<String, Vec<ReplicaStatus>>,
 }
 
 /// Knobs of one pass.
@@ -47,6 +50,10 @@ pub struct PlanOptions {
     pub deletes_blocked: Option<String>,
     /// Tag keys this agent set earlier, per secret name (from the state dir).
     pub managed_tags: BTreeMap<String, BTreeSet<String>>,
+    /// Replica regions this agent set up, per secret name (from the state
+    /// dir); an absent entry means the agent does not track that secret's
+    /// replicas yet (it is then described before replicas are planned).
+    pub managed_replicas: BTreeMap<String, BTreeSet<String>>,
     /// Key for idempotency tokens (from the state dir).
     pub token_key: TokenKey,
 }
@@ -61,6 +68,7 @@ impl Default for PlanOptions {
             recovery_window_days: 7,
             deletes_blocked: None,
             managed_tags: BTreeMap::new(),
+            managed_replicas: BTreeMap::new(),
             token_key: TokenKey::default(),
         }
     }
@@ -80,6 +88,8 @@ pub enum ActionKind {
     Kms,
     /// Change the description.
     Describe,
+    /// Add or remove replica regions.
+    Replicate,
     /// Schedule deletion.
     Delete,
     /// Cancel a scheduled deletion.
@@ -119,6 +129,16 @@ pub enum Op {
         kms_key_id: Option<String>,
         /// New description.
         description: Option<String>,
+    },
+    /// `ReplicateSecretToRegions`.
+    Replicate {
+        /// Regions to add.
+        add: Vec<String>,
+    },
+    /// `RemoveRegionsFromReplication`.
+    RemoveReplicas {
+        /// Regions to remove.
+        regions: Vec<String>,
     },
     /// `DeleteSecret`.
     Delete {
@@ -189,6 +209,12 @@ pub struct Plan {
     pub guard_tripped: Option<String>,
     /// Desired secrets that need no call.
     pub unchanged: usize,
+    /// Replicas of the secrets described this pass, for status.
+    pub replicas: BTreeMap<String, Vec<ReplicaStatus>>,
+    /// Replica regions the agent counts as its own for each described
+    /// secret (present and configured, or present and set up by it before);
+    /// recorded into the state before the outcomes of this plan's calls.
+    pub replica_tracking: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Plan {
@@ -460,6 +486,7 @@ impl Planner<'_> {
         }
         self.tags(d, r, adopting);
         self.metadata(d, r);
+        self.replicas(d, actual);
         let version = if wrote_value {
             None
         } else {
@@ -568,6 +595,69 @@ impl Planner<'_> {
         }
     }
 
+    /// Replica regions present on `name`: described this pass, else the
+    /// ones the agent set up; `None` when neither is known.
+    fn present_replicas(&self, name: &str, actual: &Actual) -> Option<BTreeSet<String>> {
+        match actual.replicas.get(name) {
+            Some(known) => Some(known.iter().map(|r| r.region.clone()).collect()),
+            None => self.opts.managed_replicas.get(name).cloned(),
+        }
+    }
+
+    /// Adds configured replica regions that are missing; removes regions
+    /// this agent set up that are no longer configured. Replicas someone
+    /// else added are left alone, like their tags.
+    fn replicas(&mut self, d: &DesiredSecret, actual: &Actual) {
+        let want: BTreeSet<String> = self.spec.replica_regions.iter().cloned().collect();
+        let managed = self
+            .opts
+            .managed_replicas
+            .get(&d.name)
+            .cloned()
+            .unwrap_or_default();
+        let Some(present) = self.present_replicas(&d.name, actual) else {
+            // Not described and never tracked: nothing is known, so nothing
+            // is planned (the reader describes such secrets when replicas
+            // are configured; a failed describe lands here).
+            return;
+        };
+        if actual.replicas.contains_key(&d.name) {
+            let ours: BTreeSet<String> = present
+                .iter()
+                .filter(|r| want.contains(*r) || managed.contains(*r))
+                .cloned()
+                .collect();
+            self.plan.replica_tracking.insert(d.name.clone(), ours);
+        }
+        let add: Vec<String> = want.difference(&present).cloned().collect();
+        let remove: Vec<String> = managed
+            .difference(&want)
+            .filter(|r| present.contains(*r))
+            .cloned()
+            .collect();
+        if !add.is_empty() {
+            self.push(
+                ActionKind::Replicate,
+                d.key.as_deref(),
+                &d.name,
+                format!("add replica region(s) {}", add.join(", ")),
+                Op::Replicate { add },
+            );
+        }
+        if !remove.is_empty() {
+            self.push(
+                ActionKind::Replicate,
+                d.key.as_deref(),
+                &d.name,
+                format!(
+                    "remove replica region(s) {} (no longer configured)",
+                    remove.join(", ")
+                ),
+                Op::RemoveReplicas { regions: remove },
+            );
+        }
+    }
+
     fn deletions(&mut self, desired: &Desired, actual: &Actual) {
         let claimed = desired.claimed_names();
         let owned: Vec<&RemoteSecret> = actual
@@ -625,6 +715,21 @@ impl Planner<'_> {
                     } else {
                         format!("not in the source; recoverable for {days} days")
                     };
+                    // AWS refuses to delete a secret that still has replicas.
+                    let replicas = self.present_replicas(&name, actual).unwrap_or_default();
+                    if !replicas.is_empty() {
+                        let regions: Vec<String> = replicas.into_iter().collect();
+                        self.push(
+                            ActionKind::Replicate,
+                            None,
+                            &name,
+                            format!(
+                                "remove replica region(s) {} before deletion",
+                                regions.join(", ")
+                            ),
+                            Op::RemoveReplicas { regions },
+                        );
+                    }
                     self.push(
                         ActionKind::Delete,
                         None,
@@ -671,7 +776,46 @@ pub fn plan(spec: &MappingSpec, desired: &Desired, actual: &Actual, opts: &PlanO
         }
     }
     p.deletions(desired, actual);
+    p.plan.replicas = actual.replicas.clone();
     p.plan
+}
+
+/// Which secrets' replicas to describe this pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DescribeReplicas {
+    /// Every owned (or adoptable desired) secret: the drift timer, the
+    /// first pass after start or reload, one-shot `plan` / `sync`.
+    All,
+    /// Only those whose replicas the agent does not track yet.
+    Untracked,
+}
+
+/// Names whose replicas a pass must describe: none while the sync neither
+/// configures replicas nor tracks any; else owned (or adoptable desired)
+/// secrets not pending deletion, all or only the untracked ones.
+pub fn names_to_describe(
+    spec: &MappingSpec,
+    desired: &Desired,
+    secrets: &BTreeMap<String, RemoteSecret>,
+    opts: &PlanOptions,
+    scope: DescribeReplicas,
+) -> Vec<String> {
+    let tracks_any = opts.managed_replicas.values().any(|r| !r.is_empty());
+    if spec.replica_regions.is_empty() && !tracks_any {
+        return Vec::new();
+    }
+    let claimed = desired.claimed_names();
+    secrets
+        .values()
+        .filter(|r| !r.pending_deletion)
+        .filter(|r| match ownership(spec, r) {
+            Ownership::Ours => true,
+            Ownership::Unowned => opts.adopt_existing && claimed.contains(r.name.as_str()),
+            Ownership::Foreign(_) => false,
+        })
+        .filter(|r| scope == DescribeReplicas::All || !opts.managed_replicas.contains_key(&r.name))
+        .map(|r| r.name.clone())
+        .collect()
 }
 
 /// Names whose values the planner needs: desired secrets that exist, are not

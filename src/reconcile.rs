@@ -11,7 +11,7 @@ use crate::files::{self, FileView};
 use crate::import::{self, ImportMode};
 use crate::known::{Knowledge, KnownValues};
 use crate::naming;
-use crate::plan::{self, Actual, Plan, PlanOptions, SecretState, TokenKey};
+use crate::plan::{self, Actual, DescribeReplicas, Plan, PlanOptions, SecretState, TokenKey};
 use crate::report::{self, SyncReport, SyncStatus};
 use crate::secret::SecretValue;
 use crate::source::SourceFormat;
@@ -47,6 +47,9 @@ pub struct SyncJob {
     pub state_unwritable: Option<String>,
     /// `enabled` from the config.
     pub enabled: bool,
+    /// Which secrets' replicas this pass describes (set per pass by the
+    /// caller; `Untracked` by default).
+    pub describe_replicas: DescribeReplicas,
     /// Values seen in AWS by earlier passes of this sync (runtime memory,
     /// shared by clones; see [`KnownValues`]).
     pub known: KnownValues,
@@ -123,11 +126,13 @@ impl SyncJob {
                 recovery_window_days: d.recovery_window_days,
                 deletes_blocked: None,
                 managed_tags: BTreeMap::new(),
+                managed_replicas: BTreeMap::new(),
                 token_key: crate::plan::TokenKey::default(),
             },
             import,
             state_unwritable: None,
             enabled: sync.enabled,
+            describe_replicas: DescribeReplicas::Untracked,
             spec,
         }
     }
@@ -155,15 +160,18 @@ pub fn aws_connection(
 }
 
 /// Reads what AWS holds for `desired`: owned secrets by tag, same-named
-/// unowned ones by name, then values of those the planner compares.
+/// unowned ones by name, values of those the planner compares, and the
+/// replicas of those `scope` asks for (see [`plan::names_to_describe`]).
 pub async fn read_actual<S: SecretStore>(
     store: &S,
     spec: &MappingSpec,
     desired: &Desired,
-    adopt: bool,
+    opts: &PlanOptions,
+    scope: DescribeReplicas,
     known: &KnownValues,
-    key: &TokenKey,
 ) -> Result<Actual, StoreError> {
+    let adopt = opts.adopt_existing;
+    let key = &opts.token_key;
     let mut actual = Actual::default();
     for r in store.list_by_sync(&spec.sync_name).await? {
         actual.secrets.insert(r.name.clone(), r);
@@ -228,6 +236,22 @@ pub async fn read_actual<S: SecretStore>(
                 Err(e) => Err(e.to_string()),
             };
             actual.values.insert(name, entry);
+        }
+    }
+    for name in plan::names_to_describe(spec, desired, &actual.secrets, opts, scope) {
+        match store.describe_replicas(&name).await {
+            Ok(replicas) => {
+                actual.replicas.insert(name, replicas);
+            }
+            // Gone since the listing: the next pass sees that.
+            Err(StoreError::NotFound { .. }) => {}
+            // Replicas stay unknown (nothing is planned for them) and the
+            // value sync goes on. The rest are not asked this pass: a
+            // missing permission or an outage would fail them all alike.
+            Err(e) => {
+                tracing::warn!(secret = %name, error = %e, "cannot read replication status; replicas are left as they are this pass");
+                break;
+            }
         }
     }
     Ok(actual)
@@ -597,6 +621,7 @@ pub async fn run_pass_with_files<S: SecretStore>(
     opts.allow_deletes = allow_deletes;
     opts.deletes_blocked = blocked_reason(files);
     opts.managed_tags = state.managed_tags.clone();
+    opts.managed_replicas = state.managed_replicas.clone();
     let fail_early =
         |mut rep: SyncReport, status, message, transient, import: Option<ImportOutcome>| {
             rep.sync_status = status;
@@ -622,9 +647,9 @@ pub async fn run_pass_with_files<S: SecretStore>(
         store.as_ref(),
         &job.spec,
         &desired,
-        opts.adopt_existing,
+        &opts,
+        job.describe_replicas,
         known,
-        &opts.token_key,
     )
     .await
     {
@@ -755,7 +780,12 @@ pub async fn run_pass_with_files<S: SecretStore>(
     };
     rep.actions = report::action_views(&plan, applied.as_ref());
     let secrets = applied.as_ref().map_or(&plan.secrets, |a| &a.secrets);
-    let views = report::secret_views(secrets, &now);
+    let mut views = report::secret_views(secrets, &now);
+    for v in &mut views {
+        if let Some(r) = plan.replicas.get(&v.name) {
+            v.replicas = r.clone();
+        }
+    }
     let transient = applied.as_ref().is_some_and(Applied::has_transient_failure);
     let mut problems: Vec<String> = vec![];
     if let Some(g) = &plan.guard_tripped {
@@ -820,6 +850,7 @@ pub fn record_state(state: &mut SyncState, plan: &Plan, applied: &Applied) {
                 .extend(set.keys().cloned());
         }
     }
+    record_replicas(state, plan, applied);
     for s in &applied.secrets {
         match s.state {
             SecretState::Deleted => {
@@ -851,6 +882,44 @@ pub fn record_state(state: &mut SyncState, plan: &Plan, applied: &Applied) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Updates remembered replica regions after an applied pass: what a
+/// describe showed as ours, then each call that succeeded (a create with
+/// replicas, an add, a removal); deleted secrets are forgotten.
+fn record_replicas(state: &mut SyncState, plan: &Plan, applied: &Applied) {
+    for (name, ours) in &plan.replica_tracking {
+        state.managed_replicas.insert(name.clone(), ours.clone());
+    }
+    for (a, outcome) in plan.actions.iter().zip(&applied.outcomes) {
+        if *outcome != apply::Outcome::Ok {
+            continue;
+        }
+        match &a.op {
+            plan::Op::Create(req) => {
+                state.managed_replicas.insert(
+                    a.name.clone(),
+                    req.replica_regions.iter().cloned().collect(),
+                );
+            }
+            plan::Op::Replicate { add } => {
+                state
+                    .managed_replicas
+                    .entry(a.name.clone())
+                    .or_default()
+                    .extend(add.iter().cloned());
+            }
+            plan::Op::RemoveReplicas { regions } => {
+                if let Some(entry) = state.managed_replicas.get_mut(&a.name) {
+                    entry.retain(|r| !regions.contains(r));
+                }
+            }
+            plan::Op::Delete { .. } => {
+                state.managed_replicas.remove(&a.name);
+            }
+            _ => {}
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::exit::Exit;
 use crate::naming;
 use crate::reconcile::{SyncJob, aws_connection};
 use crate::store::aws::AwsStore;
-use crate::store::{Connection, RemoteSecret, SecretStore};
+use crate::store::{Connection, RemoteSecret, SecretStore, StoreError};
 
 /// Recovery window used when the sync is no longer in the config.
 pub const DEFAULT_RECOVERY_DAYS: u8 = 7;
@@ -72,6 +72,26 @@ fn confirm(count: usize, name: &str, days: u8) -> bool {
     matches!(answer.trim(), "y" | "Y" | "yes")
 }
 
+/// Deletes one secret, removing its replicas first: AWS refuses to delete
+/// a secret that still has replica regions, and these may have been added
+/// by a config the agent no longer has.
+pub async fn delete_with_replicas<S: SecretStore>(
+    store: &S,
+    name: &str,
+    days: u8,
+) -> Result<(), StoreError> {
+    let regions: Vec<String> = store
+        .describe_replicas(name)
+        .await?
+        .into_iter()
+        .map(|r| r.region)
+        .collect();
+    if !regions.is_empty() {
+        store.remove_replicas(name, &regions).await?;
+    }
+    store.delete_secret(name, days).await
+}
+
 /// Runs `remove`.
 pub async fn remove(config_path: &Path, name: &str, yes: bool) -> Exit {
     let config = match config::load_config(config_path) {
@@ -125,7 +145,7 @@ pub async fn remove(config_path: &Path, name: &str, yes: bool) -> Exit {
     }
     let mut failed = 0;
     for s in &found {
-        if let Err(e) = store.delete_secret(&s.name, days).await {
+        if let Err(e) = delete_with_replicas(&store, &s.name, days).await {
             eprintln!("error: {}: {e}", s.name);
             failed += 1;
         }
@@ -142,6 +162,27 @@ pub async fn remove(config_path: &Path, name: &str, yes: bool) -> Exit {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[tokio::test]
+    async fn replicated_secrets_lose_their_replicas_first() {
+        use crate::store::memory::MemoryStore;
+        let store = MemoryStore::new();
+        store.insert(
+            RemoteSecret {
+                name: "r".into(),
+                ..Default::default()
+            },
+            Some(crate::secret::SecretValue::new("v")),
+        );
+        store
+            .replicate_to("r", &["eu-west-1".into()])
+            .await
+            .expect("replicate");
+        assert!(store.delete_secret("r", 7).await.is_err(), "AWS refuses");
+        delete_with_replicas(&store, "r", 7).await.expect("delete");
+        assert!(store.replica_regions("r").is_empty());
+        assert!(store.get("r").expect("kept").0.pending_deletion);
+    }
 
     #[test]
     fn only_our_live_secrets_are_removed() {

@@ -53,6 +53,8 @@ pub struct ActionCounts {
     pub kms: usize,
     /// Description changes.
     pub describe: usize,
+    /// Replica region changes.
+    pub replicate: usize,
     /// Deletions.
     pub delete: usize,
     /// Restores.
@@ -76,6 +78,7 @@ impl ActionCounts {
             tag: plan.count(ActionKind::Tag),
             kms: plan.count(ActionKind::Kms),
             describe: plan.count(ActionKind::Describe),
+            replicate: plan.count(ActionKind::Replicate),
             delete: plan.count(ActionKind::Delete),
             restore: plan.count(ActionKind::Restore),
             import: plan.count(ActionKind::Import),
@@ -117,6 +120,10 @@ pub struct SecretView {
     pub last_synced_at: Option<String>,
     /// Current version id, when known.
     pub version_id: Option<String>,
+    /// Replica regions and their status (`DescribeSecret`, refreshed on the
+    /// drift timer); omitted when the secret has none known.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<crate::store::ReplicaStatus>,
 }
 
 /// Per-file status (`files[]` of the status contract).
@@ -259,6 +266,7 @@ pub fn secret_views(secrets: &[SecretPlan], synced_at: &str) -> Vec<SecretView> 
             message: s.message.clone(),
             last_synced_at: (s.state == SecretState::Synced).then(|| synced_at.to_string()),
             version_id: s.version_id.clone(),
+            replicas: Vec::new(),
         })
         .collect()
 }
@@ -270,7 +278,7 @@ pub fn render_human(report: &Report, applied: bool) -> String {
         let c = &s.counts;
         let _ = writeln!(
             out,
-            "sync {} ({}) — {}: {} create, {} update, {} tag, {} kms/description, {} delete, {} restore, {} conflict, {} error, {} unchanged",
+            "sync {} ({}) — {}: {} create, {} update, {} tag, {} kms/description, {} replicate, {} delete, {} restore, {} conflict, {} error, {} unchanged",
             s.name,
             s.region,
             s.sync_status.as_str(),
@@ -278,6 +286,7 @@ pub fn render_human(report: &Report, applied: bool) -> String {
             c.update,
             c.tag,
             c.kms + c.describe,
+            c.replicate,
             c.delete,
             c.restore,
             c.conflict,
@@ -319,6 +328,9 @@ pub fn summary_line(s: &SyncReport) -> String {
         ("create", c.create),
         ("update", c.update),
         ("tag", c.tag),
+        ("kms", c.kms),
+        ("describe", c.describe),
+        ("replicate", c.replicate),
         ("delete", c.delete),
         ("restore", c.restore),
         ("conflict", c.conflict),

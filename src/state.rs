@@ -26,6 +26,10 @@ pub struct SyncState {
     /// Tag keys this agent set, per secret name (ownership tags excluded).
     #[serde(default)]
     pub managed_tags: BTreeMap<String, BTreeSet<String>>,
+    /// Replica regions this agent set up (or found configured), per secret
+    /// name; a secret without an entry has untracked replicas.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub managed_replicas: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// The whole state file.

@@ -40,8 +40,14 @@ const AGENT_CALLS: &[&str] = &[
     "secretsmanager:RemoveRegionsFromReplication",
 ];
 
-/// KMS calls Secrets Manager makes on the agent's behalf with a customer key.
-const KMS_CALLS: &[&str] = &["kms:GenerateDataKey", "kms:Decrypt", "kms:Encrypt"];
+/// KMS calls Secrets Manager makes on the agent's behalf with a customer
+/// key, and `check`'s own read-only key probe (`DescribeKey`).
+const KMS_CALLS: &[&str] = &[
+    "kms:GenerateDataKey",
+    "kms:Decrypt",
+    "kms:Encrypt",
+    "kms:DescribeKey",
+];
 
 /// Actions a read-only (`check` / `plan`) policy may allow.
 const READ_ONLY: &[&str] = &[
@@ -50,6 +56,7 @@ const READ_ONLY: &[&str] = &[
     "secretsmanager:GetSecretValue",
     "secretsmanager:DescribeSecret",
     "kms:Decrypt",
+    "kms:DescribeKey",
 ];
 
 /// AWS's authorization reference lists no resource type for these: they
@@ -275,7 +282,14 @@ fn check_policy(doc: &Value) -> Vec<String> {
                     }
                     let region = r.split(':').nth(3).unwrap_or_default();
                     let want = format!("secretsmanager.{region}.amazonaws.com");
-                    if conds.get("kms:ViaService").map(Vec::as_slice) != Some(&[want.clone()][..]) {
+                    // DescribeKey (check's probe) reads metadata and uses no
+                    // key material; every cryptographic action goes through
+                    // Secrets Manager only.
+                    let metadata_only = actions.iter().all(|a| *a == "kms:DescribeKey");
+                    if !metadata_only
+                        && conds.get("kms:ViaService").map(Vec::as_slice)
+                            != Some(&[want.clone()][..])
+                    {
                         errs.push(format!(
                             "{at}: key use must be limited to kms:ViaService {want}"
                         ));
@@ -443,6 +457,12 @@ fn the_policy_checker_rejects_broad_or_malformed_policies() {
             "kms without ViaService",
             serde_json::json!({"Version": "2012-10-17", "Statement": [
                 {"Sid": "A", "Effect": "Allow", "Action": "kms:Decrypt",
+                 "Resource": "arn:aws:kms:us-east-1:123456789012:key/abc"}]}),
+        ),
+        (
+            "key use hidden next to DescribeKey",
+            serde_json::json!({"Version": "2012-10-17", "Statement": [
+                {"Sid": "A", "Effect": "Allow", "Action": ["kms:DescribeKey", "kms:Decrypt"],
                  "Resource": "arn:aws:kms:us-east-1:123456789012:key/abc"}]}),
         ),
         (

@@ -75,6 +75,7 @@ impl JobBuilder {
             known: Default::default(),
             state_unwritable: None,
             enabled: true,
+            describe_replicas: secretsync::plan::DescribeReplicas::Untracked,
         };
         Self { job }
     }
@@ -1117,4 +1118,68 @@ async fn values_never_appear_in_debug_or_report_json() {
     );
     // The store does hold the canaries: the test would notice a leak.
     assert_eq!(h.value("prod/A"), format!("{CANARY}-a2"));
+}
+
+// ---------------------------------------------------------------- replicas
+
+#[tokio::test]
+async fn untracked_replicas_are_described_once_tracked_then_left_to_the_drift_timer() {
+    let mut b = JobBuilder::new();
+    b.job.spec.replica_regions = vec!["eu-west-1".into()];
+    b.job.spec.description = Some("d".into());
+    let mut h = Harness::new(b, &[("app.env", "A=1\nB=2\nC=3\n")]);
+    // Three owned secrets from before replicas were configured (no state).
+    h.pass().await;
+    h.state.managed_replicas.clear();
+    for n in ["prod/A", "prod/B", "prod/C"] {
+        assert!(h.store.set_replicas(n, vec![]));
+    }
+    // A missing DescribeSecret permission: one failed call, not three; the
+    // values still sync and nothing is planned for unknown replicas.
+    h.store.reset_calls();
+    h.store.fail_next(
+        "DescribeSecret",
+        StoreError::AccessDenied {
+            op: "DescribeSecret",
+            message: "AccessDeniedException: not authorized".into(),
+        },
+        5,
+    );
+    h.write("app.env", "A=10\nB=2\nC=3\n");
+    let pass = h.pass().await;
+    assert_eq!(
+        pass.report.sync_status,
+        SyncStatus::Synced,
+        "{:?}",
+        pass.report
+    );
+    assert_eq!(h.call("DescribeSecret"), 1);
+    assert_eq!(h.call("ReplicateSecretToRegions"), 0);
+    assert_eq!(h.value("prod/A"), "10");
+    // Permission back: each untracked secret is described once, the
+    // missing replicas added, and from then on the state knows them.
+    h.store.heal();
+    h.store.reset_calls();
+    let pass = h.pass().await;
+    assert_eq!(
+        pass.report.sync_status,
+        SyncStatus::Synced,
+        "{:?}",
+        pass.report
+    );
+    assert_eq!(h.call("DescribeSecret"), 3);
+    assert_eq!(h.call("ReplicateSecretToRegions"), 3);
+    for n in ["prod/A", "prod/B", "prod/C"] {
+        assert_eq!(h.store.replica_regions(n), ["eu-west-1"], "{n}");
+        assert_eq!(
+            h.state.managed_replicas.get(n),
+            Some(&BTreeSet::from(["eu-west-1".to_string()])),
+            "{n}"
+        );
+    }
+    h.store.reset_calls();
+    let pass = h.pass().await;
+    assert_eq!(pass.report.sync_status, SyncStatus::Synced);
+    assert_eq!(h.call("DescribeSecret"), 0, "tracked: no describe per pass");
+    assert_eq!(h.store.write_calls(), 0);
 }

@@ -657,6 +657,12 @@ fn semantic_validation_table() {
             "agent.metrics_listen must be IP:PORT",
         ),
         (
+            "metrics_listen on every interface",
+            "agent: {metrics_listen: '0.0.0.0:9469'}\n".to_string(),
+            ("'0.0.0.0", 0),
+            "agent.metrics_listen must be a loopback address",
+        ),
+        (
             "include glob does not compile",
             one_sync("    source: {files: [/x.env], include: ['[A-']}\n")
                 .replace("    source: {files: [/x.env]}\n    source", "    source"),

@@ -237,10 +237,17 @@ fn resolve_agent(
         Ok(n)
     });
     let metrics_listen = report.value(raw.metrics_listen.get(), None, |s| {
-        s.trim()
-            .parse::<SocketAddr>()
-            .map(Some)
-            .map_err(|_| "agent.metrics_listen must be IP:PORT such as 127.0.0.1:9469".to_string())
+        let addr = s.trim().parse::<SocketAddr>().map_err(|_| {
+            "agent.metrics_listen must be IP:PORT such as 127.0.0.1:9469".to_string()
+        })?;
+        // The endpoint has no authentication: loopback only (scrape
+        // through a local agent or reverse proxy from elsewhere).
+        if !addr.ip().is_loopback() {
+            return Err(
+                "agent.metrics_listen must be a loopback address (127.0.0.0/8 or ::1)".to_string(),
+            );
+        }
+        Ok(Some(addr))
     });
 
     AgentSettings {

@@ -436,6 +436,195 @@ async fn import_write_back_does_not_trigger_a_second_pass() {
     h.stop().await;
 }
 
+/// Hands out one memory store and remembers every connection asked for.
+struct CountingFactory {
+    store: Arc<MemoryStore>,
+    asked: Arc<std::sync::Mutex<Vec<Connection>>>,
+}
+
+impl StoreFactory for CountingFactory {
+    type Store = MemoryStore;
+    async fn connect(&self, conn: &Connection) -> Result<Arc<MemoryStore>, StoreError> {
+        self.asked.lock().unwrap().push(conn.clone());
+        Ok(Arc::clone(&self.store))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn syncs_share_one_store_per_distinct_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let sync = |name: &str, extra: &str| {
+        std::fs::write(dir.path().join(format!("{name}.env")), "K=1\n").unwrap();
+        format!(
+            "  - name: {name}\n    source:\n      files: [{d}/{name}.env]\n    destination:\n      key_schema: \"{name}/{{{{secretKey}}}}\"\n{extra}"
+        )
+    };
+    let text = format!(
+        "agent:\n  id: t1\n  state_dir: {d}/state\n  reconcile_interval: 0\naws:\n  region: us-east-1\nsyncs:\n{}{}{}{}{}",
+        sync("a", ""),
+        sync("b", ""),
+        sync(
+            "c",
+            "      role_arn: arn:aws:iam::123456789012:role/deploy\n      external_id: ext-1\n"
+        ),
+        sync(
+            "c2",
+            "      role_arn: arn:aws:iam::123456789012:role/deploy\n      external_id: ext-1\n"
+        ),
+        sync("d", "      region: eu-west-1\n"),
+    );
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(&path, text).unwrap();
+    let config = config::load_config(&path).unwrap();
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let factory = CountingFactory {
+        store: Arc::new(MemoryStore::new()),
+        asked: Arc::clone(&asked),
+    };
+    let (engine, handle) = Engine::new(config, factory, false).unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(engine.run(async move {
+        let _ = stopped.await;
+    }));
+    let reports = handle.resync(vec![], false).await.expect("resync");
+    assert_eq!(reports.len(), 5);
+    assert!(
+        reports.iter().all(|r| r.sync_status == SyncStatus::Synced),
+        "{reports:?}"
+    );
+    // A second round reuses the stores.
+    handle.resync(vec![], false).await.expect("resync");
+    let asked = asked.lock().unwrap().clone();
+    assert_eq!(
+        asked.len(),
+        3,
+        "one client per distinct connection: {asked:#?}"
+    );
+    let distinct: BTreeSet<&Connection> = asked.iter().collect();
+    assert_eq!(distinct.len(), 3);
+    assert!(asked.iter().any(|c| c.role_arn.is_some()
+        && c.external_id.as_deref() == Some("ext-1")
+        && c.region == "us-east-1"));
+    assert!(
+        asked
+            .iter()
+            .any(|c| c.region == "eu-west-1" && c.role_arn.is_none())
+    );
+    let _ = stop.send(());
+    let _ = task.await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_record_passes_states_and_propagation() {
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("app.env"), "A=1\nB=2\n").unwrap();
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(&path, config_text(dir.path(), "", "")).unwrap();
+    let config = config::load_config(&path).unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let (engine, handle) = Engine::new(config, MemFactory(Arc::clone(&store)), false).unwrap();
+    let engine = engine.with_metrics(Arc::clone(&metrics));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(engine.run(async move {
+        let _ = stopped.await;
+    }));
+    let h = Harness {
+        dir,
+        store,
+        handle,
+        stop: Some(stop),
+        task,
+    };
+    assert!(
+        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
+            .await
+    );
+    h.write("A=changed\nB=2\n");
+    h.touch();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(h.value("A").as_deref(), Some("changed"));
+    let text = metrics.render();
+    let has = |line: &str| text.lines().any(|l| l == line);
+    assert!(
+        has("secretsync_passes_total{sync=\"app\",status=\"SYNCED\"} 2"),
+        "{text}"
+    );
+    assert!(
+        has("secretsync_secrets{sync=\"app\",state=\"SYNCED\"} 2"),
+        "{text}"
+    );
+    assert!(
+        has("secretsync_propagation_seconds_count{sync=\"app\"} 1"),
+        "{text}"
+    );
+    // Debounce (500 ms, virtual) is part of the propagation latency.
+    let sum: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("secretsync_propagation_seconds_sum{sync=\"app\"} "))
+        .and_then(|v| v.parse().ok())
+        .expect("sum");
+    assert!((0.5..2.0).contains(&sum), "{sum}");
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn replicas_follow_the_config_and_status_shows_them() {
+    let h = Harness::start(
+        "A=1\n",
+        "    destination:\n      replica_regions: [eu-west-1]\n",
+        "",
+    )
+    .await;
+    assert!(
+        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
+            .await
+    );
+    assert_eq!(h.store.replica_regions("A"), ["eu-west-1"]);
+    let replicas = &h.status().syncs[0].secrets[0].replicas;
+    assert_eq!(replicas.len(), 1);
+    assert_eq!(replicas[0].status, "InProgress");
+    // Reload with another region: the first pass after the reload describes
+    // (InSync from the store) and swaps the region.
+    let path = h.dir.path().join("agent.yaml");
+    std::fs::write(
+        &path,
+        config_text(
+            h.dir.path(),
+            "    destination:\n      replica_regions: [eu-central-1]\n",
+            "",
+        ),
+    )
+    .unwrap();
+    h.store.reset_calls();
+    h.handle.reload().await.expect("reload");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    settle().await;
+    assert_eq!(h.store.replica_regions("A"), ["eu-central-1"]);
+    let calls = h.store.calls();
+    assert_eq!(calls.get("ReplicateSecretToRegions"), Some(&1), "{calls:?}");
+    assert_eq!(
+        calls.get("RemoveRegionsFromReplication"),
+        Some(&1),
+        "{calls:?}"
+    );
+    assert_eq!(calls.get("DescribeSecret"), Some(&1), "{calls:?}");
+    // An edit describes nothing.
+    h.store.reset_calls();
+    h.write("A=2\n");
+    h.touch();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(h.value("A").as_deref(), Some("2"));
+    assert_eq!(
+        h.store.calls().get("DescribeSecret").copied().unwrap_or(0),
+        0
+    );
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn a_full_request_queue_answers_busy_and_a_stopped_engine_stopped() {
     let dir = tempfile::tempdir().unwrap();

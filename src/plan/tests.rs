@@ -597,3 +597,234 @@ fn only_needed_values_are_read() {
         vec!["A".to_string(), "B".to_string()]
     );
 }
+
+fn replica(region: &str) -> ReplicaStatus {
+    ReplicaStatus {
+        region: region.into(),
+        status: "InSync".into(),
+        message: None,
+    }
+}
+
+fn regions(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|r| (*r).to_string()).collect()
+}
+
+/// The replica ops a plan makes, per secret, in order.
+fn replica_ops(p: &Plan) -> Vec<(String, String)> {
+    p.actions
+        .iter()
+        .filter_map(|a| match &a.op {
+            Op::Replicate { add } => Some((a.name.clone(), format!("+{}", add.join(",")))),
+            Op::RemoveReplicas { regions } => {
+                Some((a.name.clone(), format!("-{}", regions.join(","))))
+            }
+            Op::Delete { .. } => Some((a.name.clone(), "delete".into())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn replica_regions_table() {
+    struct R {
+        what: &'static str,
+        /// Configured replica regions.
+        want: &'static [&'static str],
+        /// Described this pass (None: not described).
+        described: Option<&'static [&'static str]>,
+        /// Tracked in the state (None: untracked).
+        managed: Option<&'static [&'static str]>,
+        ops: &'static [&'static str],
+        /// Tracking recorded from the describe.
+        tracking: Option<&'static [&'static str]>,
+    }
+    let cases = [
+        R {
+            what: "nothing configured, nothing tracked: no call",
+            want: &[],
+            described: None,
+            managed: None,
+            ops: &[],
+            tracking: None,
+        },
+        R {
+            what: "configured, untracked, not described: unknown, no call",
+            want: &["eu-west-1"],
+            described: None,
+            managed: None,
+            ops: &[],
+            tracking: None,
+        },
+        R {
+            what: "configured, described without replicas: add",
+            want: &["eu-west-1", "ap-south-1"],
+            described: Some(&[]),
+            managed: None,
+            ops: &["+ap-south-1,eu-west-1"],
+            tracking: Some(&[]),
+        },
+        R {
+            what: "configured and present: nothing, and it becomes tracked",
+            want: &["eu-west-1"],
+            described: Some(&["eu-west-1"]),
+            managed: None,
+            ops: &[],
+            tracking: Some(&["eu-west-1"]),
+        },
+        R {
+            what: "tracked, not described: state says present",
+            want: &["eu-west-1"],
+            described: None,
+            managed: Some(&["eu-west-1"]),
+            ops: &[],
+            tracking: None,
+        },
+        R {
+            what: "new region in config, tracked: add only it",
+            want: &["eu-west-1", "eu-central-1"],
+            described: None,
+            managed: Some(&["eu-west-1"]),
+            ops: &["+eu-central-1"],
+            tracking: None,
+        },
+        R {
+            what: "dropped from config: remove what we set up",
+            want: &[],
+            described: None,
+            managed: Some(&["eu-west-1"]),
+            ops: &["-eu-west-1"],
+            tracking: None,
+        },
+        R {
+            what: "dropped from config but already gone in AWS: no call",
+            want: &[],
+            described: Some(&[]),
+            managed: Some(&["eu-west-1"]),
+            ops: &[],
+            tracking: Some(&[]),
+        },
+        R {
+            what: "someone else's replica is left alone",
+            want: &["eu-west-1"],
+            described: Some(&["eu-west-1", "sa-east-1"]),
+            managed: Some(&["eu-west-1"]),
+            ops: &[],
+            tracking: Some(&["eu-west-1"]),
+        },
+        R {
+            what: "replica removed behind our back: added again",
+            want: &["eu-west-1"],
+            described: Some(&[]),
+            managed: Some(&["eu-west-1"]),
+            ops: &["+eu-west-1"],
+            tracking: Some(&[]),
+        },
+        R {
+            what: "swap one region for another",
+            want: &["eu-central-1"],
+            described: Some(&["eu-west-1"]),
+            managed: Some(&["eu-west-1"]),
+            ops: &["+eu-central-1", "-eu-west-1"],
+            tracking: Some(&["eu-west-1"]),
+        },
+    ];
+    for c in cases {
+        let mut sp = spec();
+        sp.replica_regions = c.want.iter().map(|r| (*r).to_string()).collect();
+        let mut a = actual(&[("A", Owner::Us, false, Some("1"))]);
+        if let Some(d) = c.described {
+            a.replicas
+                .insert("A".into(), d.iter().map(|r| replica(r)).collect());
+        }
+        let mut o = opts();
+        if let Some(m) = c.managed {
+            o.managed_replicas.insert("A".into(), regions(m));
+        }
+        let p = plan(&sp, &desired_one(&[("A", "1")]), &a, &o);
+        let got: Vec<String> = replica_ops(&p).into_iter().map(|(_, op)| op).collect();
+        assert_eq!(got, c.ops, "{}", c.what);
+        assert!(
+            p.actions.iter().all(|a| a.kind == K::Replicate),
+            "{}: {:?}",
+            c.what,
+            kinds(&p)
+        );
+        assert_eq!(
+            p.replica_tracking.get("A"),
+            c.tracking.map(regions).as_ref(),
+            "{}",
+            c.what
+        );
+        assert_eq!(states(&p), vec![("A".to_string(), S::Synced)], "{}", c.what);
+        if c.described.is_some() {
+            assert!(p.replicas.contains_key("A"), "{}", c.what);
+        }
+    }
+}
+
+#[test]
+fn replicas_are_removed_before_a_deletion_and_never_for_foreign_secrets() {
+    let mut a = actual(&[
+        ("A", Owner::Us, false, Some("1")),
+        ("GONE", Owner::Us, false, Some("x")),
+        ("THEIRS", Owner::OtherSync, false, Some("x")),
+    ]);
+    a.replicas.insert(
+        "GONE".into(),
+        vec![replica("eu-west-1"), replica("sa-east-1")],
+    );
+    let mut o = opts();
+    o.max_delete_fraction = 1.0;
+    let p = plan(&spec(), &desired_one(&[("A", "1")]), &a, &o);
+    assert_eq!(
+        replica_ops(&p),
+        vec![
+            ("GONE".to_string(), "-eu-west-1,sa-east-1".to_string()),
+            ("GONE".to_string(), "delete".to_string()),
+        ],
+        "all replicas go first (AWS refuses to delete a replicated secret)"
+    );
+    // Retained secrets keep theirs.
+    o.disable_deletion = true;
+    let p = plan(&spec(), &desired_one(&[("A", "1")]), &a, &o);
+    assert!(replica_ops(&p).is_empty(), "{:?}", kinds(&p));
+}
+
+#[test]
+fn create_carries_replicas_and_describe_scope() {
+    let mut sp = spec();
+    sp.replica_regions = vec!["eu-west-1".into()];
+    let p = plan(
+        &sp,
+        &desired_one(&[("NEW", "1")]),
+        &Actual::default(),
+        &opts(),
+    );
+    match &p.actions[0].op {
+        Op::Create(req) => assert_eq!(req.replica_regions, vec!["eu-west-1".to_string()]),
+        other => panic!("{other:?}"),
+    }
+    // Who gets described.
+    let a = actual(&[
+        ("OURS", Owner::Us, false, None),
+        ("TRACKED", Owner::Us, false, None),
+        ("PENDING", Owner::Us, true, None),
+        ("THEIRS", Owner::OtherAgent, false, None),
+        ("LOOSE", Owner::Nobody, false, None),
+    ]);
+    let d = desired_one(&[("OURS", "1"), ("TRACKED", "1"), ("LOOSE", "1")]);
+    let mut o = opts();
+    o.managed_replicas
+        .insert("TRACKED".into(), regions(&["eu-west-1"]));
+    let all = names_to_describe(&sp, &d, &a.secrets, &o, DescribeReplicas::All);
+    assert_eq!(all, ["OURS", "TRACKED"]);
+    let untracked = names_to_describe(&sp, &d, &a.secrets, &o, DescribeReplicas::Untracked);
+    assert_eq!(untracked, ["OURS"]);
+    o.adopt_existing = true;
+    let adopt = names_to_describe(&sp, &d, &a.secrets, &o, DescribeReplicas::All);
+    assert_eq!(adopt, ["LOOSE", "OURS", "TRACKED"]);
+    // A sync that neither configures nor tracks replicas describes nothing.
+    let none = names_to_describe(&spec(), &d, &a.secrets, &opts(), DescribeReplicas::All);
+    assert!(none.is_empty());
+}

@@ -27,24 +27,32 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::error::Error as StdError;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
 use aws_config::sts::AssumeRoleProvider;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_secretsmanager as sm;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::retries::RequestAttempts;
 use sm::config::http::HttpResponse;
+use sm::config::interceptors::FinalizerInterceptorContextRef;
+use sm::config::{ConfigBag, Intercept, RuntimeComponents};
 use sm::error::{ConnectorError, ProvideErrorMetadata, SdkError};
 use sm::operation::RequestId;
 use sm::types::{Filter, FilterNameStringType, ReplicaRegionType, SecretListEntry, Tag};
 
 use super::pacing::Pacer;
 use super::{
-    BATCH_GET_MAX, Connection, CreateSecret, LIST_PAGE_MAX, NAME_FILTER_MAX, RemoteSecret,
-    RemoteValue, SecretStore, StoreError, ValueRead, WriteResult,
+    BATCH_GET_MAX, Connection, CreateSecret, KmsKeyInfo, LIST_PAGE_MAX, NAME_FILTER_MAX,
+    RemoteSecret, RemoteValue, ReplicaStatus, SecretStore, StoreError, ValueRead, WriteResult,
 };
+use crate::metrics::Metrics;
 use crate::naming::TAG_SYNC;
 use crate::secret::SecretValue;
 
@@ -91,6 +99,10 @@ const OP_UNTAG: &str = "UntagResource";
 const OP_UPDATE: &str = "UpdateSecret";
 const OP_DELETE: &str = "DeleteSecret";
 const OP_RESTORE: &str = "RestoreSecret";
+const OP_DESCRIBE: &str = "DescribeSecret";
+const OP_REPLICATE: &str = "ReplicateSecretToRegions";
+const OP_REMOVE_REPLICAS: &str = "RemoveRegionsFromReplication";
+const OP_DESCRIBE_KEY: &str = "kms:DescribeKey";
 
 /// Secrets Manager in one region with one set of credentials, paced and
 /// retried. Cheap to share behind an `Arc`: the SDK client is a handle and
@@ -98,6 +110,9 @@ const OP_RESTORE: &str = "RestoreSecret";
 #[derive(Debug)]
 pub struct AwsStore {
     client: sm::Client,
+    /// KMS in the same region with the same credentials, for `check`'s
+    /// key probe only (the agent never calls KMS itself).
+    kms: Option<aws_sdk_kms::Client>,
     reads: Pacer,
     writes: Pacer,
 }
@@ -155,6 +170,16 @@ impl AwsStore {
     /// and retries; assumed credentials are cached and refreshed before they
     /// expire.
     pub async fn connect(conn: &Connection) -> Result<AwsStore, StoreError> {
+        Self::connect_with_metrics(conn, None).await
+    }
+
+    /// [`AwsStore::connect`], and with `metrics` every API call, retry and
+    /// throttled attempt is counted there (by an SDK interceptor, so the
+    /// counts are per HTTP exchange, not per store method).
+    pub async fn connect_with_metrics(
+        conn: &Connection,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<AwsStore, StoreError> {
         if conn.region.trim().is_empty() {
             return Err(StoreError::Config("AWS region is empty".into()));
         }
@@ -184,6 +209,9 @@ impl AwsStore {
         if let Some(url) = &conn.endpoint_url {
             builder = builder.endpoint_url(url);
         }
+        // KMS keeps its default endpoint (AWS_ENDPOINT_URL[_KMS] still
+        // apply): `endpoint_url` may be a Secrets Manager VPC endpoint.
+        let mut kms_builder = aws_sdk_kms::config::Builder::from(&sdk_config);
         if let Some(role) = &conn.role_arn {
             let mut assume = AssumeRoleProvider::builder(role)
                 .session_name(SESSION_NAME)
@@ -192,14 +220,18 @@ impl AwsStore {
             if let Some(external_id) = &conn.external_id {
                 assume = assume.external_id(external_id);
             }
-            builder = builder.credentials_provider(assume.build().await);
+            // One provider (one cache of assumed credentials) for both clients.
+            let provider = SharedCredentialsProvider::new(assume.build().await);
+            builder = builder.credentials_provider(provider.clone());
+            kms_builder = kms_builder.credentials_provider(provider);
+        }
+        if let Some(metrics) = metrics {
+            builder = builder.interceptor(MetricsInterceptor(metrics));
         }
         let client = sm::Client::from_conf(builder.build());
-        Ok(Self::from_client(
-            client,
-            conn.max_read_tps,
-            conn.max_write_tps,
-        ))
+        let mut store = Self::from_client(client, conn.max_read_tps, conn.max_write_tps);
+        store.kms = Some(aws_sdk_kms::Client::from_conf(kms_builder.build()));
+        Ok(store)
     }
 
     /// Wraps an already configured client (tests use a mocked one). The
@@ -209,9 +241,50 @@ impl AwsStore {
     pub fn from_client(client: sm::Client, max_read_tps: u32, max_write_tps: u32) -> Self {
         Self {
             client,
+            kms: None,
             reads: Pacer::new(max_read_tps, burst_for(max_read_tps)),
             writes: Pacer::new(max_write_tps, burst_for(max_write_tps)),
         }
+    }
+
+    /// Sets the KMS client (tests use a mocked one).
+    #[doc(hidden)]
+    pub fn with_kms_client(mut self, kms: aws_sdk_kms::Client) -> Self {
+        self.kms = Some(kms);
+        self
+    }
+
+    /// `DescribeKey` for a configured `kms_key_id` (id, ARN or alias):
+    /// read-only, for `check`. Needs `kms:DescribeKey`, which reveals key
+    /// metadata only.
+    pub async fn describe_kms_key(&self, key_id: &str) -> Result<KmsKeyInfo, StoreError> {
+        let Some(kms) = &self.kms else {
+            return Err(StoreError::Config("no KMS client configured".into()));
+        };
+        self.reads.acquire().await;
+        let result = kms
+            .describe_key()
+            .key_id(key_id)
+            .send()
+            .await
+            .map_err(|e| classify(OP_DESCRIBE_KEY, &e, None))
+            .and_then(|out| {
+                let meta = out.key_metadata.ok_or_else(|| StoreError::Unavailable {
+                    op: OP_DESCRIBE_KEY,
+                    message: "the answer had no KeyMetadata".into(),
+                })?;
+                Ok(KmsKeyInfo {
+                    arn: meta.arn.unwrap_or_else(|| meta.key_id.clone()),
+                    enabled: meta.enabled,
+                    state: meta
+                        .key_state
+                        .map_or_else(|| "Unknown".into(), |s| s.as_str().to_owned()),
+                    usage: meta.key_usage.map(|s| s.as_str().to_owned()),
+                    spec: meta.key_spec.map(|s| s.as_str().to_owned()),
+                })
+            });
+        log_call(OP_DESCRIBE_KEY, key_id, &result);
+        result
     }
 
     /// All `ListSecrets` pages for `filters`, pending deletion included.
@@ -589,6 +662,77 @@ impl SecretStore for AwsStore {
         result
     }
 
+    async fn describe_replicas(&self, name: &str) -> Result<Vec<ReplicaStatus>, StoreError> {
+        self.reads.acquire().await;
+        let result = self
+            .client
+            .describe_secret()
+            .secret_id(name)
+            .send()
+            .await
+            .map(|out| {
+                let mut replicas: Vec<ReplicaStatus> = out
+                    .replication_status()
+                    .iter()
+                    .filter_map(|r| {
+                        Some(ReplicaStatus {
+                            region: r.region()?.to_owned(),
+                            status: r
+                                .status()
+                                .map_or_else(|| "Unknown".to_owned(), |s| s.as_str().to_owned()),
+                            message: r.status_message().map(str::to_owned),
+                        })
+                    })
+                    .collect();
+                replicas.sort();
+                replicas
+            })
+            .map_err(|e| classify(OP_DESCRIBE, &e, None));
+        log_call(OP_DESCRIBE, name, &result);
+        result
+    }
+
+    async fn replicate_to(&self, name: &str, regions: &[String]) -> Result<(), StoreError> {
+        if regions.is_empty() {
+            return Ok(());
+        }
+        self.writes.acquire().await;
+        let result = self
+            .client
+            .replicate_secret_to_regions()
+            .secret_id(name)
+            .set_add_replica_regions(Some(
+                regions
+                    .iter()
+                    .map(|r| ReplicaRegionType::builder().region(r).build())
+                    .collect(),
+            ))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(OP_REPLICATE, &e, None));
+        log_call(OP_REPLICATE, name, &result);
+        result
+    }
+
+    async fn remove_replicas(&self, name: &str, regions: &[String]) -> Result<(), StoreError> {
+        if regions.is_empty() {
+            return Ok(());
+        }
+        self.writes.acquire().await;
+        let result = self
+            .client
+            .remove_regions_from_replication()
+            .secret_id(name)
+            .set_remove_replica_regions(Some(regions.to_vec()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(OP_REMOVE_REPLICAS, &e, None));
+        log_call(OP_REMOVE_REPLICAS, name, &result);
+        result
+    }
+
     async fn probe(&self) -> Result<(), StoreError> {
         self.reads.acquire().await;
         let result = self
@@ -602,6 +746,90 @@ impl SecretStore for AwsStore {
         log_call(OP_LIST, "(probe)", &result);
         result
     }
+}
+
+/// Counts calls, retries and throttled attempts into [`Metrics`]. Reads
+/// only the status, the error-type header and, for error responses, the
+/// error body's `__type` (error bodies carry no values).
+#[derive(Debug)]
+struct MetricsInterceptor(Arc<Metrics>);
+
+impl MetricsInterceptor {
+    fn operation(cfg: &ConfigBag) -> &str {
+        cfg.load::<Metadata>().map_or("unknown", Metadata::name)
+    }
+}
+
+impl Intercept for MetricsInterceptor {
+    fn name(&self) -> &'static str {
+        "secretsync-metrics"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let op = Self::operation(cfg);
+        if cfg
+            .load::<RequestAttempts>()
+            .is_some_and(|a| a.attempts() > 1)
+        {
+            self.0.aws_retried(op);
+        }
+        if response_outcome(context.response()) == "throttled" {
+            self.0.aws_throttled(op);
+        }
+        Ok(())
+    }
+
+    fn read_after_execution(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0
+            .aws_call(Self::operation(cfg), response_outcome(context.response()));
+        Ok(())
+    }
+}
+
+/// Outcome class of one HTTP exchange: `ok`, or [`StoreError::kind`] of the
+/// error it maps to (`unavailable` when no response arrived).
+fn response_outcome(response: Option<&HttpResponse>) -> &'static str {
+    let Some(response) = response else {
+        return "unavailable";
+    };
+    let status = response.status().as_u16();
+    if (200..300).contains(&status) {
+        return "ok";
+    }
+    let code = error_code(response);
+    from_code("", code.as_deref(), None, Some(status), None, None).kind()
+}
+
+/// The AWS error code of an error response: the `x-amzn-errortype` header,
+/// else the JSON body's `__type` (or `code`), without namespace or suffix.
+fn error_code(response: &HttpResponse) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(rename = "__type")]
+        kind: Option<String>,
+        code: Option<String>,
+    }
+    let raw = response
+        .headers()
+        .get("x-amzn-errortype")
+        .map(str::to_owned)
+        .or_else(|| {
+            let bytes = response.body().bytes()?;
+            let body: Body = serde_json::from_slice(bytes).ok()?;
+            body.kind.or(body.code)
+        })?;
+    let after_ns = raw.rsplit('#').next().unwrap_or(&raw);
+    Some(after_ns.split(':').next().unwrap_or(after_ns).to_owned())
 }
 
 /// Error codes that mean "slow down".
@@ -735,6 +963,13 @@ fn from_code(
     } else if code == "ResourceExistsException" {
         StoreError::AlreadyExists { op, message }
     } else if is(ACCESS_CODES) {
+        let message = if code.starts_with("KMS") || code.ends_with("cryptionFailure") {
+            format!(
+                "the KMS key cannot be used ({message}); check the key's state and that its key policy lets these credentials use it through Secrets Manager"
+            )
+        } else {
+            message
+        };
         StoreError::AccessDenied { op, message }
     } else if is(CREDENTIAL_CODES) {
         StoreError::Config(format!("{op}: AWS rejected the credentials: {message}"))
@@ -1656,5 +1891,236 @@ mod tests {
         assert_eq!(burst_for(20), 10);
         assert_eq!(burst_for(1), 1);
         assert_eq!(burst_for(0), 1);
+    }
+
+    /// A KMS client answering from `rules`.
+    fn mocked_kms(rules: &[&Rule]) -> aws_sdk_kms::Client {
+        let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
+        for rule in rules {
+            interceptor = interceptor.with_rule(rule);
+        }
+        let conf = aws_sdk_kms::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .credentials_provider(sm::config::Credentials::new(
+                "AKIDTEST", "SECRET", None, None, "test",
+            ))
+            .http_client(create_mock_http_client())
+            .interceptor(interceptor)
+            .build();
+        aws_sdk_kms::Client::from_conf(conf)
+    }
+
+    #[tokio::test]
+    async fn kms_key_probe_reads_metadata_and_maps_errors() {
+        use aws_sdk_kms::operation::describe_key::DescribeKeyOutput;
+        use aws_sdk_kms::types::{KeyMetadata, KeySpec, KeyState, KeyUsageType};
+        let found = mock!(aws_sdk_kms::Client::describe_key)
+            .match_requests(|r| r.key_id() == Some("alias/app"))
+            .then_output(|| {
+                DescribeKeyOutput::builder()
+                    .key_metadata(
+                        KeyMetadata::builder()
+                            .key_id("1234abcd")
+                            .arn("arn:aws:kms:eu-west-1:123456789012:key/1234abcd")
+                            .enabled(false)
+                            .key_state(KeyState::Disabled)
+                            .key_usage(KeyUsageType::EncryptDecrypt)
+                            .key_spec(KeySpec::SymmetricDefault)
+                            .build()
+                            .expect("metadata"),
+                    )
+                    .build()
+            });
+        let missing = mock!(aws_sdk_kms::Client::describe_key)
+            .match_requests(|r| r.key_id() == Some("alias/typo"))
+            .then_http_response(|| {
+                aws_error(400, "NotFoundException", "Alias alias/typo is not found.")
+            });
+        let denied = mock!(aws_sdk_kms::Client::describe_key)
+            .match_requests(|r| r.key_id() == Some("alias/locked"))
+            .then_http_response(|| {
+                aws_error(
+                    400,
+                    "AccessDeniedException",
+                    "User is not authorized to perform kms:DescribeKey",
+                )
+            });
+        let store = mocked(&[]).with_kms_client(mocked_kms(&[&found, &missing, &denied]));
+        let info = store.describe_kms_key("alias/app").await.expect("found");
+        assert_eq!(
+            info,
+            KmsKeyInfo {
+                arn: "arn:aws:kms:eu-west-1:123456789012:key/1234abcd".into(),
+                enabled: false,
+                state: "Disabled".into(),
+                usage: Some("ENCRYPT_DECRYPT".into()),
+                spec: Some("SYMMETRIC_DEFAULT".into()),
+            }
+        );
+        let verdict = crate::kms::verdict("alias/app", "eu-west-1", &Ok(info));
+        assert!(
+            matches!(&verdict, crate::kms::KeyVerdict::Unusable(t) if t.contains("is Disabled")),
+            "{verdict:?}"
+        );
+        let typo = store.describe_kms_key("alias/typo").await;
+        assert!(
+            matches!(&typo, Err(StoreError::Rejected { message, .. }) if message.contains("NotFoundException")),
+            "{typo:?}"
+        );
+        assert!(matches!(
+            crate::kms::verdict("alias/typo", "eu-west-1", &typo),
+            crate::kms::KeyVerdict::Unusable(_)
+        ));
+        let locked = store.describe_kms_key("alias/locked").await;
+        assert!(
+            matches!(locked, Err(StoreError::AccessDenied { .. })),
+            "{locked:?}"
+        );
+        assert!(matches!(
+            crate::kms::verdict("alias/locked", "eu-west-1", &locked),
+            crate::kms::KeyVerdict::Unknown(_)
+        ));
+        // A store built without KMS says so instead of panicking.
+        assert!(matches!(
+            mocked(&[]).describe_kms_key("alias/app").await,
+            Err(StoreError::Config(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn kms_failures_on_writes_say_the_key_is_the_problem() {
+        for code in [
+            "KMSAccessDeniedException",
+            "KMSDisabledException",
+            "KMSInvalidStateException",
+            "EncryptionFailure",
+        ] {
+            let rule = put_rule(400, code, "Access to KMS is not allowed");
+            let store = mocked(&[&rule]);
+            let err = store
+                .put_value("a", &SecretValue::new("v"), &token())
+                .await
+                .expect_err(code);
+            assert!(
+                matches!(err, StoreError::AccessDenied { .. }),
+                "{code}: {err:?}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains("the KMS key cannot be used") && text.contains(code),
+                "{code}: {text}"
+            );
+            assert!(!err.is_transient());
+        }
+        // IAM denials keep their own wording.
+        let rule = put_rule(400, "AccessDeniedException", "not authorized");
+        let err = mocked(&[&rule])
+            .put_value("a", &SecretValue::new("v"), &token())
+            .await
+            .expect_err("iam");
+        assert!(!err.to_string().contains("KMS"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn replicas_are_described_added_and_removed() {
+        use sm::operation::describe_secret::DescribeSecretOutput;
+        use sm::operation::remove_regions_from_replication::RemoveRegionsFromReplicationOutput;
+        use sm::operation::replicate_secret_to_regions::ReplicateSecretToRegionsOutput;
+        use sm::types::{ReplicationStatusType, StatusType};
+        let describe = mock!(sm::Client::describe_secret).then_output(|| {
+            DescribeSecretOutput::builder()
+                .replication_status(
+                    ReplicationStatusType::builder()
+                        .region("eu-west-1")
+                        .status(StatusType::Failed)
+                        .status_message(
+                            "Replication failed: a secret with this name already exists",
+                        )
+                        .build(),
+                )
+                .replication_status(
+                    ReplicationStatusType::builder()
+                        .region("ap-south-1")
+                        .status(StatusType::InSync)
+                        .build(),
+                )
+                .build()
+        });
+        let add = mock!(sm::Client::replicate_secret_to_regions)
+            .match_requests(|r| {
+                r.secret_id() == Some("a")
+                    && r.add_replica_regions().len() == 1
+                    && r.add_replica_regions()[0].region() == Some("eu-central-1")
+            })
+            .then_output(|| ReplicateSecretToRegionsOutput::builder().build());
+        let remove = mock!(sm::Client::remove_regions_from_replication)
+            .match_requests(|r| r.remove_replica_regions() == ["eu-west-1".to_string()])
+            .then_output(|| RemoveRegionsFromReplicationOutput::builder().build());
+        let store = mocked(&[&describe, &add, &remove]);
+        let got = store.describe_replicas("a").await.expect("describe");
+        assert_eq!(
+            got,
+            vec![
+                ReplicaStatus {
+                    region: "ap-south-1".into(),
+                    status: "InSync".into(),
+                    message: None,
+                },
+                ReplicaStatus {
+                    region: "eu-west-1".into(),
+                    status: "Failed".into(),
+                    message: Some(
+                        "Replication failed: a secret with this name already exists".into()
+                    ),
+                },
+            ]
+        );
+        store
+            .replicate_to("a", &["eu-central-1".into()])
+            .await
+            .expect("add");
+        store
+            .remove_replicas("a", &["eu-west-1".into()])
+            .await
+            .expect("remove");
+        store.replicate_to("a", &[]).await.expect("no call");
+        store.remove_replicas("a", &[]).await.expect("no call");
+        assert_eq!(
+            (describe.num_calls(), add.num_calls(), remove.num_calls()),
+            (1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn response_outcomes_for_metrics() {
+        let ok = HttpResponse::new(200.try_into().expect("status"), "{}".into());
+        assert_eq!(response_outcome(Some(&ok)), "ok");
+        assert_eq!(
+            response_outcome(Some(&aws_error(
+                400,
+                "ThrottlingException",
+                "Rate exceeded"
+            ))),
+            "throttled"
+        );
+        assert_eq!(
+            response_outcome(Some(&aws_error(
+                400,
+                "com.amazonaws.secretsmanager#ResourceNotFoundException",
+                "nope"
+            ))),
+            "not_found"
+        );
+        let mut header_only = HttpResponse::new(400.try_into().expect("status"), "".into());
+        header_only
+            .headers_mut()
+            .insert("x-amzn-errortype", "AccessDeniedException:http://internal/");
+        assert_eq!(response_outcome(Some(&header_only)), "access_denied");
+        assert_eq!(
+            response_outcome(Some(&aws_error(503, "Whatever", "x"))),
+            "unavailable"
+        );
+        assert_eq!(response_outcome(None), "unavailable");
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::{
     BATCH_GET_MAX, CreateSecret, LIST_PAGE_MAX, NAME_FILTER_MAX, RemoteSecret, RemoteValue,
-    SecretStore, StoreError, ValueRead, WriteResult,
+    ReplicaStatus, SecretStore, StoreError, ValueRead, WriteResult,
 };
 use crate::naming::{
     MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TAGS, MAX_VALUE_BYTES, TAG_SYNC, validate_secret_name,
@@ -40,13 +40,27 @@ pub const OP_RESTORE: &str = "RestoreSecret";
 pub const OP_LIST: &str = "ListSecrets";
 /// `BatchGetSecretValue` (one per ≤ 20 ids).
 pub const OP_BATCH_GET: &str = "BatchGetSecretValue";
+/// `DescribeSecret`.
+pub const OP_DESCRIBE: &str = "DescribeSecret";
+/// `ReplicateSecretToRegions`.
+pub const OP_REPLICATE: &str = "ReplicateSecretToRegions";
+/// `RemoveRegionsFromReplication`.
+pub const OP_REMOVE_REPLICAS: &str = "RemoveRegionsFromReplication";
 
 /// Operations that change AWS state, as counted by [`MemoryStore::write_calls`].
-pub const WRITE_OPS: [&str; 7] = [
-    OP_CREATE, OP_PUT, OP_TAG, OP_UNTAG, OP_UPDATE, OP_DELETE, OP_RESTORE,
+pub const WRITE_OPS: [&str; 9] = [
+    OP_CREATE,
+    OP_PUT,
+    OP_TAG,
+    OP_UNTAG,
+    OP_UPDATE,
+    OP_DELETE,
+    OP_RESTORE,
+    OP_REPLICATE,
+    OP_REMOVE_REPLICAS,
 ];
 /// Every operation the store can be asked to count or fail.
-pub const ALL_OPS: [&str; 9] = [
+pub const ALL_OPS: [&str; 12] = [
     OP_CREATE,
     OP_PUT,
     OP_TAG,
@@ -56,7 +70,12 @@ pub const ALL_OPS: [&str; 9] = [
     OP_RESTORE,
     OP_LIST,
     OP_BATCH_GET,
+    OP_DESCRIBE,
+    OP_REPLICATE,
+    OP_REMOVE_REPLICAS,
 ];
+/// The region this store stands for (replicas must be elsewhere).
+pub const REGION: &str = "us-east-1";
 
 /// AWS's limit on a secret description.
 const MAX_DESCRIPTION_LEN: usize = 2_048;
@@ -98,6 +117,8 @@ struct Entry {
     meta: RemoteSecret,
     /// Every version ever written, oldest first.
     versions: Vec<Version>,
+    /// Replica regions, as `DescribeSecret` reports them.
+    replicas: Vec<ReplicaStatus>,
 }
 
 #[derive(Debug)]
@@ -213,8 +234,30 @@ impl MemoryStore {
             Entry {
                 meta: secret,
                 versions,
+                replicas: Vec::new(),
             },
         );
+    }
+
+    /// Sets a secret's replicas as if someone else changed them (not
+    /// counted). Returns whether the secret exists.
+    pub fn set_replicas(&self, name: &str, replicas: Vec<ReplicaStatus>) -> bool {
+        match self.lock().secrets.get_mut(name) {
+            Some(e) => {
+                e.replicas = replicas;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A secret's replica regions, sorted (not counted).
+    pub fn replica_regions(&self, name: &str) -> Vec<String> {
+        self.lock()
+            .secrets
+            .get(name)
+            .map(|e| e.replicas.iter().map(|r| r.region.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// A secret's metadata and current value, without counting a call.
@@ -584,6 +627,7 @@ impl SecretStore for MemoryStore {
                 ),
             });
         }
+        let replicas = new_replicas(OP_CREATE, &[], &req.replica_regions)?;
         let meta = RemoteSecret {
             name: req.name.clone(),
             arn: make_arn(&req.name),
@@ -601,6 +645,7 @@ impl SecretStore for MemoryStore {
                     id: req.token.clone(),
                     value: req.value.clone(),
                 }],
+                replicas,
             },
         );
         Ok(WriteResult {
@@ -721,6 +766,16 @@ impl SecretStore for MemoryStore {
         let entry = inner
             .find_mut(name)
             .ok_or(StoreError::NotFound { op: OP_DELETE })?;
+        if !entry.replicas.is_empty() {
+            let regions: Vec<&str> = entry.replicas.iter().map(|r| r.region.as_str()).collect();
+            return Err(rejected(
+                OP_DELETE,
+                format!(
+                    "InvalidParameterException: You can't delete secret {name} that still has replica regions [{}]",
+                    regions.join(",")
+                ),
+            ));
+        }
         if recovery_window_days == 0 {
             // Force delete also works on a secret already scheduled for deletion.
             let key = entry.meta.name.clone();
@@ -747,9 +802,68 @@ impl SecretStore for MemoryStore {
         Ok(())
     }
 
+    async fn describe_replicas(&self, name: &str) -> Result<Vec<ReplicaStatus>, StoreError> {
+        self.call(OP_DESCRIBE).await?;
+        let inner = self.lock();
+        let entry = inner
+            .find(name)
+            .ok_or(StoreError::NotFound { op: OP_DESCRIBE })?;
+        Ok(entry.replicas.clone())
+    }
+
+    async fn replicate_to(&self, name: &str, regions: &[String]) -> Result<(), StoreError> {
+        if regions.is_empty() {
+            return Ok(()); // AwsStore makes no call for this either.
+        }
+        self.call(OP_REPLICATE).await?;
+        let mut inner = self.lock();
+        let entry = inner.live_mut(OP_REPLICATE, name)?;
+        let added = new_replicas(OP_REPLICATE, &entry.replicas, regions)?;
+        entry.replicas.extend(added);
+        entry.replicas.sort();
+        Ok(())
+    }
+
+    async fn remove_replicas(&self, name: &str, regions: &[String]) -> Result<(), StoreError> {
+        if regions.is_empty() {
+            return Ok(()); // AwsStore makes no call for this either.
+        }
+        self.call(OP_REMOVE_REPLICAS).await?;
+        let mut inner = self.lock();
+        let entry = inner.find_mut(name).ok_or(StoreError::NotFound {
+            op: OP_REMOVE_REPLICAS,
+        })?;
+        entry.replicas.retain(|r| !regions.contains(&r.region));
+        Ok(())
+    }
+
     async fn probe(&self) -> Result<(), StoreError> {
         self.call(OP_LIST).await
     }
+}
+
+/// Replicas for `regions` on a secret that already has `existing`: AWS
+/// rejects the primary region and a region that is already a replica.
+fn new_replicas(
+    op: &'static str,
+    existing: &[ReplicaStatus],
+    regions: &[String],
+) -> Result<Vec<ReplicaStatus>, StoreError> {
+    let mut out: Vec<ReplicaStatus> = Vec::new();
+    for region in regions {
+        if region == REGION || existing.iter().chain(&out).any(|r| &r.region == region) {
+            return Err(rejected(
+                op,
+                format!("InvalidParameterException: Invalid replica region {region}."),
+            ));
+        }
+        out.push(ReplicaStatus {
+            region: region.clone(),
+            status: "InSync".into(),
+            message: Some("Replication succeeded".into()),
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -1329,6 +1443,13 @@ mod tests {
         s.update_metadata("a", Some("alias/x"), Some("d"))
             .await
             .expect("update");
+        s.replicate_to("a", &["eu-west-1".into()])
+            .await
+            .expect("replicate");
+        s.describe_replicas("a").await.expect("describe");
+        s.remove_replicas("a", &["eu-west-1".into()])
+            .await
+            .expect("unreplicate");
         s.delete_secret("a", 7).await.expect("delete");
         s.restore_secret("a").await.expect("restore");
         s.list_by_sync("app").await.expect("list");
@@ -1341,7 +1462,8 @@ mod tests {
         }
         assert_eq!(calls[OP_LIST], 3);
         assert_eq!(calls[OP_BATCH_GET], 1);
-        assert_eq!(s.write_calls(), 7);
+        assert_eq!(calls[OP_DESCRIBE], 1);
+        assert_eq!(s.write_calls(), 9);
         s.reset_calls();
         assert!(s.calls().is_empty());
         assert_eq!(s.write_calls(), 0);
@@ -1427,5 +1549,43 @@ mod tests {
         }
         assert_eq!(s.versions("a").len(), 25, "t0 from create + 24 new tokens");
         assert_eq!(s.calls()[OP_PUT], 50);
+    }
+
+    #[tokio::test]
+    async fn replicas_behave_like_aws() {
+        let store = MemoryStore::new();
+        let mut create = req("r", "v", &tok("1"));
+        create.replica_regions = vec!["eu-west-1".into()];
+        store.create_secret(&create).await.expect("create");
+        assert_eq!(store.replica_regions("r"), ["eu-west-1"]);
+        let described = store.describe_replicas("r").await.expect("describe");
+        assert_eq!(described[0].status, "InSync");
+        // The primary region and a region already replicated are refused.
+        for bad in [REGION, "eu-west-1"] {
+            let r = store.replicate_to("r", &[bad.to_string()]).await;
+            assert!(is_rejected(&r, "Invalid replica region"), "{bad}: {r:?}");
+        }
+        store
+            .replicate_to("r", &["ap-south-1".into()])
+            .await
+            .expect("add");
+        assert_eq!(store.replica_regions("r"), ["ap-south-1", "eu-west-1"]);
+        // No deletion while replicas remain.
+        let r = store.delete_secret("r", 7).await;
+        assert!(is_rejected(&r, "still has replica regions"), "{r:?}");
+        store
+            .remove_replicas("r", &["ap-south-1".into(), "eu-west-1".into()])
+            .await
+            .expect("remove");
+        store.delete_secret("r", 7).await.expect("delete");
+        assert!(matches!(
+            store.describe_replicas("nope").await,
+            Err(StoreError::NotFound { .. })
+        ));
+        // Empty changes make no call, like the AWS store.
+        store.reset_calls();
+        store.replicate_to("r", &[]).await.expect("noop");
+        store.remove_replicas("r", &[]).await.expect("noop");
+        assert_eq!(store.write_calls(), 0);
     }
 }

@@ -52,6 +52,33 @@ pub struct RemoteValue {
     pub value: Option<SecretValue>,
 }
 
+/// One replica of a secret, as `DescribeSecret` reports it
+/// (`ReplicationStatus`), shown per secret in status.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct ReplicaStatus {
+    /// Replica region.
+    pub region: String,
+    /// `InSync`, `InProgress` or `Failed` (AWS's words).
+    pub status: String,
+    /// AWS's `StatusMessage` (why a replica failed), if any.
+    pub message: Option<String>,
+}
+
+/// What KMS says about a configured key (`check`'s probe).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KmsKeyInfo {
+    /// Key ARN (aliases resolved).
+    pub arn: String,
+    /// `Enabled` flag.
+    pub enabled: bool,
+    /// `KeyState`, e.g. `Enabled`, `Disabled`, `PendingDeletion`.
+    pub state: String,
+    /// `KeyUsage`, e.g. `ENCRYPT_DECRYPT` (`None` if not reported).
+    pub usage: Option<String>,
+    /// `KeySpec`, e.g. `SYMMETRIC_DEFAULT` (`None` if not reported).
+    pub spec: Option<String>,
+}
+
 /// Result of reading one secret's value in a batch.
 pub type ValueRead = (String, Result<RemoteValue, StoreError>);
 
@@ -140,6 +167,19 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Throttled { .. } | Self::Unavailable { .. })
     }
+
+    /// A short class name for metrics labels (bounded set, no message).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Throttled { .. } => "throttled",
+            Self::Unavailable { .. } => "unavailable",
+            Self::NotFound { .. } => "not_found",
+            Self::AlreadyExists { .. } => "already_exists",
+            Self::AccessDenied { .. } => "access_denied",
+            Self::Rejected { .. } => "rejected",
+            Self::Config(_) => "config",
+        }
+    }
 }
 
 /// A secrets backend. Implementations pace and retry on their own; errors
@@ -220,6 +260,30 @@ pub trait SecretStore: Send + Sync + 'static {
 
     /// Cancels a scheduled deletion.
     fn restore_secret(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The secret's replicas and their status (`DescribeSecret`). Not part
+    /// of the listings (AWS's `ListSecrets` does not report replication), so
+    /// the engine asks only on the drift timer and for secrets whose
+    /// replicas it does not track yet.
+    fn describe_replicas(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Vec<ReplicaStatus>, StoreError>> + Send;
+
+    /// Adds replica regions to an existing secret (`ReplicateSecretToRegions`).
+    fn replicate_to(
+        &self,
+        name: &str,
+        regions: &[String],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes replica regions (`RemoveRegionsFromReplication`); the
+    /// replicas in those regions are deleted by AWS.
+    fn remove_replicas(
+        &self,
+        name: &str,
+        regions: &[String],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Read-only permission probe for `check` (one cheap listing call).
     fn probe(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -62,6 +62,8 @@ pub struct AgentOpts {
     pub shutdown_timeout: &'static str,
     /// Extra top-level YAML (e.g. a `control:` block), inserted before `syncs:`.
     pub extra: &'static str,
+    /// `agent.metrics_listen`, when set.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for AgentOpts {
@@ -71,6 +73,7 @@ impl Default for AgentOpts {
             reconcile_interval: "0",
             shutdown_timeout: "5s",
             extra: "",
+            metrics_listen: None,
         }
     }
 }
@@ -162,7 +165,7 @@ impl World {
     /// under `dir`. Start it with [`Agent::spawn_at`].
     pub fn config_for(&self, dir: &Path, id: &str, opts: &AgentOpts, syncs: &[String]) -> PathBuf {
         let text = format!(
-            "agent:\n  id: {id}\n  socket: {socket}\n  socket_mode: \"{mode}\"\n  state_dir: {state}\n  debounce: {debounce}ms\n  reconcile_interval: {interval}\n  shutdown_timeout: {shutdown}\n  log_format: text\n  log_level: debug\naws:\n  region: us-east-1\n  endpoint_url: {ep}\n  max_write_tps: 1000\n  max_read_tps: 1000\n  call_timeout: 2s\n{extra}syncs:\n{syncs}",
+            "agent:\n  id: {id}\n  socket: {socket}\n  socket_mode: \"{mode}\"\n  state_dir: {state}\n  debounce: {debounce}ms\n  reconcile_interval: {interval}\n  shutdown_timeout: {shutdown}\n  log_format: text\n  log_level: debug\n{metrics}aws:\n  region: us-east-1\n  endpoint_url: {ep}\n  max_write_tps: 1000\n  max_read_tps: 1000\n  call_timeout: 2s\n{extra}syncs:\n{syncs}",
             socket = dir.join("run/control.sock").display(),
             mode = opts.socket_mode,
             state = dir.join("state").display(),
@@ -171,6 +174,10 @@ impl World {
             shutdown = opts.shutdown_timeout,
             ep = self.proxy.endpoint,
             extra = opts.extra,
+            metrics = opts
+                .metrics_listen
+                .map(|a| format!("  metrics_listen: \"{a}\"\n"))
+                .unwrap_or_default(),
             syncs = syncs.concat(),
         );
         let p = dir.join("agent.yaml");
@@ -186,12 +193,22 @@ impl World {
 
     /// Like [`World::cli`], as another user when `uid` is set.
     pub fn cli_with(&self, args: &[&str], uid: Option<u32>) -> Out {
+        self.cli_full(args, uid, &[])
+    }
+
+    /// Like [`World::cli`], with extra environment variables.
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
+        self.cli_full(args, None, env)
+    }
+
+    fn cli_full(&self, args: &[&str], uid: Option<u32>, env: &[(&str, &str)]) -> Out {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         agent_env(&mut cmd);
+        cmd.envs(env.iter().copied());
         if let Some(uid) = uid {
             cmd.uid(uid).gid(uid).current_dir("/");
         }
@@ -462,6 +479,43 @@ impl World {
             .map(|b| b["SecretId"].as_str().unwrap_or("?").to_string())
             .collect()
     }
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_loopback_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr")
+}
+
+/// `GET /metrics` from `addr`: the status code and the body (10 s deadline).
+pub fn scrape(addr: std::net::SocketAddr) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("connect to metrics at {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read metrics reply");
+    let text = String::from_utf8(raw).expect("utf-8 reply");
+    assert!(!text.contains(CANARY), "metrics leaked a value");
+    let (head, body) = text.split_once("\r\n\r\n").expect("http reply");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (status, body.to_string())
+}
+
+/// The value of one sample (`name{labels}` exactly as rendered), if present.
+pub fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// One `syncs:` entry: one-to-one, names `<name>/<KEY>`.
