@@ -123,12 +123,15 @@ fn check_state_dir(w: &World) {
         fields.sort();
         assert_eq!(
             fields,
-            ["initial_sync_done", "managed_tags"],
+            ["initial_sync_done", "managed_replicas", "managed_tags"],
             "sync {name}: {sync}"
         );
-        // managed_tags: secret name -> tag keys; no values anywhere.
-        for tags in sync["managed_tags"].as_object().unwrap().values() {
-            assert!(tags.as_array().unwrap().iter().all(Value::is_string));
+        // managed_tags: secret name -> tag keys; managed_replicas: secret
+        // name -> regions; no values anywhere.
+        for field in ["managed_tags", "managed_replicas"] {
+            for list in sync[field].as_object().unwrap().values() {
+                assert!(list.as_array().unwrap().iter().all(Value::is_string));
+            }
         }
     }
 }
