@@ -22,7 +22,7 @@ use crate::config::{self, Config};
 use crate::files::FileView;
 use crate::metrics::Metrics;
 use crate::plan::{DescribeReplicas, SecretState, TokenKey};
-use crate::reconcile::{self, Mode, PassResult, SyncJob};
+use crate::reconcile::{self, Listing, Mode, PassResult, SyncJob};
 use crate::report::{self, Report, StateCounts, SyncReport, SyncStatus};
 use crate::source::ParsedFile;
 use crate::state::State;
@@ -809,9 +809,16 @@ impl<F: StoreFactory> Engine<F> {
             }
             let mut job = slot.job.clone();
             job.state_unwritable = self.state_error.clone();
-            if std::mem::take(&mut slot.describe_all) {
+            let describe_all = std::mem::take(&mut slot.describe_all);
+            if describe_all {
                 job.describe_replicas = DescribeReplicas::All;
             }
+            // Only a pass started by file events may skip the full listing.
+            job.listing = if force || describe_all {
+                Listing::Full
+            } else {
+                Listing::Changed
+            };
             let previous = slot.digests.clone();
             let last_good = slot.last_good.clone();
             let span = tracing::info_span!("pass", sync = %name);

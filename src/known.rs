@@ -7,6 +7,11 @@
 //! before, and that value equals the desired one, the value needs no read.
 //! Anything else (unknown version: someone wrote, or we never saw it) is
 //! read as before. Only keyed digests are kept, never values.
+//!
+//! It also keeps the sync's last full listing, so that a pass started by a
+//! file event can re-check (`DescribeSecret`) only the secrets it is about
+//! to write instead of listing the whole sync (see
+//! [`crate::reconcile::Listing`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,6 +21,7 @@ use sha2::Sha256;
 
 use crate::plan::TokenKey;
 use crate::secret::SecretValue;
+use crate::store::RemoteSecret;
 
 /// What [`KnownValues::compare`] can say without reading the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,17 +41,25 @@ struct Seen {
     digest: [u8; 32],
 }
 
+#[derive(Default)]
+struct Memory {
+    values: BTreeMap<String, Seen>,
+    /// The last full listing, kept up to date with our own value writes;
+    /// dropped by anything else we change.
+    listing: Option<BTreeMap<String, RemoteSecret>>,
+}
+
 /// Per-sync memory of values in AWS, shared by the passes of one sync (a
 /// cheap handle: clones share the same memory). Empty for one-shot
 /// commands, which therefore read every value.
 #[derive(Clone, Default)]
 pub struct KnownValues {
-    inner: Arc<Mutex<BTreeMap<String, Seen>>>,
+    inner: Arc<Mutex<Memory>>,
 }
 
 impl std::fmt::Debug for KnownValues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KnownValues({} secrets)", self.lock().len())
+        write!(f, "KnownValues({} secrets)", self.lock().values.len())
     }
 }
 
@@ -65,10 +79,10 @@ fn digest(key: &TokenKey, name: &str, value: &SecretValue) -> [u8; 32] {
 impl KnownValues {
     /// The memory is only an optimisation: after a panic elsewhere while it
     /// was locked, start from nothing rather than trust it.
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Seen>> {
+    fn lock(&self) -> MutexGuard<'_, Memory> {
         self.inner.lock().unwrap_or_else(|poisoned| {
             let mut guard = poisoned.into_inner();
-            guard.clear();
+            *guard = Memory::default();
             guard
         })
     }
@@ -84,7 +98,7 @@ impl KnownValues {
         let Some(version) = current_version else {
             return Knowledge::Unknown;
         };
-        match self.lock().get(name) {
+        match self.lock().values.get(name) {
             Some(s) if s.version == version => {
                 if s.digest == digest(key, name, value) {
                     Knowledge::Holds
@@ -113,22 +127,51 @@ impl KnownValues {
             version: version.to_string(),
             digest: digest(key, name, value),
         };
-        self.lock().insert(name.to_string(), seen);
+        self.lock().values.insert(name.to_string(), seen);
     }
 
     /// Forgets `name` (its value is no longer known).
     pub fn forget(&self, name: &str) {
-        self.lock().remove(name);
+        self.lock().values.remove(name);
     }
 
     /// Keeps only the names `keep` accepts (secrets that left the sync).
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        self.lock().retain(|name, _| keep(name));
+        self.lock().values.retain(|name, _| keep(name));
     }
 
     /// How many secrets are remembered.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().values.len()
+    }
+
+    /// The last full listing, if still trusted.
+    pub fn listing(&self) -> Option<BTreeMap<String, RemoteSecret>> {
+        self.lock().listing.clone()
+    }
+
+    /// Remembers a full listing.
+    pub fn set_listing(&self, secrets: &BTreeMap<String, RemoteSecret>) {
+        self.lock().listing = Some(secrets.clone());
+    }
+
+    /// Stops trusting the listing: the next pass lists in full.
+    pub fn drop_listing(&self) {
+        self.lock().listing = None;
+    }
+
+    /// Our write made `version` current for `name` (the listing stays
+    /// true otherwise: a value write changes nothing else).
+    pub fn listing_wrote(&self, name: &str, version: &str) {
+        let mut memory = self.lock();
+        let known = memory
+            .listing
+            .as_mut()
+            .and_then(|l| l.get_mut(name))
+            .map(|r| r.current_version = Some(version.to_string()));
+        if known.is_none() {
+            memory.listing = None;
+        }
     }
 
     /// Whether nothing is remembered.
@@ -192,6 +235,29 @@ mod tests {
         assert!(!known.holds(&key, "a", Some("v1"), &v("x")));
         known.retain(|n| n != "b");
         assert!(known.is_empty());
+    }
+
+    #[test]
+    fn listing_follows_our_writes_and_is_dropped_for_unknown_names() {
+        let known = KnownValues::default();
+        assert!(known.listing().is_none());
+        let a = RemoteSecret {
+            name: "a".into(),
+            current_version: Some("v1".into()),
+            ..Default::default()
+        };
+        known.set_listing(&BTreeMap::from([("a".to_string(), a)]));
+        known.listing_wrote("a", "v2");
+        let listing = known.listing().expect("kept");
+        assert_eq!(listing["a"].current_version.as_deref(), Some("v2"));
+        known.listing_wrote("b", "v1");
+        assert!(
+            known.listing().is_none(),
+            "a write it cannot place drops it"
+        );
+        known.set_listing(&listing);
+        known.drop_listing();
+        assert!(known.listing().is_none());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::secret::SecretValue;
 use crate::source::SourceFormat;
 use crate::source::writeback::{self, Edit};
 use crate::state::SyncState;
-use crate::store::{Connection, SecretStore, StoreError};
+use crate::store::{Connection, RemoteSecret, SecretStore, StoreError};
 
 /// Everything a pass needs about one sync, resolved from the config once.
 #[derive(Debug, Clone)]
@@ -53,6 +53,23 @@ pub struct SyncJob {
     /// Values seen in AWS by earlier passes of this sync (runtime memory,
     /// shared by clones; see [`KnownValues`]).
     pub known: KnownValues,
+    /// How much of AWS this pass lists (set per pass by the caller).
+    pub listing: Listing,
+}
+
+/// How much of AWS a pass lists before planning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Listing {
+    /// The sync's every secret (`ListSecrets` by tag, one page per 100):
+    /// one-shot commands, the first pass, drift checks, resyncs.
+    #[default]
+    Full,
+    /// A pass started by a file event: when the desired names are exactly
+    /// those of the last full listing (nothing to create, delete or
+    /// re-check for conflicts), only the secrets whose value changed are
+    /// described again (`DescribeSecret`), the rest come from that
+    /// listing; otherwise a full listing.
+    Changed,
 }
 
 impl SyncJob {
@@ -102,6 +119,7 @@ impl SyncJob {
         };
         SyncJob {
             known: KnownValues::default(),
+            listing: Listing::Full,
             region: d.region.clone(),
             connection: aws_connection(
                 &config.aws,
@@ -169,24 +187,18 @@ pub async fn read_actual<S: SecretStore>(
     opts: &PlanOptions,
     scope: DescribeReplicas,
     known: &KnownValues,
+    listing: Listing,
 ) -> Result<Actual, StoreError> {
     let adopt = opts.adopt_existing;
     let key = &opts.token_key;
-    let mut actual = Actual::default();
-    for r in store.list_by_sync(&spec.sync_name).await? {
-        actual.secrets.insert(r.name.clone(), r);
-    }
-    let unknown: Vec<String> = desired
-        .claimed_names()
-        .into_iter()
-        .filter(|n| !actual.secrets.contains_key(*n))
-        .map(str::to_string)
-        .collect();
-    if !unknown.is_empty() {
-        for r in store.lookup_names(&unknown).await? {
-            actual.secrets.insert(r.name.clone(), r);
-        }
-    }
+    let changed = match listing {
+        Listing::Changed => read_changed(store, spec, desired, known, key).await?,
+        Listing::Full => None,
+    };
+    let mut actual = match changed {
+        Some(actual) => actual,
+        None => read_listing(store, spec, desired, known).await?,
+    };
     let mut to_read = plan::names_to_read(spec, desired, &actual.secrets, adopt);
     // A current version whose value we wrote or read needs no read: AWS
     // never changes an existing version's value. Many-to-one secrets that
@@ -257,9 +269,104 @@ pub async fn read_actual<S: SecretStore>(
     Ok(actual)
 }
 
+/// The full listing: owned secrets by tag, same-named others by name.
+async fn read_listing<S: SecretStore>(
+    store: &S,
+    spec: &MappingSpec,
+    desired: &Desired,
+    known: &KnownValues,
+) -> Result<Actual, StoreError> {
+    let mut actual = Actual::default();
+    for r in store.list_by_sync(&spec.sync_name).await? {
+        actual.secrets.insert(r.name.clone(), r);
+    }
+    let unknown: Vec<String> = desired
+        .claimed_names()
+        .into_iter()
+        .filter(|n| !actual.secrets.contains_key(*n))
+        .map(str::to_string)
+        .collect();
+    if !unknown.is_empty() {
+        for r in store.lookup_names(&unknown).await? {
+            actual.secrets.insert(r.name.clone(), r);
+        }
+    }
+    known.set_listing(&actual.secrets);
+    Ok(actual)
+}
+
+/// The narrow read of [`Listing::Changed`]: `None` when a full listing is
+/// needed (no trusted listing, names differ, anything not plainly ours, or
+/// a re-checked secret is no longer ours and live).
+async fn read_changed<S: SecretStore>(
+    store: &S,
+    spec: &MappingSpec,
+    desired: &Desired,
+    known: &KnownValues,
+    key: &TokenKey,
+) -> Result<Option<Actual>, StoreError> {
+    let Some(cached) = known.listing() else {
+        return Ok(None);
+    };
+    let ours = |r: &RemoteSecret| {
+        matches!(plan::ownership(spec, r), plan::Ownership::Ours) && !r.pending_deletion
+    };
+    let same_names = desired.errors.is_empty()
+        && cached.len() == desired.secrets.len()
+        && desired
+            .secrets
+            .iter()
+            .all(|d| cached.get(&d.name).is_some_and(|r| ours(r)));
+    if !same_names {
+        return Ok(None);
+    }
+    let mut actual = Actual::default();
+    for d in &desired.secrets {
+        let Some(r) = cached.get(&d.name) else {
+            return Ok(None);
+        };
+        if known.holds(key, &d.name, r.current_version.as_deref(), &d.value) {
+            actual.secrets.insert(d.name.clone(), r.clone());
+            continue;
+        }
+        // About to be written: ownership and version from AWS, now.
+        match store.describe_secret(&d.name).await? {
+            Some(fresh) if ours(&fresh) => {
+                actual.secrets.insert(d.name.clone(), fresh);
+            }
+            _ => {
+                known.drop_listing();
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(actual))
+}
+
 /// After an apply, remembers the values AWS now holds for this sync's
 /// secrets (written, or found equal) and forgets everything else.
-fn remember_applied(known: &KnownValues, key: &TokenKey, desired: &Desired, applied: &Applied) {
+fn remember_applied(
+    known: &KnownValues,
+    key: &TokenKey,
+    desired: &Desired,
+    plan: &Plan,
+    applied: &Applied,
+) {
+    // The listing stays true only through our own successful value writes.
+    let only_value_writes = plan
+        .actions
+        .iter()
+        .zip(&applied.outcomes)
+        .all(|(a, o)| a.kind == plan::ActionKind::Update && matches!(o, apply::Outcome::Ok));
+    if only_value_writes {
+        for s in &applied.secrets {
+            if let (SecretState::Synced, Some(version)) = (s.state, s.version_id.as_deref()) {
+                known.listing_wrote(&s.name, version);
+            }
+        }
+    } else {
+        known.drop_listing();
+    }
     let values: BTreeMap<&str, &SecretValue> = desired
         .secrets
         .iter()
@@ -650,6 +757,11 @@ pub async fn run_pass_with_files<S: SecretStore>(
         &opts,
         job.describe_replicas,
         known,
+        if import_due {
+            Listing::Full
+        } else {
+            job.listing
+        },
     )
     .await
     {
@@ -774,7 +886,7 @@ pub async fn run_pass_with_files<S: SecretStore>(
         Mode::Plan => None,
         Mode::Apply => {
             let applied = apply::apply(Arc::clone(&store), &plan, apply::DEFAULT_CONCURRENCY).await;
-            remember_applied(&job.known, &opts.token_key, &desired, &applied);
+            remember_applied(&job.known, &opts.token_key, &desired, &plan, &applied);
             Some(applied)
         }
     };

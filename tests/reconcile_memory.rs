@@ -14,13 +14,13 @@ use secretsync::apply;
 use secretsync::desired::{MappingKind, MappingSpec};
 use secretsync::naming::{TAG_AGENT, TAG_SYNC};
 use secretsync::plan::{ActionKind, Op, PlanOptions, SecretState};
-use secretsync::reconcile::{self, Mode, PassResult, SyncJob};
+use secretsync::reconcile::{self, Listing, Mode, PassResult, SyncJob};
 use secretsync::report::{SecretView, SyncStatus};
 use secretsync::secret::SecretValue;
 use secretsync::state::SyncState;
 use secretsync::store::memory::{
-    MemoryStore, OP_BATCH_GET, OP_CREATE, OP_DELETE, OP_LIST, OP_PUT, OP_RESTORE, OP_TAG, OP_UNTAG,
-    OP_UPDATE,
+    MemoryStore, OP_BATCH_GET, OP_CREATE, OP_DELETE, OP_DESCRIBE, OP_LIST, OP_PUT, OP_RESTORE,
+    OP_TAG, OP_UNTAG, OP_UPDATE,
 };
 use secretsync::store::{Connection, RemoteSecret, StoreError};
 
@@ -73,6 +73,7 @@ impl JobBuilder {
             options: PlanOptions::default(),
             import: None,
             known: Default::default(),
+            listing: Default::default(),
             state_unwritable: None,
             enabled: true,
             describe_replicas: secretsync::plan::DescribeReplicas::Untracked,
@@ -357,6 +358,58 @@ async fn values_known_from_earlier_passes_are_not_read_again() {
     assert_synced(&h.pass().await);
     assert_eq!(h.value("prod/K009"), "nine");
     assert_eq!(h.call(OP_PUT), 1, "{:?}", h.store.calls());
+}
+
+#[tokio::test]
+async fn event_passes_describe_only_what_they_write() {
+    let body: String = (0..100).map(|i| format!("K{i:03}=v{i}\n")).collect();
+    let mut h = Harness::new(JobBuilder::new(), &[("app.env", &body)]);
+    assert_synced(&h.pass().await);
+    h.job.listing = Listing::Changed;
+
+    // The listing taken before the creates is stale: the next pass lists.
+    h.store.reset_calls();
+    assert_synced(&h.pass().await);
+    assert_eq!(h.store.calls(), BTreeMap::from([(OP_LIST, 1)]));
+
+    // Same names as the last full listing, nothing changed: no call at all.
+    h.store.reset_calls();
+    assert_synced(&h.pass().await);
+    assert_eq!(h.store.calls(), BTreeMap::new());
+
+    // One key edited: that one secret is described again, then written.
+    let edited = body.replace("K007=v7\n", "K007=seven\n");
+    h.write("app.env", &edited);
+    h.store.reset_calls();
+    assert_synced(&h.pass().await);
+    assert_eq!(
+        h.store.calls(),
+        BTreeMap::from([(OP_DESCRIBE, 1), (OP_PUT, 1)])
+    );
+    assert_eq!(h.value("prod/K007"), "seven");
+
+    // Another agent takes over the secret we are about to write: the
+    // re-check sees it, the pass falls back to a full listing, CONFLICT,
+    // no write.
+    let (mut meta, _) = h.store.get("prod/K008").expect("exists");
+    meta.tags.insert(TAG_AGENT.into(), "someone-else".into());
+    let (_, value) = h.store.get("prod/K008").expect("exists");
+    h.store.insert(meta, value);
+    h.write("app.env", &edited.replace("K008=v8\n", "K008=eight\n"));
+    h.store.reset_calls();
+    let pass = h.pass().await;
+    assert_eq!(state(&pass, "prod/K008"), SecretState::Conflict);
+    assert_eq!(h.store.write_calls(), 0, "{:?}", h.store.calls());
+    assert_eq!(h.call(OP_LIST), 1, "fell back to the full listing");
+    assert_eq!(h.value("prod/K008"), "v8");
+
+    // A new key means a create: full listing (names differ: one page by
+    // tag, one lookup of the new name), then the create.
+    h.write("app.env", &format!("{edited}NEW=n\n"));
+    h.store.reset_calls();
+    h.pass().await;
+    assert_eq!(h.call(OP_LIST), 2);
+    assert_eq!(h.call(OP_CREATE), 1);
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@
 //!   are not paced again (they are already spaced by backoff and limited by
 //!   the retry quota; pacing inside an attempt would eat into its timeout).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
@@ -401,26 +401,46 @@ fn match_id<'a>(ids: &'a [String], name: Option<&str>, arn: Option<&str>) -> Opt
         .map(String::as_str)
 }
 
+/// The version id labelled `AWSCURRENT` in a version → stages map.
+fn current_version(stages: Option<&HashMap<String, Vec<String>>>) -> Option<String> {
+    stages?
+        .iter()
+        .find(|(_, stages)| stages.iter().any(|s| s == AWSCURRENT))
+        .map(|(id, _)| id.clone())
+}
+
+/// The SDK's tag list as a map (a tag without a key is skipped).
+fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
+    tags.iter()
+        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
+        .collect()
+}
+
 /// Converts a listing entry; entries without a name are skipped.
 fn to_remote(entry: SecretListEntry) -> Option<RemoteSecret> {
-    let current_version = entry.secret_versions_to_stages().and_then(|map| {
-        map.iter()
-            .find(|(_, stages)| stages.iter().any(|s| s == AWSCURRENT))
-            .map(|(id, _)| id.clone())
-    });
-    let tags = entry
-        .tags()
-        .iter()
-        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
-        .collect();
     Some(RemoteSecret {
+        current_version: current_version(entry.secret_versions_to_stages()),
+        tags: tag_map(entry.tags()),
         name: entry.name?,
         arn: entry.arn.unwrap_or_default(),
-        tags,
         kms_key_id: entry.kms_key_id,
         description: entry.description,
         pending_deletion: entry.deleted_date.is_some(),
-        current_version,
+    })
+}
+
+/// Converts a `DescribeSecret` answer to the listing's shape.
+fn describe_to_remote(
+    out: sm::operation::describe_secret::DescribeSecretOutput,
+) -> Option<RemoteSecret> {
+    Some(RemoteSecret {
+        current_version: current_version(out.version_ids_to_stages()),
+        tags: tag_map(out.tags()),
+        name: out.name?,
+        arn: out.arn.unwrap_or_default(),
+        kms_key_id: out.kms_key_id,
+        description: out.description,
+        pending_deletion: out.deleted_date.is_some(),
     })
 }
 
@@ -659,6 +679,19 @@ impl SecretStore for AwsStore {
             .map(|_| ())
             .map_err(|e| classify(OP_RESTORE, &e, None));
         log_call(OP_RESTORE, name, &result);
+        result
+    }
+
+    async fn describe_secret(&self, name: &str) -> Result<Option<RemoteSecret>, StoreError> {
+        self.reads.acquire().await;
+        let result = match self.client.describe_secret().secret_id(name).send().await {
+            Ok(out) => Ok(describe_to_remote(out)),
+            Err(e) => match classify(OP_DESCRIBE, &e, None) {
+                StoreError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        };
+        log_call(OP_DESCRIBE, name, &result);
         result
     }
 
@@ -2020,6 +2053,49 @@ mod tests {
             .await
             .expect_err("iam");
         assert!(!err.to_string().contains("KMS"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn describe_secret_maps_like_a_listing_and_missing_is_none() {
+        use sm::operation::describe_secret::DescribeSecretOutput;
+        let found = mock!(sm::Client::describe_secret)
+            .match_requests(|r| r.secret_id() == Some("app/A"))
+            .then_output(|| {
+                DescribeSecretOutput::builder()
+                    .name("app/A")
+                    .arn("arn:aws:secretsmanager:us-east-1:1:secret:app/A-x")
+                    .description("d")
+                    .kms_key_id("alias/k")
+                    .tags(Tag::builder().key("secretsync:sync").value("app").build())
+                    .version_ids_to_stages("v-old", vec!["AWSPREVIOUS".to_owned()])
+                    .version_ids_to_stages("v-cur", vec!["AWSCURRENT".to_owned()])
+                    .build()
+            });
+        let missing = mock!(sm::Client::describe_secret)
+            .match_requests(|r| r.secret_id() == Some("gone"))
+            .then_http_response(|| {
+                aws_error(
+                    400,
+                    "ResourceNotFoundException",
+                    "Secrets Manager can't find it",
+                )
+            });
+        let store = mocked(&[&found, &missing]);
+        let got = store
+            .describe_secret("app/A")
+            .await
+            .expect("ok")
+            .expect("some");
+        assert_eq!(got.name, "app/A");
+        assert_eq!(got.current_version.as_deref(), Some("v-cur"));
+        assert_eq!(
+            got.tags.get("secretsync:sync").map(String::as_str),
+            Some("app")
+        );
+        assert_eq!(got.kms_key_id.as_deref(), Some("alias/k"));
+        assert_eq!(got.description.as_deref(), Some("d"));
+        assert!(!got.pending_deletion);
+        assert_eq!(store.describe_secret("gone").await.expect("ok"), None);
     }
 
     #[tokio::test]

@@ -802,6 +802,11 @@ impl SecretStore for MemoryStore {
         Ok(())
     }
 
+    async fn describe_secret(&self, name: &str) -> Result<Option<RemoteSecret>, StoreError> {
+        self.call(OP_DESCRIBE).await?;
+        Ok(self.lock().find(name).map(|e| e.meta.clone()))
+    }
+
     async fn describe_replicas(&self, name: &str) -> Result<Vec<ReplicaStatus>, StoreError> {
         self.call(OP_DESCRIBE).await?;
         let inner = self.lock();

@@ -261,6 +261,14 @@ pub trait SecretStore: Send + Sync + 'static {
     /// Cancels a scheduled deletion.
     fn restore_secret(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// One secret's metadata as a listing would show it (`DescribeSecret`);
+    /// `None` if it does not exist. Event-driven passes use it to re-check
+    /// the few secrets they will write instead of listing the whole sync.
+    fn describe_secret(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<RemoteSecret>, StoreError>> + Send;
+
     /// The secret's replicas and their status (`DescribeSecret`). Not part
     /// of the listings (AWS's `ListSecrets` does not report replication), so
     /// the engine asks only on the drift timer and for secrets whose
