@@ -316,7 +316,7 @@ async fn read_changed<S: SecretStore>(
         && desired
             .secrets
             .iter()
-            .all(|d| cached.get(&d.name).is_some_and(|r| ours(r)));
+            .all(|d| cached.get(&d.name).is_some_and(&ours));
     if !same_names {
         return Ok(None);
     }
