@@ -449,6 +449,15 @@ pub enum Fault {
     /// The first `count` matching requests are throttled, later ones pass: for
     /// "retries with backoff recover" tests.
     ThrottleFirst { op: Option<String>, count: u64 },
+    /// Each matching request is throttled with probability `percent`/100,
+    /// decided by a xorshift generator seeded with `seed` (same seed, same
+    /// arrival order ⇒ same decisions). Unlike [`Fault::Throttle`], one call
+    /// can be throttled on several attempts in a row, as with real quotas.
+    ThrottleRandom {
+        op: Option<String>,
+        percent: u64,
+        seed: u64,
+    },
     /// The first `count` matching requests get `status` (500, 503...) with an
     /// `InternalServiceError` body, as Secrets Manager does.
     ServerError {
@@ -488,6 +497,7 @@ impl Fault {
         match self {
             Fault::Throttle { op, .. }
             | Fault::ThrottleFirst { op, .. }
+            | Fault::ThrottleRandom { op, .. }
             | Fault::ServerError { op, .. }
             | Fault::AwsError { op, .. }
             | Fault::Delay { op, .. }
@@ -522,6 +532,8 @@ struct Rule {
     seen: u64,
     /// Consultations since a `Throttle` rule last fired.
     since_fired: u64,
+    /// Generator state of a `ThrottleRandom` rule.
+    rng: u64,
 }
 
 impl Rule {
@@ -545,6 +557,13 @@ impl Rule {
                 fire.then(throttle)
             }
             Fault::ThrottleFirst { count, .. } => (n <= *count).then(throttle),
+            Fault::ThrottleRandom { percent, .. } => {
+                // xorshift64: tiny, seeded, good enough to spread faults.
+                self.rng ^= self.rng << 13;
+                self.rng ^= self.rng >> 7;
+                self.rng ^= self.rng << 17;
+                (self.rng % 100 < *percent).then(throttle)
+            }
             Fault::ServerError { status, count, .. } => (n <= *count).then(|| Action::Respond {
                 status: *status,
                 code: "InternalServiceError".into(),
@@ -750,12 +769,21 @@ impl FaultProxy {
             {
                 panic!("injected error status must be 4xx/5xx, got {status}")
             }
+            Fault::ThrottleRandom { percent, .. } if *percent > 100 => {
+                panic!("Fault::ThrottleRandom percent must be <= 100")
+            }
             _ => {}
         }
+        let rng = match &fault {
+            // xorshift must not start at 0; mix the seed so small seeds differ.
+            Fault::ThrottleRandom { seed, .. } => seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            _ => 0,
+        };
         self.state.lock().unwrap().rules.push(Rule {
             fault,
             seen: 0,
             since_fired: 0,
+            rng,
         });
     }
 
