@@ -38,6 +38,11 @@ pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(300);
 /// first event; otherwise every event would push the pass back forever.
 pub const MAX_DEBOUNCE_PERIODS: u32 = 10;
 
+/// While a pass runs, how often the engine asks its store whether calls are
+/// being retried, to show the reason in status before the pass ends (a pass
+/// whose calls time out can take minutes). No wake-ups when idle.
+pub const PROGRESS_TICK: Duration = Duration::from_secs(1);
+
 /// Builds stores for connections; the engine caches one per connection.
 pub trait StoreFactory: Send + Sync + 'static {
     /// The store type.
@@ -297,6 +302,10 @@ pub struct Engine<F: StoreFactory> {
     agent: AgentStatus,
     watcher: Option<DirWatcher>,
     inflight: JoinSet<(String, PassDone)>,
+    /// Store and start time of every running pass that writes, for
+    /// [`Engine::show_progress`].
+    progress: BTreeMap<String, (Arc<F::Store>, std::time::Instant)>,
+    next_progress: Option<Instant>,
     next_drift: Option<Instant>,
     rx: mpsc::UnboundedReceiver<Request>,
     fs_rx: mpsc::UnboundedReceiver<Vec<PathBuf>>,
@@ -346,6 +355,8 @@ impl<F: StoreFactory> Engine<F> {
             agent,
             watcher,
             inflight: JoinSet::new(),
+            progress: BTreeMap::new(),
+            next_progress: None,
             next_drift: None,
             rx,
             fs_rx,
@@ -474,11 +485,16 @@ impl<F: StoreFactory> Engine<F> {
             .filter(|s| !s.running)
             .filter_map(|s| s.due)
             .chain(self.next_drift)
+            .chain(self.next_progress)
             .min()
     }
 
     fn on_timer(&mut self) {
         let now = Instant::now();
+        if self.next_progress.is_some_and(|p| p <= now) {
+            self.show_progress();
+            self.next_progress = (!self.progress.is_empty()).then(|| now + PROGRESS_TICK);
+        }
         if let Some(drift) = self.next_drift.filter(|d| *d <= now) {
             tracing::debug!("drift check");
             for slot in self.slots.values_mut() {
@@ -490,6 +506,30 @@ impl<F: StoreFactory> Engine<F> {
                 .agent
                 .reconcile_interval
                 .map(|d| drift.max(now) + d);
+        }
+    }
+
+    /// Puts the reason a running pass is slow into its sync's status: the
+    /// latest failed attempt its store is retrying (throttling, 5xx, an
+    /// attempt timeout), if that happened during this pass. The pass's own
+    /// report replaces the message when it ends.
+    fn show_progress(&mut self) {
+        let mut changed = false;
+        for (name, (store, started)) in &self.progress {
+            let Some(note) = store.last_retry().filter(|n| n.at >= *started) else {
+                continue;
+            };
+            let Some(slot) = self.slots.get_mut(name) else {
+                continue;
+            };
+            let message = Some(format!("in progress; retrying AWS calls: {}", note.message));
+            if slot.view.last_sync_message != message {
+                slot.view.last_sync_message = message;
+                changed = true;
+            }
+        }
+        if changed {
+            self.publish();
         }
     }
 
@@ -705,6 +745,7 @@ impl<F: StoreFactory> Engine<F> {
             .filter(|(_, s)| !s.running && s.due.is_some_and(|d| d <= now))
             .map(|(n, _)| n.clone())
             .collect();
+        let started = !ready.is_empty();
         for name in ready {
             let conn = match self.slots.get(&name) {
                 Some(s) => s.job.connection.clone(),
@@ -729,6 +770,10 @@ impl<F: StoreFactory> Engine<F> {
             slot.explicit = false;
             if mode == Mode::Apply {
                 slot.view.sync_status = SyncStatus::Running;
+                if let Ok(store) = &store {
+                    self.progress
+                        .insert(name.clone(), (Arc::clone(store), std::time::Instant::now()));
+                }
             }
             let mut job = slot.job.clone();
             job.state_unwritable = self.state_error.clone();
@@ -753,9 +798,17 @@ impl<F: StoreFactory> Engine<F> {
                 span,
             ));
         }
+        if started {
+            if !self.progress.is_empty() && self.next_progress.is_none() {
+                self.next_progress = Some(now + PROGRESS_TICK);
+            }
+            // RUNNING is visible while the pass runs, not only after it.
+            self.publish();
+        }
     }
 
     fn finish_pass(&mut self, name: &str, done: PassDone) {
+        self.progress.remove(name);
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };

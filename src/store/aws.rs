@@ -43,7 +43,7 @@ use sm::types::{Filter, FilterNameStringType, ReplicaRegionType, SecretListEntry
 use super::pacing::Pacer;
 use super::{
     BATCH_GET_MAX, Connection, CreateSecret, LIST_PAGE_MAX, NAME_FILTER_MAX, RemoteSecret,
-    RemoteValue, SecretStore, StoreError, ValueRead, WriteResult,
+    RemoteValue, RetryNote, SecretStore, StoreError, ValueRead, WriteResult,
 };
 use crate::naming::TAG_SYNC;
 use crate::secret::SecretValue;
@@ -100,7 +100,11 @@ pub struct AwsStore {
     client: sm::Client,
     reads: Pacer,
     writes: Pacer,
+    attempts: AttemptObserver,
 }
+
+mod attempts;
+use attempts::AttemptObserver;
 
 /// Retry policy for every call; see the module docs for the reasoning.
 fn retry_config() -> RetryConfig {
@@ -194,12 +198,14 @@ impl AwsStore {
             }
             builder = builder.credentials_provider(assume.build().await);
         }
-        let client = sm::Client::from_conf(builder.build());
-        Ok(Self::from_client(
+        let attempts = AttemptObserver::new(Some(conn.call_timeout));
+        let client = sm::Client::from_conf(builder.retry_classifier(attempts.clone()).build());
+        Ok(Self {
             client,
-            conn.max_read_tps,
-            conn.max_write_tps,
-        ))
+            reads: Pacer::new(conn.max_read_tps, burst_for(conn.max_read_tps)),
+            writes: Pacer::new(conn.max_write_tps, burst_for(conn.max_write_tps)),
+            attempts,
+        })
     }
 
     /// Wraps an already configured client (tests use a mocked one). The
@@ -207,8 +213,19 @@ impl AwsStore {
     /// disables that pacer.
     #[doc(hidden)]
     pub fn from_client(client: sm::Client, max_read_tps: u32, max_write_tps: u32) -> Self {
+        let call_timeout = client
+            .config()
+            .timeout_config()
+            .and_then(|t| t.operation_attempt_timeout());
+        let attempts = AttemptObserver::new(call_timeout);
+        let conf = client
+            .config()
+            .to_builder()
+            .retry_classifier(attempts.clone())
+            .build();
         Self {
-            client,
+            client: sm::Client::from_conf(conf),
+            attempts,
             reads: Pacer::new(max_read_tps, burst_for(max_read_tps)),
             writes: Pacer::new(max_write_tps, burst_for(max_write_tps)),
         }
@@ -566,11 +583,15 @@ impl SecretStore for AwsStore {
         } else {
             call.recovery_window_in_days(i64::from(recovery_window_days))
         };
-        let result = call
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| classify(OP_DELETE, &e, None));
+        let result = match call.send().await.map(|_| ()) {
+            // Already scheduled (by a late call of a killed agent, or by
+            // someone else since the pass read it): the outcome holds.
+            Err(e) if recovery_window_days != 0 && already_scheduled(&e) => {
+                tracing::debug!(secret = name, "already scheduled for deletion");
+                Ok(())
+            }
+            other => other.map_err(|e| classify(OP_DELETE, &e, None)),
+        };
         log_call(OP_DELETE, name, &result);
         result
     }
@@ -589,6 +610,10 @@ impl SecretStore for AwsStore {
         result
     }
 
+    fn last_retry(&self) -> Option<RetryNote> {
+        self.attempts.last()
+    }
+
     async fn probe(&self) -> Result<(), StoreError> {
         self.reads.acquire().await;
         let result = self
@@ -602,6 +627,21 @@ impl SecretStore for AwsStore {
         log_call(OP_LIST, "(probe)", &result);
         result
     }
+}
+
+/// Whether a DeleteSecret failed because the secret is already scheduled
+/// for deletion (AWS: "...because it was marked for deletion"; moto: "...
+/// currently marked deleted").
+fn already_scheduled<E>(err: &SdkError<E, HttpResponse>) -> bool
+where
+    E: ProvideErrorMetadata,
+{
+    let SdkError::ServiceError(ctx) = err else {
+        return false;
+    };
+    let message = ctx.err().message().unwrap_or("");
+    ctx.err().code() == Some("InvalidRequestException")
+        && (message.contains("marked for deletion") || message.contains("marked deleted"))
 }
 
 /// Error codes that mean "slow down".
@@ -1504,6 +1544,48 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn retried_attempts_leave_a_note_without_the_message() {
+        let rule = put_rule(400, "ThrottlingException", "Rate exceeded for canary-value");
+        let store = mocked(&[&rule]);
+        assert_eq!(store.last_retry(), None);
+        let err = store.put_value("a", &SecretValue::new("v"), &token()).await;
+        assert!(matches!(err, Err(StoreError::Throttled { .. })), "{err:?}");
+        let note = store
+            .last_retry()
+            .expect("a note after a throttled attempt");
+        assert_eq!(note.message, "AWS answered ThrottlingException (HTTP 400)");
+        assert!(!note.message.contains("canary"));
+
+        // A final, non-retryable error leaves no note.
+        let rejected = put_rule(400, "InvalidParameterException", "bad");
+        let store = mocked(&[&rejected]);
+        let _ = store.put_value("a", &SecretValue::new("v"), &token()).await;
+        assert_eq!(store.last_retry(), None);
+    }
+
+    #[tokio::test]
+    async fn deleting_a_secret_already_scheduled_succeeds() {
+        for message in [
+            "You can't perform this operation on the secret because it was marked for deletion.",
+            "You tried to perform the operation on a secret that's currently marked deleted.",
+        ] {
+            let rule = mock!(sm::Client::delete_secret)
+                .then_http_response(move || aws_error(400, "InvalidRequestException", message));
+            let store = mocked(&[&rule]);
+            assert_eq!(store.delete_secret("a", 7).await, Ok(()), "{message}");
+        }
+        // Any other rejection is still an error.
+        let rule = mock!(sm::Client::delete_secret).then_http_response(|| {
+            aws_error(400, "InvalidRequestException", "something else entirely")
+        });
+        let store = mocked(&[&rule]);
+        assert!(matches!(
+            store.delete_secret("a", 7).await,
+            Err(StoreError::Rejected { .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn hanging_endpoint_times_out() {
         // Accepts connections (kernel backlog) but never answers.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -1518,6 +1600,8 @@ mod tests {
         );
         // Bounded by the operation timeout.
         assert!(tokio::time::Instant::now() - start <= operation_timeout(Duration::from_secs(2)));
+        let note = store.last_retry().expect("timed-out attempts leave a note");
+        assert_eq!(note.message, "an attempt timed out after 2s");
         drop(listener);
     }
 

@@ -727,12 +727,8 @@ impl SecretStore for MemoryStore {
             inner.secrets.remove(&key);
             return Ok(());
         }
-        if entry.meta.pending_deletion {
-            return Err(rejected(
-                OP_DELETE,
-                format!("InvalidRequestException: {MSG_MARKED_FOR_DELETION}"),
-            ));
-        }
+        // AWS rejects this with InvalidRequestException; the trait makes it
+        // a success (see `SecretStore::delete_secret`), as `AwsStore` does.
         entry.meta.pending_deletion = true;
         Ok(())
     }
@@ -896,12 +892,14 @@ mod tests {
             s.tag("a", &tags).await,
             s.untag("a", &["team".to_owned()]).await,
             s.update_metadata("a", None, Some("d")).await,
-            s.delete_secret("a", 7).await,
         ];
         for r in &results {
             assert!(is_rejected(r, "marked for deletion"), "{r:?}");
         }
         assert_eq!(s.get("a").expect("a").0.tags, owned_tags("app"));
+        // Scheduling it again is a success that changes nothing.
+        assert_eq!(s.delete_secret("a", 7).await, Ok(()));
+        assert!(s.get("a").expect("a").0.pending_deletion);
     }
 
     #[tokio::test]
