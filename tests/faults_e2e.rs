@@ -152,11 +152,11 @@ fn throttling_30_percent_during_500_secret_initial_sync() {
     let baseline_calls = w.proxy.calls();
     note("500-secret initial sync, no faults", t.elapsed());
     agent.stop();
-    assert_eq!(
-        baseline_calls.get("CreateSecret").copied(),
-        Some(N as u64 + 1),
-        "{baseline_calls:?}"
-    );
+    // One CreateSecret per secret, plus SDK retries of attempts that moto
+    // answered later than call_timeout (2 s) on a loaded machine: the
+    // baseline is measured under the same load as the faulted run.
+    let creates = baseline_calls.get("CreateSecret").copied().unwrap_or(0);
+    assert!(creates > N as u64, "{baseline_calls:?}");
 
     // Same files, same empty AWS, 30% throttled.
     reset_world(&w);
@@ -409,17 +409,26 @@ impl Rng {
     }
 }
 
-/// Asserts the state dir holds a parseable state.json and no leftovers.
+/// Asserts the state dir holds a parseable state.json and its backup with
+/// the same content, and no leftovers (temp files, corrupt copies).
 fn assert_state_dir_clean(w: &World, agent: &Agent) {
     let dir = w.agent_path("state");
     let text = std::fs::read_to_string(dir.join("state.json")).expect("state.json exists");
     let state: serde_json::Value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("state.json is corrupt ({e}):\n{text}"));
-    assert!(state["syncs"].is_object(), "{state}");
+    assert!(
+        state["syncs"]["app"]["initial_sync_done"] == true,
+        "{state}"
+    );
+    let backup = std::fs::read_to_string(dir.join("state.json.bak")).expect("backup exists");
+    assert_eq!(backup, text, "the backup differs from state.json");
     let stray: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().is_some_and(|n| n != "state.json"))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n != "state.json" && n != "state.json.bak")
+        })
         .collect();
     assert!(
         stray.is_empty(),
@@ -542,8 +551,10 @@ fn kill_9_at_ten_seeded_points_then_restart_converges() {
 }
 
 /// A truncated state.json at start (disk trouble, a hand edit): the agent
-/// starts, does not crash-loop, rewrites a valid state, and makes no write
-/// for secrets that are already right.
+/// starts, does not crash-loop, recovers the state from its backup (keeping
+/// the corrupt bytes aside), and makes no write for secrets that are
+/// already right. With the backup damaged too it starts from an empty
+/// state, still without writes (overwrite-destination) and without dying.
 #[test]
 fn corrupt_state_file_at_start_is_recovered() {
     let w = World::new();
@@ -552,23 +563,90 @@ fn corrupt_state_file_at_start_is_recovered() {
     let agent = Agent::start(&w);
     wait_synced_within(&w, &agent, "app", Duration::from_secs(10));
     agent.stop();
+    let state = w.agent_path("state/state.json");
+    let backup = w.agent_path("state/state.json.bak");
+    let good = std::fs::read(&state).unwrap();
 
+    for both in [false, true] {
+        std::fs::write(&state, &good[..good.len() / 2]).unwrap();
+        if both {
+            std::fs::write(&backup, b"").unwrap();
+        }
+        w.proxy.reset_counts();
+        let mut agent = Agent::start(&w);
+        wait_synced_within(&w, &agent, "app", Duration::from_secs(10));
+        w.wait_quiet(DEBOUNCE * 3);
+        assert!(agent.alive());
+        let writes: u64 = WRITE_OPS.iter().map(|o| w.proxy.count(o)).sum();
+        assert_eq!(writes, 0, "both={both}: {:?}", w.proxy.calls());
+        let log = agent.stderr();
+        assert!(log.contains("state file is corrupt"), "both={both}");
+        assert_eq!(
+            log.contains("state recovered from the backup"),
+            !both,
+            "both={both}"
+        );
+        let reread: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&state).unwrap())
+                .expect("state.json valid again");
+        assert_eq!(
+            reread["syncs"]["app"]["initial_sync_done"], true,
+            "{reread}"
+        );
+        assert_eq!(
+            std::fs::read(&backup).unwrap(),
+            std::fs::read(&state).unwrap()
+        );
+        assert_eq!(
+            std::fs::read(w.agent_path("state/state.json.corrupt")).unwrap(),
+            &good[..good.len() / 2],
+            "the corrupt bytes are kept for inspection"
+        );
+        agent.stop();
+    }
+}
+
+/// With `import-prioritize-destination`, a corrupt state.json must not make
+/// the agent run the initial import again: that would overwrite an edit
+/// made to the file while the agent was down with the older AWS value.
+#[test]
+fn corrupt_state_file_does_not_rerun_the_initial_import() {
+    let w = World::new();
+    let file = w.write("app/app.env", &format!("A=one\nB=bee\nTOKEN={CANARY}\n"));
+    let options = "    options:\n      initial_sync: import-prioritize-destination\n";
+    w.config(
+        &AgentOpts::default(),
+        &[sync_entry("app", &[&file], options)],
+    );
+    let agent = Agent::start(&w);
+    wait_synced_within(&w, &agent, "app", Duration::from_secs(10));
+    agent.stop();
+
+    // While the agent is down: the file is edited, and state.json damaged.
+    let edited = format!("A=edited\nB=bee\nTOKEN={CANARY}\n");
+    std::fs::write(&file, &edited).unwrap();
     let state = w.agent_path("state/state.json");
     let text = std::fs::read(&state).unwrap();
-    std::fs::write(&state, &text[..text.len() / 2]).unwrap();
-    w.proxy.reset_counts();
-    let mut agent = Agent::start(&w);
-    wait_synced_within(&w, &agent, "app", Duration::from_secs(10));
+    std::fs::write(&state, &text[..text.len() / 3]).unwrap();
+
+    let agent = Agent::start(&w);
+    let s = wait_synced_within(&w, &agent, "app", Duration::from_secs(10));
     w.wait_quiet(DEBOUNCE * 3);
-    assert!(agent.alive());
-    let writes: u64 = WRITE_OPS.iter().map(|o| w.proxy.count(o)).sum();
-    assert_eq!(writes, 0, "{:?}", w.proxy.calls());
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        edited,
+        "the file was rewritten by a second import: {s}"
+    );
+    assert_eq!(w.value("app/A").as_deref(), Some("edited"));
     assert!(
         agent.stderr().contains("corrupt"),
         "the agent must say the state file was corrupt"
     );
-    let reread: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap())
-        .expect("state.json valid again");
-    assert!(reread["syncs"]["app"].is_object(), "{reread}");
+    let reread: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).expect("valid again");
+    assert_eq!(
+        reread["syncs"]["app"]["initial_sync_done"], true,
+        "{reread}"
+    );
     agent.stop();
 }
