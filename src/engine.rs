@@ -312,6 +312,9 @@ pub struct Engine<F: StoreFactory> {
     state_warned: bool,
     /// Why the state file cannot be written (blocks imports).
     state_error: Option<String>,
+    /// Why initial imports wait for an explicit resync (the state file was
+    /// lost at start; see `SyncJob::import_held`).
+    import_hold: Option<String>,
     token_key: TokenKey,
 }
 
@@ -343,6 +346,7 @@ impl<F: StoreFactory> Engine<F> {
         };
         let (status_tx, status_rx) = watch::channel(Arc::new(Status::default()));
         let mut state = State::load(&config.agent.state_dir);
+        let import_hold = state.lost.take();
         let token_key = state.ensure_token_key();
         let mut engine = Engine {
             token_key,
@@ -362,6 +366,7 @@ impl<F: StoreFactory> Engine<F> {
             fs_rx,
             state_warned: false,
             state_error: None,
+            import_hold,
         };
         let config = Arc::clone(&engine.config);
         // Persist a new token key before any write uses it.
@@ -767,7 +772,7 @@ impl<F: StoreFactory> Engine<F> {
             };
             let force = std::mem::take(&mut slot.force) || !slot.riding.is_empty();
             let allow_deletes = std::mem::take(&mut slot.allow_deletes);
-            slot.explicit = false;
+            let explicit = std::mem::take(&mut slot.explicit);
             if mode == Mode::Apply {
                 slot.view.sync_status = SyncStatus::Running;
                 if let Ok(store) = &store {
@@ -777,6 +782,9 @@ impl<F: StoreFactory> Engine<F> {
             }
             let mut job = slot.job.clone();
             job.state_unwritable = self.state_error.clone();
+            if !explicit {
+                job.import_held = self.import_hold.clone();
+            }
             let previous = slot.digests.clone();
             let last_good = slot.last_good.clone();
             let span = tracing::info_span!("pass", sync = %name);

@@ -51,6 +51,10 @@ pub struct State {
     /// Hex key for idempotency tokens (see [`TokenKey`]); created on first use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_key: Option<String>,
+    /// Set by [`State::load`] when a state file existed but neither it nor
+    /// its backup could be used: which initial syncs already ran is unknown.
+    #[serde(skip)]
+    pub lost: Option<String>,
 }
 
 /// Why the state could not be saved.
@@ -112,8 +116,14 @@ impl State {
                 state
             }
             Err(e) => {
-                tracing::warn!(path = %backup.display(), error = %e, "state backup unusable too; starting from an empty state (initial syncs run again)");
-                State::default()
+                tracing::warn!(path = %backup.display(), error = %e, "state backup unusable too; starting from an empty state (initial imports wait for an explicit resync)");
+                State {
+                    lost: Some(format!(
+                        "{} and its backup are unreadable, so whether the initial import already ran is unknown",
+                        path.display()
+                    )),
+                    ..State::default()
+                }
             }
         }
     }
@@ -217,9 +227,11 @@ mod tests {
             std::fs::read(dir.path().join(CORRUPT_FILE)).unwrap(),
             b"{not json"
         );
-        // Both unusable: the empty state.
+        // Both unusable: the empty state, marked lost.
         std::fs::write(dir.path().join(BACKUP_FILE), b"").unwrap();
-        assert_eq!(State::load(dir.path()), State::default());
+        let lost = State::load(dir.path());
+        assert!(lost.lost.is_some());
+        assert_eq!(State { lost: None, ..lost }, State::default());
         // A missing state.json is a fresh start even with a backup present
         // (deleting it is how an operator resets the agent's memory).
         keyed.save(dir.path()).unwrap();

@@ -649,4 +649,29 @@ fn corrupt_state_file_does_not_rerun_the_initial_import() {
         "{reread}"
     );
     agent.stop();
+
+    // Both state.json and its backup unusable: the import waits for an
+    // explicit resync (FAILED, nothing written, the file untouched) ...
+    let edited2 = format!("A=edited-again\nB=bee\nTOKEN={CANARY}\n");
+    std::fs::write(&file, &edited2).unwrap();
+    std::fs::write(&state, b"{").unwrap();
+    std::fs::write(w.agent_path("state/state.json.bak"), b"").unwrap();
+    w.proxy.reset_counts();
+    let agent = Agent::start(&w);
+    let s = w.wait_pass_done("app");
+    w.wait_quiet(DEBOUNCE * 3);
+    assert_eq!(s["sync_status"], "FAILED", "{s}");
+    let message = s["last_sync_message"].as_str().unwrap_or("");
+    assert!(message.contains("resync app"), "{s}");
+    assert_eq!(w.proxy.writes(), 0, "{:?}", w.proxy.calls());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), edited2);
+    assert_eq!(w.value("app/A").as_deref(), Some("edited"));
+    // ... and the operator's resync runs it as configured (AWS wins).
+    let sock = w.socket();
+    let out = w.cli(&["resync", "--socket", sock.to_str().unwrap(), "app"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let s = wait_synced_within(&w, &agent, "app", Duration::from_secs(10));
+    assert_eq!(s["import_status"], "SYNCED", "{s}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), edited);
+    agent.stop();
 }

@@ -73,6 +73,7 @@ impl JobBuilder {
             options: PlanOptions::default(),
             import: None,
             state_unwritable: None,
+            import_held: None,
             enabled: true,
         };
         Self { job }
