@@ -179,6 +179,17 @@ fn throttling_30_percent_during_500_secret_initial_sync() {
         "[faults_e2e] fault-free requests {baseline} {baseline_calls:?}; \
          throttled run {total} requests, {throttled} throttled: {calls:?}"
     );
+    // One line per pass (and per retry decision) of the engine, for the record.
+    for line in agent
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("secretsync::engine"))
+    {
+        eprintln!(
+            "[faults_e2e]   {}",
+            &line[line.find("secretsync::engine").unwrap_or(0)..]
+        );
+    }
     let share = throttled as f64 / total as f64;
     assert!(
         (0.2..0.4).contains(&share),
@@ -395,6 +406,18 @@ fn outage_60s_with_edits_latest_value_wins() {
     agent.stop();
 }
 
+/// Polls until the proxy has seen `n` write requests, at most `limit`.
+fn wait_for_writes(w: &World, n: u64, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while w.proxy.writes() < n {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
 /// A tiny seeded generator for the crash points (xorshift64).
 struct Rng(u64);
 impl Rng {
@@ -440,14 +463,15 @@ fn assert_state_dir_clean(w: &World, agent: &Agent) {
 /// kill -9 at ten seeded points of a pass, then restart: converges, one
 /// version per distinct value, nothing deleted that the files still hold,
 /// and the state dir is intact. Even runs kill the initial sync (creates),
-/// odd runs an update pass that also removes three keys (three deletions
-/// are expected there, and nothing else). Writes are held 0–300 ms (seeded)
-/// by "AWS" and applied even if the agent died meanwhile, so writes of the
-/// killed agent land while the restarted one reads and writes.
+/// odd runs an update pass that also removes three keys (their deletions
+/// are expected there, and nothing else). The kill comes after exactly K
+/// delivered writes (K seeded, 1..50): the proxy hangs every later write
+/// and the agent is killed once one is hanging. The delivered writes are
+/// held 0–300 ms (seeded) by "AWS" and applied even though the agent died
+/// meanwhile, so they land while the restarted agent reads and writes.
 #[test]
 fn kill_9_at_ten_seeded_points_then_restart_converges() {
     const N: usize = 60;
-    const REMOVED: usize = 3;
     let w = World::new();
     let file = w.write("app/app.env", &env_text(N, "v1"));
     w.config(&AgentOpts::default(), &[sync_entry("app", &[&file], "")]);
@@ -459,21 +483,25 @@ fn kill_9_at_ten_seeded_points_then_restart_converges() {
         std::fs::write(&file, env_text(N, "v1")).unwrap();
         let update = run % 2 == 1;
         let mut agent = Agent::start(&w);
-        let (tag, keep) = if update {
+        // Update runs remove K000, K001 (deleted early in the pass, so the
+        // killed agent's deletes are often among the held writes) and one
+        // seeded key.
+        let removed: Vec<usize> = if update {
+            vec![0, 1, 2 + rng.below(N as u64 - 2) as usize]
+        } else {
+            vec![]
+        };
+        let tag = if update { "v2" } else { "v1" };
+        if update {
             wait_synced_within(&w, &agent, "app", Duration::from_secs(20));
             w.wait_quiet(DEBOUNCE * 3);
             w.proxy.reset_counts();
-            // v2 for every key, and the last REMOVED keys leave the file.
-            let text = env_text(N, "v2")
-                .lines()
-                .filter(|l| !(N - REMOVED..N).any(|i| l.starts_with(&format!("K{i:03}="))))
-                .map(|l| format!("{l}\n"))
-                .collect::<String>();
-            ("v2", (N - REMOVED, text))
-        } else {
-            ("v1", (N, env_text(N, "v1")))
-        };
-        let (kept, text) = keep;
+        }
+        let text = env_text(N, tag)
+            .lines()
+            .filter(|l| !removed.iter().any(|i| l.starts_with(&format!("K{i:03}="))))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>();
         let hold = Duration::from_millis(rng.below(300));
         for write_op in ["CreateSecret", "PutSecretValue", "DeleteSecret"] {
             w.proxy.inject(Fault::DelayDetached {
@@ -481,20 +509,20 @@ fn kill_9_at_ten_seeded_points_then_restart_converges() {
                 delay: hold,
             });
         }
+        // Exactly `kill_after` writes get through; the next one hangs, and
+        // the agent dies while it (and any others sent at once) is unanswered.
         let kill_after = 1 + rng.below(N as u64 - 10);
+        w.proxy.inject(Fault::HangWritesAfter { after: kill_after });
         if update {
             std::fs::write(&file, &text).unwrap();
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while w.proxy.writes() < kill_after {
-            assert!(
-                Instant::now() < deadline,
-                "run {run}: only {} writes, wanted {kill_after}: {:?}",
-                w.proxy.writes(),
-                w.proxy.calls()
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        assert!(
+            wait_for_writes(&w, kill_after + 1, Duration::from_secs(20)),
+            "run {run}: only {} writes, wanted {}: {:?}",
+            w.proxy.writes(),
+            kill_after + 1,
+            w.proxy.calls()
+        );
         agent.kill9();
         let at_kill = w.proxy.writes();
 
@@ -506,27 +534,34 @@ fn kill_9_at_ten_seeded_points_then_restart_converges() {
         w.wait_quiet(DEBOUNCE * 3);
         assert_eq!(
             s["counts"]["synced"],
-            kept + 1,
+            N - removed.len() + 1,
             "run {run}: {}",
             s["counts"]
         );
-        assert_values(&w, "app", kept, tag);
-        for (i, name) in key_names("app", N).iter().enumerate() {
-            if i < kept {
-                let want = if update { 2 } else { 1 };
-                assert_eq!(
-                    w.versions(name),
-                    want,
-                    "run {run} (kill after {kill_after} writes): {name} has a duplicate version"
-                );
-                assert!(!w.pending_deletion(name), "run {run}: {name} deleted");
-            } else {
+        let names = key_names("app", N);
+        let got = values(&w, &names);
+        for (i, name) in names.iter().enumerate() {
+            if removed.contains(&i) {
                 assert!(
                     w.pending_deletion(name),
                     "run {run}: {name} left the file but is not scheduled for deletion"
                 );
+                continue;
             }
+            assert_eq!(
+                got[name].as_deref(),
+                Some(&format!("{tag}-{i}")[..]),
+                "run {run}: {name} holds the wrong value"
+            );
+            let want = if update { 2 } else { 1 };
+            assert_eq!(
+                w.versions(name),
+                want,
+                "run {run} (kill after {kill_after} writes): {name} has a duplicate version"
+            );
+            assert!(!w.pending_deletion(name), "run {run}: {name} deleted");
         }
+        assert_eq!(w.value("app/TOKEN").as_deref(), Some(CANARY));
         assert!(!w.pending_deletion("app/TOKEN"));
         let deleted: Vec<String> = w
             .proxy
@@ -536,13 +571,13 @@ fn kill_9_at_ten_seeded_points_then_restart_converges() {
             .collect();
         let wrongly: Vec<&String> = deleted
             .iter()
-            .filter(|id| !key_names("app", N)[kept..].contains(id))
+            .filter(|id| !removed.iter().any(|i| **id == names[*i]))
             .collect();
         assert!(wrongly.is_empty(), "run {run}: deleted {wrongly:?}");
         assert_state_dir_clean(&w, &agent);
         agent.stop();
         eprintln!(
-            "[faults_e2e] crash run {run}: {} pass, killed after {at_kill} writes (target {kill_after}), hold {hold:?}, {:.1} s",
+            "[faults_e2e] crash run {run}: {} pass, killed after {kill_after} delivered writes ({at_kill} sent), hold {hold:?}, {:.1} s",
             if update { "update" } else { "initial" },
             t.elapsed().as_secs_f64()
         );

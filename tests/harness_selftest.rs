@@ -471,3 +471,35 @@ async fn throttle_random_is_seeded_and_near_its_rate() {
         .await
         .expect("DescribeSecret");
 }
+
+#[tokio::test]
+async fn hang_writes_after_lets_exactly_n_writes_through() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.endpoint);
+    let client = Client::from_conf(
+        sdk_config(&proxy.endpoint)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_attempt_timeout(Duration::from_millis(300))
+                    .build(),
+            )
+            .build(),
+    );
+    proxy.inject(Fault::HangWritesAfter { after: 2 });
+    create(&client, "selftest/w1", "v").await;
+    create(&client, "selftest/w2", "v").await;
+    let started = Instant::now();
+    let err = client
+        .put_secret_value()
+        .secret_id("selftest/w1")
+        .secret_string("v2")
+        .send()
+        .await
+        .expect_err("the third write hangs");
+    assert!(matches!(err, SdkError::TimeoutError(_)), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Reads still pass, and the hung write never reached moto.
+    assert_eq!(get(&client, "selftest/w1").await, "v");
+    assert_eq!(proxy.writes(), 3);
+}

@@ -490,6 +490,11 @@ pub enum Fault {
     /// Every request has its connection closed without a reply, like AWS being
     /// unreachable, until [`FaultProxy::clear_faults`].
     Outage,
+    /// The first `after` write requests ([`WRITE_OPS`]) pass; every later
+    /// write hangs (reads pass). For crash tests: once [`FaultProxy::writes`]
+    /// exceeds `after`, killing the client leaves exactly `after` writes
+    /// delivered, whatever the client's concurrency.
+    HangWritesAfter { after: u64 },
 }
 
 impl Fault {
@@ -504,7 +509,7 @@ impl Fault {
             | Fault::DelayDetached { op, .. }
             | Fault::Hang { op }
             | Fault::Reset { op, .. } => op.as_deref(),
-            Fault::Outage => None,
+            Fault::Outage | Fault::HangWritesAfter { .. } => None,
         }
     }
 }
@@ -539,7 +544,14 @@ struct Rule {
 impl Rule {
     /// Advances the rule's counter for one matching request and returns the
     /// action if the rule fires (never called for the delays).
-    fn consult(&mut self) -> Option<Action> {
+    fn consult(&mut self, op: &str) -> Option<Action> {
+        if let Fault::HangWritesAfter { after } = self.fault {
+            if !WRITE_OPS.contains(&op) {
+                return None;
+            }
+            self.seen += 1;
+            return (self.seen > after).then_some(Action::Hang);
+        }
         self.seen += 1;
         let n = self.seen;
         let throttle = || Action::Respond {
@@ -583,6 +595,7 @@ impl Rule {
             Fault::Hang { .. } => Some(Action::Hang),
             Fault::Reset { count, .. } => (n <= *count).then_some(Action::Close),
             Fault::Outage => Some(Action::Close),
+            Fault::HangWritesAfter { .. } => None,
             Fault::Delay { .. } | Fault::DelayDetached { .. } => None,
         }
     }
@@ -616,7 +629,7 @@ impl ProxyState {
                     delay += d;
                     detached = true;
                 }
-                _ if action.is_none() => action = rule.consult(),
+                _ if action.is_none() => action = rule.consult(op),
                 _ => {}
             }
         }
