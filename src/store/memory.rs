@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::{
     BATCH_GET_MAX, CreateSecret, LIST_PAGE_MAX, NAME_FILTER_MAX, RemoteSecret, RemoteValue,
-    SecretStore, StoreError, ValueRead, WriteResult,
+    RetryNote, SecretStore, StoreError, ValueRead, WriteResult,
 };
 use crate::naming::{
     MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TAGS, MAX_VALUE_BYTES, TAG_SYNC, validate_secret_name,
@@ -90,6 +90,7 @@ struct Inner {
     faults: Vec<Fault>,
     outage: Option<StoreError>,
     latency: Duration,
+    retry_note: Option<RetryNote>,
 }
 
 #[derive(Debug)]
@@ -186,6 +187,16 @@ impl MemoryStore {
     /// `tokio::time::pause`.
     pub fn set_latency(&self, latency: Duration) {
         self.lock().latency = latency;
+    }
+
+    /// What [`SecretStore::last_retry`] reports from now on (stamped with
+    /// the current real time): this store does not retry, so tests say
+    /// when an AWS client would be retrying.
+    pub fn set_retry_note(&self, message: &str) {
+        self.lock().retry_note = Some(RetryNote {
+            at: std::time::Instant::now(),
+            message: message.to_string(),
+        });
     }
 
     /// Seeds (or replaces) a secret directly, without counting a call.
@@ -741,6 +752,10 @@ impl SecretStore for MemoryStore {
             .ok_or(StoreError::NotFound { op: OP_RESTORE })?;
         entry.meta.pending_deletion = false;
         Ok(())
+    }
+
+    fn last_retry(&self) -> Option<RetryNote> {
+        self.lock().retry_note.clone()
     }
 
     async fn probe(&self) -> Result<(), StoreError> {
