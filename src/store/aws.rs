@@ -27,6 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::error::Error as StdError;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
@@ -98,9 +99,58 @@ const OP_RESTORE: &str = "RestoreSecret";
 #[derive(Debug)]
 pub struct AwsStore {
     client: sm::Client,
-    reads: Pacer,
+    reads: Arc<Pacer>,
     writes: Pacer,
     attempts: AttemptObserver,
+}
+
+/// The read side of an [`AwsStore`] as an owned handle (the SDK client is
+/// a handle too), so that one lookup can fan out into concurrent tasks.
+#[derive(Debug, Clone)]
+struct Reader {
+    client: sm::Client,
+    reads: Arc<Pacer>,
+}
+
+/// How many read calls one lookup (names in chunks of
+/// [`NAME_FILTER_MAX`], values in batches of [`BATCH_GET_MAX`]) runs at
+/// once. The read pacer still caps the rate; this only stops one slow or
+/// throttled call (backing off for seconds) from holding up the others.
+const READ_CONCURRENCY: usize = 4;
+
+/// Runs `jobs`, at most [`READ_CONCURRENCY`] at a time, each in its own
+/// task (in the caller's tracing span); results in job order, or the first
+/// error (the tasks still running are then aborted).
+async fn run_bounded<T, Fut>(jobs: impl IntoIterator<Item = Fut>) -> Result<Vec<T>, StoreError>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+{
+    let mut jobs = jobs.into_iter().enumerate();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut done: Vec<(usize, T)> = Vec::new();
+    loop {
+        while tasks.len() < READ_CONCURRENCY {
+            let Some((i, job)) = jobs.next() else { break };
+            tasks.spawn(tracing::Instrument::in_current_span(async move {
+                (i, job.await)
+            }));
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        match joined {
+            Ok((i, result)) => done.push((i, result?)),
+            Err(e) => {
+                return Err(StoreError::Unavailable {
+                    op: OP_LIST,
+                    message: format!("read task failed: {e}"),
+                });
+            }
+        }
+    }
+    done.sort_by_key(|(i, _)| *i);
+    Ok(done.into_iter().map(|(_, t)| t).collect())
 }
 
 mod attempts;
@@ -202,7 +252,7 @@ impl AwsStore {
         let client = sm::Client::from_conf(builder.retry_classifier(attempts.clone()).build());
         Ok(Self {
             client,
-            reads: Pacer::new(conn.max_read_tps, burst_for(conn.max_read_tps)),
+            reads: Arc::new(Pacer::new(conn.max_read_tps, burst_for(conn.max_read_tps))),
             writes: Pacer::new(conn.max_write_tps, burst_for(conn.max_write_tps)),
             attempts,
         })
@@ -226,11 +276,26 @@ impl AwsStore {
         Self {
             client: sm::Client::from_conf(conf),
             attempts,
-            reads: Pacer::new(max_read_tps, burst_for(max_read_tps)),
+            reads: Arc::new(Pacer::new(max_read_tps, burst_for(max_read_tps))),
             writes: Pacer::new(max_write_tps, burst_for(max_write_tps)),
         }
     }
 
+    /// The read side as an owned handle.
+    fn reader(&self) -> Reader {
+        Reader {
+            client: self.client.clone(),
+            reads: Arc::clone(&self.reads),
+        }
+    }
+
+    /// All `ListSecrets` pages for `filters`, pending deletion included.
+    async fn list_all(&self, filters: Vec<Filter>) -> Result<Vec<SecretListEntry>, StoreError> {
+        self.reader().list_all(filters).await
+    }
+}
+
+impl Reader {
     /// All `ListSecrets` pages for `filters`, pending deletion included.
     async fn list_all(&self, filters: Vec<Filter>) -> Result<Vec<SecretListEntry>, StoreError> {
         let mut out = Vec::new();
@@ -411,13 +476,25 @@ impl SecretStore for AwsStore {
         let wanted: BTreeSet<&String> = names.iter().collect();
         let wanted_list: Vec<&String> = wanted.iter().copied().collect();
         let mut found: BTreeMap<String, RemoteSecret> = BTreeMap::new();
-        for chunk in wanted_list.chunks(NAME_FILTER_MAX) {
-            let values = chunk.iter().map(|n| (*n).clone()).collect();
-            let entries = self
-                .list_all(vec![filter(FilterNameStringType::Name, values)])
-                .await;
-            log_call(OP_LIST, &format!("{} name(s)", chunk.len()), &entries);
-            for secret in entries?.into_iter().filter_map(to_remote) {
+        // Collected first: the futures own their data, and the iterator's
+        // borrowing closure must not live across an await (Send bounds).
+        let lookups: Vec<_> = wanted_list
+            .chunks(NAME_FILTER_MAX)
+            .map(|chunk| {
+                let values: Vec<String> = chunk.iter().map(|n| (*n).clone()).collect();
+                let reader = self.reader();
+                async move {
+                    let n = values.len();
+                    let entries = reader
+                        .list_all(vec![filter(FilterNameStringType::Name, values)])
+                        .await;
+                    log_call(OP_LIST, &format!("{n} name(s)"), &entries);
+                    entries
+                }
+            })
+            .collect();
+        for entries in run_bounded(lookups).await? {
+            for secret in entries.into_iter().filter_map(to_remote) {
                 if wanted.contains(&secret.name) {
                     found.entry(secret.name.clone()).or_insert(secret);
                 }
@@ -449,13 +526,19 @@ impl SecretStore for AwsStore {
     async fn get_values(&self, ids: &[String]) -> Result<Vec<ValueRead>, StoreError> {
         let mut seen = HashSet::new();
         let unique: Vec<String> = ids.iter().filter(|id| seen.insert(*id)).cloned().collect();
-        let mut out = Vec::with_capacity(unique.len());
-        for chunk in unique.chunks(BATCH_GET_MAX) {
-            let result = self.batch_get(chunk).await;
-            log_call(OP_BATCH_GET, &format!("{} id(s)", chunk.len()), &result);
-            out.extend(result?);
-        }
-        Ok(out)
+        let batches: Vec<_> = unique
+            .chunks(BATCH_GET_MAX)
+            .map(|chunk| {
+                let ids = chunk.to_vec();
+                let reader = self.reader();
+                async move {
+                    let result = reader.batch_get(&ids).await;
+                    log_call(OP_BATCH_GET, &format!("{} id(s)", ids.len()), &result);
+                    result
+                }
+            })
+            .collect();
+        Ok(run_bounded(batches).await?.into_iter().flatten().collect())
     }
 
     async fn create_secret(&self, req: &CreateSecret) -> Result<WriteResult, StoreError> {
@@ -1561,6 +1644,43 @@ mod tests {
         let store = mocked(&[&rejected]);
         let _ = store.put_value("a", &SecretValue::new("v"), &token()).await;
         assert_eq!(store.last_retry(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bounded_reads_overlap_keep_order_and_stop_at_an_error() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let job = |i: usize, fail: bool| {
+            let running = Arc::clone(&running);
+            let peak = Arc::clone(&peak);
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                // Later jobs finish first: order must come from the index.
+                tokio::time::sleep(Duration::from_millis(100 - i as u64)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                if fail {
+                    Err(StoreError::Unavailable {
+                        op: OP_LIST,
+                        message: format!("job {i}"),
+                    })
+                } else {
+                    Ok(i)
+                }
+            }
+        };
+        let start = tokio::time::Instant::now();
+        let out = run_bounded((0..10).map(|i| job(i, false)).collect::<Vec<_>>())
+            .await
+            .expect("all ok");
+        assert_eq!(out, (0..10).collect::<Vec<_>>());
+        assert_eq!(peak.load(Ordering::SeqCst), READ_CONCURRENCY);
+        assert!(tokio::time::Instant::now() - start < Duration::from_millis(400));
+        let err = run_bounded((0..10).map(|i| job(i, i == 5)).collect::<Vec<_>>())
+            .await
+            .expect_err("job 5 fails");
+        assert!(err.to_string().contains("job 5"), "{err}");
     }
 
     #[tokio::test]
