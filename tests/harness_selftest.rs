@@ -481,7 +481,7 @@ async fn hang_writes_after_lets_exactly_n_writes_through() {
             .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
-                    .operation_attempt_timeout(Duration::from_millis(300))
+                    .operation_attempt_timeout(Duration::from_secs(2))
                     .build(),
             )
             .build(),
@@ -498,7 +498,7 @@ async fn hang_writes_after_lets_exactly_n_writes_through() {
         .await
         .expect_err("the third write hangs");
     assert!(matches!(err, SdkError::TimeoutError(_)), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(10));
     // Reads still pass, and the hung write never reached moto.
     assert_eq!(get(&client, "selftest/w1").await, "v");
     assert_eq!(proxy.writes(), 3);
