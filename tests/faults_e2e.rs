@@ -472,9 +472,8 @@ fn assert_state_dir_clean(w: &World, agent: &Agent) {
 }
 
 /// kill -9 at ten seeded points of a pass ([`crash_runs`] for a longer
-/// soak), then restart: converges, one
-/// version per distinct value, nothing deleted that the files still hold,
-/// and the state dir is intact. Even runs kill the initial sync (creates),
+/// soak), then restart: converges, one version per distinct value, nothing
+/// deleted that the files still hold, and the state dir is intact. Even runs kill the initial sync (creates),
 /// odd runs an update pass that also removes three keys (their deletions
 /// are expected there, and nothing else). The kill comes after exactly K
 /// delivered writes (K seeded, 1..50): the proxy hangs every later write
