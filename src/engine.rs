@@ -39,6 +39,11 @@ pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(300);
 /// first event; otherwise every event would push the pass back forever.
 pub const MAX_DEBOUNCE_PERIODS: u32 = 10;
 
+/// While a pass runs, how often the engine asks its store whether calls are
+/// being retried, to show the reason in status before the pass ends (a pass
+/// whose calls time out can take minutes). No wake-ups when idle.
+pub const PROGRESS_TICK: Duration = Duration::from_secs(1);
+
 /// Builds stores for connections; the engine caches one per connection.
 pub trait StoreFactory: Send + Sync + 'static {
     /// The store type.
@@ -332,12 +337,19 @@ pub struct Engine<F: StoreFactory> {
     agent: AgentStatus,
     watcher: Option<DirWatcher>,
     inflight: JoinSet<(String, PassDone)>,
+    /// Store and start time of every running pass that writes, for
+    /// [`Engine::show_progress`].
+    progress: BTreeMap<String, (Arc<F::Store>, std::time::Instant)>,
+    next_progress: Option<Instant>,
     next_drift: Option<Instant>,
     rx: mpsc::Receiver<Request>,
     fs_rx: ChangeReceiver,
     state_warned: bool,
     /// Why the state file cannot be written (blocks imports).
     state_error: Option<String>,
+    /// Why initial imports wait for an explicit resync (the state file was
+    /// lost at start; see `SyncJob::import_held`).
+    import_hold: Option<String>,
     token_key: TokenKey,
     metrics: Option<Arc<Metrics>>,
 }
@@ -377,6 +389,7 @@ impl<F: StoreFactory> Engine<F> {
         };
         let (status_tx, status_rx) = watch::channel(Arc::new(Status::default()));
         let mut state = State::load(&config.agent.state_dir);
+        let import_hold = state.lost.take();
         let token_key = state.ensure_token_key();
         let mut engine = Engine {
             token_key,
@@ -389,12 +402,15 @@ impl<F: StoreFactory> Engine<F> {
             agent,
             watcher,
             inflight: JoinSet::new(),
+            progress: BTreeMap::new(),
+            next_progress: None,
             next_drift: None,
             rx,
             fs_rx,
             state_warned: false,
             state_error: None,
             metrics: None,
+            import_hold,
         };
         let config = Arc::clone(&engine.config);
         // Persist a new token key before any write uses it.
@@ -524,11 +540,16 @@ impl<F: StoreFactory> Engine<F> {
             .filter(|s| !s.running)
             .filter_map(|s| s.due)
             .chain(self.next_drift)
+            .chain(self.next_progress)
             .min()
     }
 
     fn on_timer(&mut self) {
         let now = Instant::now();
+        if self.next_progress.is_some_and(|p| p <= now) {
+            self.show_progress();
+            self.next_progress = (!self.progress.is_empty()).then(|| now + PROGRESS_TICK);
+        }
         if let Some(drift) = self.next_drift.filter(|d| *d <= now) {
             tracing::debug!("drift check");
             for slot in self.slots.values_mut() {
@@ -541,6 +562,30 @@ impl<F: StoreFactory> Engine<F> {
                 .agent
                 .reconcile_interval
                 .map(|d| drift.max(now) + d);
+        }
+    }
+
+    /// Puts the reason a running pass is slow into its sync's status: the
+    /// latest failed attempt its store is retrying (throttling, 5xx, an
+    /// attempt timeout), if that happened during this pass. The pass's own
+    /// report replaces the message when it ends.
+    fn show_progress(&mut self) {
+        let mut changed = false;
+        for (name, (store, started)) in &self.progress {
+            let Some(note) = store.last_retry().filter(|n| n.at >= *started) else {
+                continue;
+            };
+            let Some(slot) = self.slots.get_mut(name) else {
+                continue;
+            };
+            let message = Some(format!("in progress; retrying AWS calls: {}", note.message));
+            if slot.view.last_sync_message != message {
+                slot.view.last_sync_message = message;
+                changed = true;
+            }
+        }
+        if changed {
+            self.publish();
         }
     }
 
@@ -780,6 +825,7 @@ impl<F: StoreFactory> Engine<F> {
             .filter(|(_, s)| !s.running && s.due.is_some_and(|d| d <= now))
             .map(|(n, _)| n.clone())
             .collect();
+        let started = !ready.is_empty();
         for name in ready {
             let conn = match self.slots.get(&name) {
                 Some(s) => s.job.connection.clone(),
@@ -803,9 +849,13 @@ impl<F: StoreFactory> Engine<F> {
             };
             let force = std::mem::take(&mut slot.force) || !slot.riding.is_empty();
             let allow_deletes = std::mem::take(&mut slot.allow_deletes);
-            slot.explicit = false;
+            let explicit = std::mem::take(&mut slot.explicit);
             if mode == Mode::Apply {
                 slot.view.sync_status = SyncStatus::Running;
+                if let Ok(store) = &store {
+                    self.progress
+                        .insert(name.clone(), (Arc::clone(store), std::time::Instant::now()));
+                }
             }
             let mut job = slot.job.clone();
             job.state_unwritable = self.state_error.clone();
@@ -819,6 +869,9 @@ impl<F: StoreFactory> Engine<F> {
             } else {
                 Listing::Changed
             };
+            if !explicit {
+                job.import_held = self.import_hold.clone();
+            }
             let previous = slot.digests.clone();
             let last_good = slot.last_good.clone();
             let span = tracing::info_span!("pass", sync = %name);
@@ -840,9 +893,17 @@ impl<F: StoreFactory> Engine<F> {
                 span,
             ));
         }
+        if started {
+            if !self.progress.is_empty() && self.next_progress.is_none() {
+                self.next_progress = Some(now + PROGRESS_TICK);
+            }
+            // RUNNING is visible while the pass runs, not only after it.
+            self.publish();
+        }
     }
 
     fn finish_pass(&mut self, name: &str, done: PassDone) {
+        self.progress.remove(name);
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };

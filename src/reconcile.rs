@@ -45,6 +45,11 @@ pub struct SyncJob {
     /// not run then: without a record that it ran, the next pass would
     /// import again and could overwrite local edits with AWS values.
     pub state_unwritable: Option<String>,
+    /// Why an initial import must wait for an explicit resync: the state
+    /// file was lost, so the import may already have run, and running it
+    /// again could overwrite file edits with older AWS values. The engine
+    /// sets it for passes nobody asked for explicitly.
+    pub import_held: Option<String>,
     /// `enabled` from the config.
     pub enabled: bool,
     /// Which secrets' replicas this pass describes (set per pass by the
@@ -149,6 +154,7 @@ impl SyncJob {
             },
             import,
             state_unwritable: None,
+            import_held: None,
             enabled: sync.enabled,
             describe_replicas: DescribeReplicas::Untracked,
             spec,
@@ -790,6 +796,17 @@ pub async fn run_pass_with_files<S: SecretStore>(
                 ),
             };
             let msg = format!("import failed, nothing written: {}", outcome.message);
+            return fail_early(rep, SyncStatus::Failed, msg, false, Some(outcome));
+        }
+        if let (Mode::Apply, Some(why)) = (mode, &job.import_held) {
+            let outcome = ImportOutcome {
+                ok: false,
+                message: format!(
+                    "the initial import is held back: {why}; run `secretsync resync {}` to import now",
+                    job.spec.sync_name
+                ),
+            };
+            let msg = format!("nothing written: {}", outcome.message);
             return fail_early(rep, SyncStatus::Failed, msg, false, Some(outcome));
         }
         let local = merged_local(&job.spec, &parsed);

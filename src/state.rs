@@ -2,7 +2,14 @@
 //! and which tag keys the agent set on each secret (so tags it no longer
 //! configures can be removed without touching tags set by others).
 //!
-//! Losing the file is never fatal: the agent then only stops removing stale
+//! Every save writes `state.json` and then the same content to
+//! `state.json.bak`, each atomically. A `state.json` that exists but cannot
+//! be parsed (disk trouble, a hand edit) is copied to `state.json.corrupt`
+//! for inspection and the backup is used instead: otherwise a sync with an
+//! `import-prioritize-*` initial sync would import again and could
+//! overwrite file edits with older AWS values.
+//!
+//! Losing both is never fatal: the agent then only stops removing stale
 //! tags it set earlier, and treats every sync as not yet initially synced.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,6 +23,10 @@ use crate::plan::TokenKey;
 
 /// File name inside `state_dir`.
 pub const STATE_FILE: &str = "state.json";
+/// Copy of [`STATE_FILE`] written after it; read only when it is unreadable.
+pub const BACKUP_FILE: &str = "state.json.bak";
+/// Where an unreadable [`STATE_FILE`] is copied before it is replaced.
+pub const CORRUPT_FILE: &str = "state.json.corrupt";
 
 /// Remembered facts about one sync.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +55,10 @@ pub struct State {
     /// Hex key for idempotency tokens (see [`TokenKey`]); created on first use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_key: Option<String>,
+    /// Set by [`State::load`] when a state file existed but neither it nor
+    /// its backup could be used: which initial syncs already ran is unknown.
+    #[serde(skip)]
+    pub lost: Option<String>,
 }
 
 /// Why the state could not be saved.
@@ -77,57 +92,90 @@ impl State {
         TokenKey(bytes)
     }
 
-    /// Loads `dir/state.json`; a missing file gives the empty state, a
-    /// corrupt one is logged and replaced by the empty state.
+    /// Loads `dir/state.json`; a missing file gives the empty state. One
+    /// that cannot be read or parsed is logged (and, if corrupt, copied to
+    /// [`CORRUPT_FILE`]); then the backup is used, else the empty state.
     pub fn load(dir: &Path) -> State {
         let path = dir.join(STATE_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(path = %path.display(), error = %e, "state file is corrupt; starting from an empty state");
-                State::default()
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(state) => return state,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "state file is corrupt; trying its backup");
+                    if let Err(e) = write_atomic(dir, CORRUPT_FILE, &bytes) {
+                        tracing::warn!(error = %e, "cannot keep a copy of the corrupt state file");
+                    }
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return State::default(),
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read state file; starting from an empty state");
-                State::default()
+                tracing::warn!(path = %path.display(), error = %e, "cannot read state file; trying its backup");
+            }
+        }
+        let backup = dir.join(BACKUP_FILE);
+        let read = std::fs::read(&backup).map_err(|e| e.to_string());
+        match read.and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+            Ok(state) => {
+                tracing::warn!(path = %backup.display(), "state recovered from the backup");
+                state
+            }
+            Err(e) => {
+                tracing::warn!(path = %backup.display(), error = %e, "state backup unusable too; starting from an empty state (initial imports wait for an explicit resync)");
+                State {
+                    lost: Some(format!(
+                        "{} and its backup are unreadable, so whether the initial import already ran is unknown",
+                        path.display()
+                    )),
+                    ..State::default()
+                }
             }
         }
     }
 
-    /// Writes atomically: temp file in the same directory, fsync, rename,
-    /// fsync the directory. Mode 0600: tag keys are not secret, but nobody
-    /// else needs them.
+    /// Writes `state.json`, then the same to `state.json.bak`, each
+    /// atomically. Mode 0600: tag keys are not secret, but nobody else
+    /// needs them.
     pub fn save(&self, dir: &Path) -> Result<(), StateError> {
-        let path = dir.join(STATE_FILE);
-        let err = |source| StateError {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(err)?;
-        let tmp = dir.join(format!(".{STATE_FILE}.{}.tmp", std::process::id()));
         let body = serde_json::to_vec_pretty(&State {
             version: 1,
             ..self.clone()
         })
-        .map_err(|e| err(std::io::Error::other(e)))?;
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(err)?;
-            f.write_all(&body).map_err(err)?;
-            f.sync_all().map_err(err)?;
-        }
-        std::fs::rename(&tmp, &path).map_err(err)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        .map_err(|e| StateError {
+            path: dir.join(STATE_FILE),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(dir, STATE_FILE, &body)?;
+        write_atomic(dir, BACKUP_FILE, &body)
     }
+}
+
+/// Temp file in the same directory, fsync, rename over `name`, fsync the
+/// directory: a crash leaves the old file or the new one, never a mix.
+fn write_atomic(dir: &Path, name: &str, body: &[u8]) -> Result<(), StateError> {
+    let path = dir.join(name);
+    let err = |source| StateError {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        f.write_all(body).map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 fn parse_key(hex: &str) -> Option<TokenKey> {
@@ -175,7 +223,23 @@ mod tests {
         );
         assert_eq!(mode & 0o777, 0o600);
         assert_ne!(State::default().ensure_token_key(), key, "random per agent");
+        // A corrupt state.json: the backup (same content) is used, and the
+        // corrupt bytes are kept aside.
         std::fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
+        assert_eq!(State::load(dir.path()).ensure_token_key(), key);
+        assert_eq!(
+            std::fs::read(dir.path().join(CORRUPT_FILE)).unwrap(),
+            b"{not json"
+        );
+        // Both unusable: the empty state, marked lost.
+        std::fs::write(dir.path().join(BACKUP_FILE), b"").unwrap();
+        let lost = State::load(dir.path());
+        assert!(lost.lost.is_some());
+        assert_eq!(State { lost: None, ..lost }, State::default());
+        // A missing state.json is a fresh start even with a backup present
+        // (deleting it is how an operator resets the agent's memory).
+        keyed.save(dir.path()).unwrap();
+        std::fs::remove_file(dir.path().join(STATE_FILE)).unwrap();
         assert_eq!(State::load(dir.path()), State::default());
     }
 }

@@ -453,3 +453,79 @@ fn proxy_works_from_a_plain_test() {
     assert!(proxy.wait_for_count_blocking("ListSecrets", 2, Duration::from_millis(10)));
     assert!(!proxy.wait_for_count_blocking("ListSecrets", 3, Duration::from_millis(50)));
 }
+
+#[tokio::test]
+async fn throttle_random_is_seeded_and_near_its_rate() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.endpoint);
+    let client = no_retry_client(&proxy.endpoint);
+    create(&client, "selftest/random", "v").await;
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        proxy.clear_faults();
+        proxy.inject(Fault::ThrottleRandom {
+            op: op("GetSecretValue"),
+            percent: 30,
+            seed: 42,
+        });
+        let mut outcomes = Vec::new();
+        for _ in 0..200 {
+            outcomes.push(
+                client
+                    .get_secret_value()
+                    .secret_id("selftest/random")
+                    .send()
+                    .await
+                    .is_ok(),
+            );
+        }
+        runs.push(outcomes);
+    }
+    assert_eq!(runs[0], runs[1], "same seed, same decisions");
+    let throttled = runs[0].iter().filter(|ok| !**ok).count();
+    assert!(
+        (40..=80).contains(&throttled),
+        "{throttled} of 200 throttled"
+    );
+    // Some call is throttled twice in a row (unlike every_nth).
+    assert!(runs[0].windows(2).any(|w| !w[0] && !w[1]));
+    // Other operations are untouched.
+    client
+        .describe_secret()
+        .secret_id("selftest/random")
+        .send()
+        .await
+        .expect("DescribeSecret");
+}
+
+#[tokio::test]
+async fn hang_writes_after_lets_exactly_n_writes_through() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.endpoint);
+    let client = Client::from_conf(
+        sdk_config(&proxy.endpoint)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_attempt_timeout(Duration::from_secs(2))
+                    .build(),
+            )
+            .build(),
+    );
+    proxy.inject(Fault::HangWritesAfter { after: 2 });
+    create(&client, "selftest/w1", "v").await;
+    create(&client, "selftest/w2", "v").await;
+    let started = Instant::now();
+    let err = client
+        .put_secret_value()
+        .secret_id("selftest/w1")
+        .secret_string("v2")
+        .send()
+        .await
+        .expect_err("the third write hangs");
+    assert!(matches!(err, SdkError::TimeoutError(_)), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Reads still pass, and the hung write never reached moto.
+    assert_eq!(get(&client, "selftest/w1").await, "v");
+    assert_eq!(proxy.writes(), 3);
+}

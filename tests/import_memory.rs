@@ -360,3 +360,33 @@ async fn no_import_without_a_writable_state_dir() {
     );
     assert_eq!(store.write_calls(), 0);
 }
+
+#[tokio::test]
+async fn import_held_after_a_lost_state_writes_nothing_until_resync() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.env");
+    std::fs::write(&file, "A=local-edit\n").unwrap();
+    let store = Arc::new(MemoryStore::new());
+    store.insert(owned("prod/A"), Some(SecretValue::new("old")));
+    let mut j = job(
+        dir.path(),
+        "app.env",
+        "      key_schema: \"prod/{{secretKey}}\"\n",
+        "import-prioritize-destination",
+    );
+    j.import_held = Some("state.json and its backup are unreadable".into());
+    store.reset_calls();
+    let r = pass(&store, &j, Mode::Apply, &SyncState::default()).await;
+    assert_eq!(r.report.sync_status, SyncStatus::Failed);
+    assert!(!r.transient, "waits for a resync, not for a retry");
+    let message = r.report.last_import_message.unwrap_or_default();
+    assert!(message.contains("resync app"), "{message}");
+    assert_eq!(read(&file), "A=local-edit\n");
+    assert_eq!(store.write_calls(), 0);
+
+    // The explicit resync (the engine clears the hold for it) imports.
+    j.import_held = None;
+    let r = pass(&store, &j, Mode::Apply, &SyncState::default()).await;
+    assert_eq!(r.report.sync_status, SyncStatus::Synced, "{:?}", r.report);
+    assert_eq!(read(&file), "A=old\n");
+}

@@ -75,6 +75,7 @@ impl JobBuilder {
             known: Default::default(),
             listing: Default::default(),
             state_unwritable: None,
+            import_held: None,
             enabled: true,
             describe_replicas: secretsync::plan::DescribeReplicas::Untracked,
         };

@@ -649,3 +649,45 @@ async fn a_full_request_queue_answers_busy_and_a_stopped_engine_stopped() {
     drop(engine);
     assert!(matches!(ping(), Err(EngineError::Stopped)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_pass_shows_running_then_the_retry_reason() {
+    let h = Harness::start("A=1\n", "", "").await;
+    assert!(
+        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
+            .await
+    );
+    // A note from before the pass is not this pass's reason.
+    h.store.set_retry_note("AWS answered HTTP 503");
+    std::thread::sleep(Duration::from_millis(2));
+    h.store.set_latency(Duration::from_secs(20));
+    h.write("A=2\n");
+    h.touch();
+    // RUNNING is published when the pass starts, without a reason yet.
+    assert!(
+        h.wait_status(SyncStatus::Running, Duration::from_secs(2))
+            .await
+    );
+    tokio::time::sleep(PROGRESS_TICK * 3).await;
+    settle().await;
+    assert_eq!(h.status().syncs[0].last_sync_message, None);
+
+    h.store.set_retry_note("an attempt timed out after 2s");
+    tokio::time::sleep(PROGRESS_TICK * 2).await;
+    settle().await;
+    let view = h.status().syncs[0].clone();
+    assert_eq!(view.sync_status, SyncStatus::Running);
+    assert_eq!(
+        view.last_sync_message.as_deref(),
+        Some("in progress; retrying AWS calls: an attempt timed out after 2s")
+    );
+
+    // The pass's own report replaces it.
+    assert!(
+        h.wait_status(SyncStatus::Synced, Duration::from_secs(120))
+            .await
+    );
+    assert_eq!(h.status().syncs[0].last_sync_message, None);
+    assert_eq!(h.value("A").as_deref(), Some("2"));
+    h.stop().await;
+}

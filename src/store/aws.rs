@@ -50,7 +50,8 @@ use sm::types::{Filter, FilterNameStringType, ReplicaRegionType, SecretListEntry
 use super::pacing::Pacer;
 use super::{
     BATCH_GET_MAX, Connection, CreateSecret, KmsKeyInfo, LIST_PAGE_MAX, NAME_FILTER_MAX,
-    RemoteSecret, RemoteValue, ReplicaStatus, SecretStore, StoreError, ValueRead, WriteResult,
+    RemoteSecret, RemoteValue, ReplicaStatus, RetryNote, SecretStore, StoreError, ValueRead,
+    WriteResult,
 };
 use crate::metrics::Metrics;
 use crate::naming::TAG_SYNC;
@@ -113,9 +114,62 @@ pub struct AwsStore {
     /// KMS in the same region with the same credentials, for `check`'s
     /// key probe only (the agent never calls KMS itself).
     kms: Option<aws_sdk_kms::Client>,
-    reads: Pacer,
+    reads: Arc<Pacer>,
     writes: Pacer,
+    attempts: AttemptObserver,
 }
+
+/// The read side of an [`AwsStore`] as an owned handle (the SDK client is
+/// a handle too), so that one lookup can fan out into concurrent tasks.
+#[derive(Debug, Clone)]
+struct Reader {
+    client: sm::Client,
+    reads: Arc<Pacer>,
+}
+
+/// How many read calls one lookup (names in chunks of
+/// [`NAME_FILTER_MAX`], values in batches of [`BATCH_GET_MAX`]) runs at
+/// once. The read pacer still caps the rate; this only stops one slow or
+/// throttled call (backing off for seconds) from holding up the others.
+const READ_CONCURRENCY: usize = 4;
+
+/// Runs `jobs`, at most [`READ_CONCURRENCY`] at a time, each in its own
+/// task (in the caller's tracing span); results in job order, or the first
+/// error (the tasks still running are then aborted).
+async fn run_bounded<T, Fut>(jobs: impl IntoIterator<Item = Fut>) -> Result<Vec<T>, StoreError>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+{
+    let mut jobs = jobs.into_iter().enumerate();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut done: Vec<(usize, T)> = Vec::new();
+    loop {
+        while tasks.len() < READ_CONCURRENCY {
+            let Some((i, job)) = jobs.next() else { break };
+            tasks.spawn(tracing::Instrument::in_current_span(async move {
+                (i, job.await)
+            }));
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        match joined {
+            Ok((i, result)) => done.push((i, result?)),
+            Err(e) => {
+                return Err(StoreError::Unavailable {
+                    op: OP_LIST,
+                    message: format!("read task failed: {e}"),
+                });
+            }
+        }
+    }
+    done.sort_by_key(|(i, _)| *i);
+    Ok(done.into_iter().map(|(_, t)| t).collect())
+}
+
+mod attempts;
+use attempts::AttemptObserver;
 
 /// Retry policy for every call; see the module docs for the reasoning.
 fn retry_config() -> RetryConfig {
@@ -239,10 +293,21 @@ impl AwsStore {
     /// disables that pacer.
     #[doc(hidden)]
     pub fn from_client(client: sm::Client, max_read_tps: u32, max_write_tps: u32) -> Self {
+        let call_timeout = client
+            .config()
+            .timeout_config()
+            .and_then(|t| t.operation_attempt_timeout());
+        let attempts = AttemptObserver::new(call_timeout);
+        let conf = client
+            .config()
+            .to_builder()
+            .retry_classifier(attempts.clone())
+            .build();
         Self {
-            client,
+            client: sm::Client::from_conf(conf),
+            attempts,
             kms: None,
-            reads: Pacer::new(max_read_tps, burst_for(max_read_tps)),
+            reads: Arc::new(Pacer::new(max_read_tps, burst_for(max_read_tps))),
             writes: Pacer::new(max_write_tps, burst_for(max_write_tps)),
         }
     }
@@ -287,6 +352,21 @@ impl AwsStore {
         result
     }
 
+    /// The read side as an owned handle.
+    fn reader(&self) -> Reader {
+        Reader {
+            client: self.client.clone(),
+            reads: Arc::clone(&self.reads),
+        }
+    }
+
+    /// All `ListSecrets` pages for `filters`, pending deletion included.
+    async fn list_all(&self, filters: Vec<Filter>) -> Result<Vec<SecretListEntry>, StoreError> {
+        self.reader().list_all(filters).await
+    }
+}
+
+impl Reader {
     /// All `ListSecrets` pages for `filters`, pending deletion included.
     async fn list_all(&self, filters: Vec<Filter>) -> Result<Vec<SecretListEntry>, StoreError> {
         let mut out = Vec::new();
@@ -487,13 +567,25 @@ impl SecretStore for AwsStore {
         let wanted: BTreeSet<&String> = names.iter().collect();
         let wanted_list: Vec<&String> = wanted.iter().copied().collect();
         let mut found: BTreeMap<String, RemoteSecret> = BTreeMap::new();
-        for chunk in wanted_list.chunks(NAME_FILTER_MAX) {
-            let values = chunk.iter().map(|n| (*n).clone()).collect();
-            let entries = self
-                .list_all(vec![filter(FilterNameStringType::Name, values)])
-                .await;
-            log_call(OP_LIST, &format!("{} name(s)", chunk.len()), &entries);
-            for secret in entries?.into_iter().filter_map(to_remote) {
+        // Collected first: the futures own their data, and the iterator's
+        // borrowing closure must not live across an await (Send bounds).
+        let lookups: Vec<_> = wanted_list
+            .chunks(NAME_FILTER_MAX)
+            .map(|chunk| {
+                let values: Vec<String> = chunk.iter().map(|n| (*n).clone()).collect();
+                let reader = self.reader();
+                async move {
+                    let n = values.len();
+                    let entries = reader
+                        .list_all(vec![filter(FilterNameStringType::Name, values)])
+                        .await;
+                    log_call(OP_LIST, &format!("{n} name(s)"), &entries);
+                    entries
+                }
+            })
+            .collect();
+        for entries in run_bounded(lookups).await? {
+            for secret in entries.into_iter().filter_map(to_remote) {
                 if wanted.contains(&secret.name) {
                     found.entry(secret.name.clone()).or_insert(secret);
                 }
@@ -525,13 +617,19 @@ impl SecretStore for AwsStore {
     async fn get_values(&self, ids: &[String]) -> Result<Vec<ValueRead>, StoreError> {
         let mut seen = HashSet::new();
         let unique: Vec<String> = ids.iter().filter(|id| seen.insert(*id)).cloned().collect();
-        let mut out = Vec::with_capacity(unique.len());
-        for chunk in unique.chunks(BATCH_GET_MAX) {
-            let result = self.batch_get(chunk).await;
-            log_call(OP_BATCH_GET, &format!("{} id(s)", chunk.len()), &result);
-            out.extend(result?);
-        }
-        Ok(out)
+        let batches: Vec<_> = unique
+            .chunks(BATCH_GET_MAX)
+            .map(|chunk| {
+                let ids = chunk.to_vec();
+                let reader = self.reader();
+                async move {
+                    let result = reader.batch_get(&ids).await;
+                    log_call(OP_BATCH_GET, &format!("{} id(s)", ids.len()), &result);
+                    result
+                }
+            })
+            .collect();
+        Ok(run_bounded(batches).await?.into_iter().flatten().collect())
     }
 
     async fn create_secret(&self, req: &CreateSecret) -> Result<WriteResult, StoreError> {
@@ -659,11 +757,15 @@ impl SecretStore for AwsStore {
         } else {
             call.recovery_window_in_days(i64::from(recovery_window_days))
         };
-        let result = call
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| classify(OP_DELETE, &e, None));
+        let result = match call.send().await.map(|_| ()) {
+            // Already scheduled (by a late call of a killed agent, or by
+            // someone else since the pass read it): the outcome holds.
+            Err(e) if recovery_window_days != 0 && already_scheduled(&e) => {
+                tracing::debug!(secret = name, "already scheduled for deletion");
+                Ok(())
+            }
+            other => other.map_err(|e| classify(OP_DELETE, &e, None)),
+        };
         log_call(OP_DELETE, name, &result);
         result
     }
@@ -766,6 +868,10 @@ impl SecretStore for AwsStore {
         result
     }
 
+    fn last_retry(&self) -> Option<RetryNote> {
+        self.attempts.last()
+    }
+
     async fn probe(&self) -> Result<(), StoreError> {
         self.reads.acquire().await;
         let result = self
@@ -863,6 +969,21 @@ fn error_code(response: &HttpResponse) -> Option<String> {
         })?;
     let after_ns = raw.rsplit('#').next().unwrap_or(&raw);
     Some(after_ns.split(':').next().unwrap_or(after_ns).to_owned())
+}
+
+/// Whether a DeleteSecret failed because the secret is already scheduled
+/// for deletion (AWS: "...because it was marked for deletion"; moto: "...
+/// currently marked deleted").
+fn already_scheduled<E>(err: &SdkError<E, HttpResponse>) -> bool
+where
+    E: ProvideErrorMetadata,
+{
+    let SdkError::ServiceError(ctx) = err else {
+        return false;
+    };
+    let message = ctx.err().message().unwrap_or("");
+    ctx.err().code() == Some("InvalidRequestException")
+        && (message.contains("marked for deletion") || message.contains("marked deleted"))
 }
 
 /// Error codes that mean "slow down".
@@ -1834,6 +1955,85 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn retried_attempts_leave_a_note_without_the_message() {
+        let rule = put_rule(400, "ThrottlingException", "Rate exceeded for canary-value");
+        let store = mocked(&[&rule]);
+        assert_eq!(store.last_retry(), None);
+        let err = store.put_value("a", &SecretValue::new("v"), &token()).await;
+        assert!(matches!(err, Err(StoreError::Throttled { .. })), "{err:?}");
+        let note = store
+            .last_retry()
+            .expect("a note after a throttled attempt");
+        assert_eq!(note.message, "AWS answered ThrottlingException (HTTP 400)");
+        assert!(!note.message.contains("canary"));
+
+        // A final, non-retryable error leaves no note.
+        let rejected = put_rule(400, "InvalidParameterException", "bad");
+        let store = mocked(&[&rejected]);
+        let _ = store.put_value("a", &SecretValue::new("v"), &token()).await;
+        assert_eq!(store.last_retry(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bounded_reads_overlap_keep_order_and_stop_at_an_error() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let job = |i: usize, fail: bool| {
+            let running = Arc::clone(&running);
+            let peak = Arc::clone(&peak);
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                // Later jobs finish first: order must come from the index.
+                tokio::time::sleep(Duration::from_millis(100 - i as u64)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                if fail {
+                    Err(StoreError::Unavailable {
+                        op: OP_LIST,
+                        message: format!("job {i}"),
+                    })
+                } else {
+                    Ok(i)
+                }
+            }
+        };
+        let start = tokio::time::Instant::now();
+        let out = run_bounded((0..10).map(|i| job(i, false)).collect::<Vec<_>>())
+            .await
+            .expect("all ok");
+        assert_eq!(out, (0..10).collect::<Vec<_>>());
+        assert_eq!(peak.load(Ordering::SeqCst), READ_CONCURRENCY);
+        assert!(tokio::time::Instant::now() - start < Duration::from_millis(400));
+        let err = run_bounded((0..10).map(|i| job(i, i == 5)).collect::<Vec<_>>())
+            .await
+            .expect_err("job 5 fails");
+        assert!(err.to_string().contains("job 5"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn deleting_a_secret_already_scheduled_succeeds() {
+        for message in [
+            "You can't perform this operation on the secret because it was marked for deletion.",
+            "You tried to perform the operation on a secret that's currently marked deleted.",
+        ] {
+            let rule = mock!(sm::Client::delete_secret)
+                .then_http_response(move || aws_error(400, "InvalidRequestException", message));
+            let store = mocked(&[&rule]);
+            assert_eq!(store.delete_secret("a", 7).await, Ok(()), "{message}");
+        }
+        // Any other rejection is still an error.
+        let rule = mock!(sm::Client::delete_secret).then_http_response(|| {
+            aws_error(400, "InvalidRequestException", "something else entirely")
+        });
+        let store = mocked(&[&rule]);
+        assert!(matches!(
+            store.delete_secret("a", 7).await,
+            Err(StoreError::Rejected { .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn hanging_endpoint_times_out() {
         // Accepts connections (kernel backlog) but never answers.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -1848,6 +2048,8 @@ mod tests {
         );
         // Bounded by the operation timeout.
         assert!(tokio::time::Instant::now() - start <= operation_timeout(Duration::from_secs(2)));
+        let note = store.last_retry().expect("timed-out attempts leave a note");
+        assert_eq!(note.message, "an attempt timed out after 2s");
         drop(listener);
     }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::{
     BATCH_GET_MAX, CreateSecret, LIST_PAGE_MAX, NAME_FILTER_MAX, RemoteSecret, RemoteValue,
-    ReplicaStatus, SecretStore, StoreError, ValueRead, WriteResult,
+    ReplicaStatus, RetryNote, SecretStore, StoreError, ValueRead, WriteResult,
 };
 use crate::naming::{
     MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TAGS, MAX_VALUE_BYTES, TAG_SYNC, validate_secret_name,
@@ -109,6 +109,7 @@ struct Inner {
     faults: Vec<Fault>,
     outage: Option<StoreError>,
     latency: Duration,
+    retry_note: Option<RetryNote>,
 }
 
 #[derive(Debug)]
@@ -207,6 +208,16 @@ impl MemoryStore {
     /// `tokio::time::pause`.
     pub fn set_latency(&self, latency: Duration) {
         self.lock().latency = latency;
+    }
+
+    /// What [`SecretStore::last_retry`] reports from now on (stamped with
+    /// the current real time): this store does not retry, so tests say
+    /// when an AWS client would be retrying.
+    pub fn set_retry_note(&self, message: &str) {
+        self.lock().retry_note = Some(RetryNote {
+            at: std::time::Instant::now(),
+            message: message.to_string(),
+        });
     }
 
     /// Seeds (or replaces) a secret directly, without counting a call.
@@ -782,12 +793,8 @@ impl SecretStore for MemoryStore {
             inner.secrets.remove(&key);
             return Ok(());
         }
-        if entry.meta.pending_deletion {
-            return Err(rejected(
-                OP_DELETE,
-                format!("InvalidRequestException: {MSG_MARKED_FOR_DELETION}"),
-            ));
-        }
+        // AWS rejects this with InvalidRequestException; the trait makes it
+        // a success (see `SecretStore::delete_secret`), as `AwsStore` does.
         entry.meta.pending_deletion = true;
         Ok(())
     }
@@ -840,6 +847,10 @@ impl SecretStore for MemoryStore {
         })?;
         entry.replicas.retain(|r| !regions.contains(&r.region));
         Ok(())
+    }
+
+    fn last_retry(&self) -> Option<RetryNote> {
+        self.lock().retry_note.clone()
     }
 
     async fn probe(&self) -> Result<(), StoreError> {
@@ -1015,12 +1026,14 @@ mod tests {
             s.tag("a", &tags).await,
             s.untag("a", &["team".to_owned()]).await,
             s.update_metadata("a", None, Some("d")).await,
-            s.delete_secret("a", 7).await,
         ];
         for r in &results {
             assert!(is_rejected(r, "marked for deletion"), "{r:?}");
         }
         assert_eq!(s.get("a").expect("a").0.tags, owned_tags("app"));
+        // Scheduling it again is a success that changes nothing.
+        assert_eq!(s.delete_secret("a", 7).await, Ok(()));
+        assert!(s.get("a").expect("a").0.pending_deletion);
     }
 
     #[tokio::test]

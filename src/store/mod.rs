@@ -252,6 +252,9 @@ pub trait SecretStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Schedules deletion; `recovery_window_days == 0` forces immediate deletion.
+    /// Scheduling a secret that is already scheduled succeeds: the outcome
+    /// the caller wants holds (AWS rejects the call; a late call of a killed
+    /// agent, or another actor, may have scheduled it since it was read).
     fn delete_secret(
         &self,
         name: &str,
@@ -295,6 +298,23 @@ pub trait SecretStore: Send + Sync + 'static {
 
     /// Read-only permission probe for `check` (one cheap listing call).
     fn probe(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The latest failed attempt this store is retrying on its own (calls
+    /// that have not returned yet), so the engine can say why a pass takes
+    /// long. `None` if the store does not retry internally.
+    fn last_retry(&self) -> Option<RetryNote> {
+        None
+    }
+}
+
+/// A failed attempt that a store retries internally (throttling, 5xx, an
+/// attempt timeout, a dropped connection). Never carries a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryNote {
+    /// When the attempt failed.
+    pub at: std::time::Instant,
+    /// Why, e.g. "an attempt timed out after 2s".
+    pub message: String,
 }
 
 /// Connection settings for one destination; syncs with equal settings share

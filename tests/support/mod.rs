@@ -449,6 +449,15 @@ pub enum Fault {
     /// The first `count` matching requests are throttled, later ones pass: for
     /// "retries with backoff recover" tests.
     ThrottleFirst { op: Option<String>, count: u64 },
+    /// Each matching request is throttled with probability `percent`/100,
+    /// decided by a xorshift generator seeded with `seed` (same seed, same
+    /// arrival order ⇒ same decisions). Unlike [`Fault::Throttle`], one call
+    /// can be throttled on several attempts in a row, as with real quotas.
+    ThrottleRandom {
+        op: Option<String>,
+        percent: u64,
+        seed: u64,
+    },
     /// The first `count` matching requests get `status` (500, 503...) with an
     /// `InternalServiceError` body, as Secrets Manager does.
     ServerError {
@@ -481,6 +490,11 @@ pub enum Fault {
     /// Every request has its connection closed without a reply, like AWS being
     /// unreachable, until [`FaultProxy::clear_faults`].
     Outage,
+    /// The first `after` write requests ([`WRITE_OPS`]) pass; every later
+    /// write hangs (reads pass). For crash tests: once [`FaultProxy::writes`]
+    /// exceeds `after`, killing the client leaves exactly `after` writes
+    /// delivered, whatever the client's concurrency.
+    HangWritesAfter { after: u64 },
 }
 
 impl Fault {
@@ -488,13 +502,14 @@ impl Fault {
         match self {
             Fault::Throttle { op, .. }
             | Fault::ThrottleFirst { op, .. }
+            | Fault::ThrottleRandom { op, .. }
             | Fault::ServerError { op, .. }
             | Fault::AwsError { op, .. }
             | Fault::Delay { op, .. }
             | Fault::DelayDetached { op, .. }
             | Fault::Hang { op }
             | Fault::Reset { op, .. } => op.as_deref(),
-            Fault::Outage => None,
+            Fault::Outage | Fault::HangWritesAfter { .. } => None,
         }
     }
 }
@@ -522,12 +537,21 @@ struct Rule {
     seen: u64,
     /// Consultations since a `Throttle` rule last fired.
     since_fired: u64,
+    /// Generator state of a `ThrottleRandom` rule.
+    rng: u64,
 }
 
 impl Rule {
     /// Advances the rule's counter for one matching request and returns the
     /// action if the rule fires (never called for the delays).
-    fn consult(&mut self) -> Option<Action> {
+    fn consult(&mut self, op: &str) -> Option<Action> {
+        if let Fault::HangWritesAfter { after } = self.fault {
+            if !WRITE_OPS.contains(&op) {
+                return None;
+            }
+            self.seen += 1;
+            return (self.seen > after).then_some(Action::Hang);
+        }
         self.seen += 1;
         let n = self.seen;
         let throttle = || Action::Respond {
@@ -545,6 +569,13 @@ impl Rule {
                 fire.then(throttle)
             }
             Fault::ThrottleFirst { count, .. } => (n <= *count).then(throttle),
+            Fault::ThrottleRandom { percent, .. } => {
+                // xorshift64: tiny, seeded, good enough to spread faults.
+                self.rng ^= self.rng << 13;
+                self.rng ^= self.rng >> 7;
+                self.rng ^= self.rng << 17;
+                (self.rng % 100 < *percent).then(throttle)
+            }
             Fault::ServerError { status, count, .. } => (n <= *count).then(|| Action::Respond {
                 status: *status,
                 code: "InternalServiceError".into(),
@@ -564,6 +595,7 @@ impl Rule {
             Fault::Hang { .. } => Some(Action::Hang),
             Fault::Reset { count, .. } => (n <= *count).then_some(Action::Close),
             Fault::Outage => Some(Action::Close),
+            Fault::HangWritesAfter { .. } => None,
             Fault::Delay { .. } | Fault::DelayDetached { .. } => None,
         }
     }
@@ -668,7 +700,7 @@ impl ProxyState {
                     delay += d;
                     detached = true;
                 }
-                _ if action.is_none() => action = rule.consult(),
+                _ if action.is_none() => action = rule.consult(op),
                 _ => {}
             }
         }
@@ -857,12 +889,21 @@ impl FaultProxy {
             {
                 panic!("injected error status must be 4xx/5xx, got {status}")
             }
+            Fault::ThrottleRandom { percent, .. } if *percent > 100 => {
+                panic!("Fault::ThrottleRandom percent must be <= 100")
+            }
             _ => {}
         }
+        let rng = match &fault {
+            // xorshift must not start at 0; mix the seed so small seeds differ.
+            Fault::ThrottleRandom { seed, .. } => seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            _ => 0,
+        };
         self.state.lock().unwrap().rules.push(Rule {
             fault,
             seen: 0,
             since_fired: 0,
+            rng,
         });
     }
 
