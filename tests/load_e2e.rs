@@ -185,6 +185,12 @@ fn p99(mut samples: Vec<Duration>) -> Duration {
     samples[i.clamp(1, samples.len()) - 1]
 }
 
+fn p50(mut samples: Vec<Duration>) -> Duration {
+    assert!(!samples.is_empty());
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
 fn median(mut samples: Vec<u64>) -> u64 {
     samples.sort_unstable();
     samples[samples.len() / 2]
@@ -344,7 +350,7 @@ fn many_syncs_under_a_continuous_edit_stream_stay_fast_flat_and_unthrottled() {
     let report = format!(
         "load: {syncs} syncs x {keys} keys, {edits} edits over {secs} s ({rate}/s)\n\
          seed {seed:.1?}; start-up to all SYNCED {startup:.1?} with {startup_calls} calls\n\
-         propagation p99: idle {idle_p99:?} (n={ni}), under load {load_p99:?} (n={nl}); max under load {max:?}\n\
+         propagation p50/p99: idle {idle_p50:?} / {idle_p99:?} (n={ni}), under load {load_p50:?} / {load_p99:?} (n={nl}); max under load {max:?}\n\
          RSS KiB: early median {early}, late median {late}, max {rss_max}\n\
          calls: {calls:?}; quota throttles: {throttles}",
         syncs = load.syncs,
@@ -354,6 +360,8 @@ fn many_syncs_under_a_continuous_edit_stream_stay_fast_flat_and_unthrottled() {
         rate = load.edits_per_sec,
         seed = seed_time,
         ni = idle.len(),
+        idle_p50 = p50(idle.clone()),
+        load_p50 = p50(loaded.clone()),
         nl = loaded.len(),
         max = loaded.iter().max().copied().unwrap_or_default(),
         rss_max = rss.iter().max().copied().unwrap_or_default(),

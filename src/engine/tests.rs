@@ -43,6 +43,16 @@ impl Harness {
         let config = config::load_config(&path).unwrap();
         let store = Arc::new(MemoryStore::new());
         let (engine, handle) = Engine::new(config, MemFactory(Arc::clone(&store)), false).unwrap();
+        Harness::launch(dir, store, engine, handle)
+    }
+
+    /// Runs an engine the test built itself (seeded store, metrics...).
+    fn launch(
+        dir: tempfile::TempDir,
+        store: Arc<MemoryStore>,
+        engine: Engine<MemFactory>,
+        handle: EngineHandle,
+    ) -> Harness {
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(engine.run(async move {
             let _ = stopped.await;
@@ -403,17 +413,7 @@ async fn import_write_back_does_not_trigger_a_second_pass() {
     owned.tags.insert("secretsync:sync".into(), "app".into());
     store.insert(owned, Some(SecretValue::new("from-aws")));
     let (engine, handle) = Engine::new(config, MemFactory(Arc::clone(&store)), false).unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(engine.run(async move {
-        let _ = stopped.await;
-    }));
-    let h = Harness {
-        dir,
-        store,
-        handle,
-        stop: Some(stop),
-        task,
-    };
+    let h = Harness::launch(dir, store, engine, handle);
     assert!(
         h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
             .await
@@ -529,17 +529,7 @@ async fn metrics_record_passes_states_and_propagation() {
     let store = Arc::new(MemoryStore::new());
     let (engine, handle) = Engine::new(config, MemFactory(Arc::clone(&store)), false).unwrap();
     let engine = engine.with_metrics(Arc::clone(&metrics));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(engine.run(async move {
-        let _ = stopped.await;
-    }));
-    let h = Harness {
-        dir,
-        store,
-        handle,
-        stop: Some(stop),
-        task,
-    };
+    let h = Harness::launch(dir, store, engine, handle);
     assert!(
         h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
             .await
