@@ -98,18 +98,29 @@ fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }
 
-/// The state dir: only `state.json` (0600), whose fields are the known
+/// The state dir: only `state.json` and its backup (0600), whose fields are the known
 /// ones; the token key is 32 random bytes in hex, nothing value-derived.
 fn check_state_dir(w: &World) {
     let dir = w.agent_path("state");
-    let names: Vec<String> = std::fs::read_dir(&dir)
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, ["state.json"], "unexpected files in the state dir");
-    let path = dir.join("state.json");
-    assert_eq!(mode(&path), 0o600, "state.json mode");
-    let state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    names.sort();
+    assert_eq!(
+        names,
+        ["state.json", "state.json.bak"],
+        "unexpected files in the state dir"
+    );
+    for name in &names {
+        check_state_file(&dir.join(name));
+    }
+}
+
+/// One state file: 0600, only the known fields, no values.
+fn check_state_file(path: &std::path::Path) {
+    assert_eq!(mode(path), 0o600, "{} mode", path.display());
+    let state: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let mut keys: Vec<&String> = state.as_object().unwrap().keys().collect();
     keys.sort();
     assert_eq!(keys, ["syncs", "token_key", "version"], "{state}");
