@@ -2,10 +2,12 @@
 # The one benchmark command (README "Measurements"): builds the release
 # binary, then runs, in one go and on this machine,
 #   1. the pure-code microbenchmarks (criterion, benches/pure.rs);
-#   2. the side-by-side comparison on moto (benches/compare.py): secretsync
+#   2. the quota benchmark (examples/quota_bench.rs: the real reconcile pass against
+#      the in-memory store with AWS-like latency and a 50 write-TPS quota);
+#   3. the side-by-side comparison on moto (benches/compare.py): secretsync
 #      against baselines A (AWS CLI loop), B (naive boto3), C (careful
-#      boto3);
-#   3. the agent benchmark (benches/agent_bench.py): propagation latency,
+#      boto3), plus cold start, peak RSS, binary size and the cost model;
+#   4. the agent benchmark (benches/agent_bench.py): propagation latency,
 #      calls per edit, idle wake-ups and RSS.
 # The combined Markdown goes to $CARGO_TARGET_DIR/bench/results.md (default
 # target/bench/results.md) and to stdout.
@@ -59,6 +61,9 @@ cargo bench --bench pure -- "${criterion_args[@]}" >&2
 "$moto_python" benches/report_pure.py "$target_dir/criterion" >"$out_dir/pure.md" ||
     echo "bench: a pure benchmark missed its target (see the table)" >&2
 
+echo "==> quota benchmark (examples/quota_bench.rs)" >&2
+cargo run --release --example quota_bench -- "${quick[@]}" >"$out_dir/quota.md"
+
 echo "==> side by side on moto (benches/compare.py)" >&2
 "$moto_python" benches/compare.py --bin "$bin" --moto "$moto_server" --python "$moto_python" \
     --aws "$bench_venv/bin/aws" "${quick[@]}" --out "$out_dir/compare.md" >/dev/null
@@ -74,6 +79,10 @@ agent_args=()
     echo "### Pure code (criterion)"
     echo
     cat "$out_dir/pure.md"
+    echo
+    echo "### Against an AWS-like store: quota, pacing, engine overhead"
+    echo
+    cat "$out_dir/quota.md"
     echo
     cat "$out_dir/compare.md"
     echo
