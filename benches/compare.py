@@ -18,12 +18,18 @@ into an empty emulator, a no-op pass (nothing changed), a 1-key change, a
 10% change. Each run is checked afterwards against moto directly (not
 counted): the values must be the ones in the file.
 
+Also measured here: agent cold start (`secretsync run` -> READY=1 via a
+NOTIFY_SOCKET we listen on, -> all SYNCED with 1,000 keys), peak RSS of a
+5,000-key initial `sync`, binary size, and the API-call cost model (calls
+per drift check and per edit on a typical host, from measured passes).
+
 Writes Markdown to --out and prints it.
 """
 import argparse
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +49,8 @@ SCENARIOS = ("initial", "no-op", "1-key change", "10% change")
 # machine). So it runs the initial and the no-op scenario only; its no-op
 # run stands for the change scenarios (marked † in the ratio table).
 A_SCENARIOS = ("initial", "no-op")
+PRICE_PER_CALL = 0.05 / 10_000  # USD, Secrets Manager API calls
+DAYS_PER_MONTH = 30
 
 
 def run_timed(cmd, env, cwd=None):
@@ -179,6 +187,101 @@ syncs:
             print(f"  {name:28} {scenario:13} {wall:8.2f} s  {sum(calls.values()):6} calls  {fmt_ops(calls)}",
                   file=sys.stderr, flush=True)
 
+    # ---- cold start ---------------------------------------------------
+    def cold_start(self, n):
+        """`secretsync run` with n keys: time to READY=1 (sd_notify), to the
+        socket answering, to all SYNCED; peak RSS (VmHWM) at SYNCED."""
+        self.emu.reset()
+        d = os.path.join(self.work, f"cold-{n}")
+        os.makedirs(d, exist_ok=True)
+        env_file = os.path.join(d, "app.env")
+        write_env(env_file, n)
+        cfg = self.ours_config(f"cold-{n}", [env_file], "one-to-one")
+        sock_path = os.path.join(d, "notify.sock")
+        ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ns.bind(sock_path)
+        ns.settimeout(0.01)
+        env = dict(self.env, NOTIFY_SOCKET=sock_path, RUST_LOG="warn")
+        t0 = time.monotonic()
+        agent = subprocess.Popen([self.args.bin, "run", "--config", cfg], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ready = answered = synced = None
+        hwm = None
+        try:
+            while time.monotonic() - t0 < 10 and ready is None:
+                try:
+                    if b"READY=1" in ns.recv(4096):
+                        ready = time.monotonic() - t0
+                except socket.timeout:
+                    pass
+            ctl = os.path.join(d, "ctl.sock")
+            while time.monotonic() - t0 < 300:
+                r = subprocess.run([self.args.bin, "status", "--json", "--socket", ctl],
+                                   capture_output=True, text=True)
+                if r.returncode == 0:
+                    answered = answered or time.monotonic() - t0
+                    s = json.loads(r.stdout)
+                    if all(x["sync_status"] == "SYNCED" for x in s["syncs"]):
+                        synced = time.monotonic() - t0
+                        break
+                time.sleep(0.02)
+            with open(f"/proc/{agent.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        hwm = int(line.split()[1])
+        finally:
+            agent.terminate()
+            agent.wait(15)
+            ns.close()
+        if synced is None:
+            sys.exit("cold start: the agent never reported SYNCED")
+        self.verify("one-to-one", n, {})
+        return dict(n=n, ready=ready, answered=answered, synced=synced, hwm=hwm)
+
+    # ---- cost model inputs --------------------------------------------
+    def typical_host(self, keys=200, syncs=3):
+        """Calls of one drift check (all syncs, nothing changed) and of one
+        edit (one key in one sync), measured with `sync` on a host with
+        `keys` keys over `syncs` syncs."""
+        self.emu.reset()
+        d = os.path.join(self.work, "typical")
+        os.makedirs(d, exist_ok=True)
+        per = [keys // syncs + (1 if i < keys % syncs else 0) for i in range(syncs)]
+        files, layout = [], []
+        for s, count in enumerate(per):
+            p = os.path.join(d, f"s{s}.env")
+            with open(p, "w") as f:
+                f.write("".join(f"S{s}_{key_name(i)}={value(i)}\n" for i in range(count)))
+            files.append(p)
+            layout.append((f"s{s}", [p]))
+        cfg = self.ours_config("typical", files, "one-to-one", syncs=layout)
+        run = lambda *extra: run_timed([self.args.bin, "sync", "--config", cfg, *extra], self.env)  # noqa: E731
+        if run()[1] != 0:
+            sys.exit("typical host: initial sync failed")
+        self.emu.counter.reset()
+        if run()[1] != 0:
+            sys.exit("typical host: drift check failed")
+        drift = self.emu.counter.snapshot()
+        with open(files[0]) as f:
+            text = f.read()
+        with open(files[0], "w") as f:
+            f.write(text.replace(f"S0_{key_name(0)}={value(0)}\n", f"S0_{key_name(0)}={value(0, 1)}\n", 1))
+        self.emu.counter.reset()
+        if run("--sync", "s0")[1] != 0:
+            sys.exit("typical host: edit pass failed")
+        edit = self.emu.counter.snapshot()
+        # Baseline C's cron run over the same number of keys (one prefix),
+        # measured: its calls grow in steps (pages, batches), not per key.
+        self.emu.reset()
+        c_file = os.path.join(d, "c.env")
+        write_env(c_file, keys)
+        for _ in range(2):
+            self.emu.counter.reset()
+            if run_timed(self.tool_cmd("C", c_file, None), self.env)[1] != 0:
+                sys.exit("typical host: baseline C failed")
+        c_run = self.emu.counter.snapshot()
+        return dict(keys=keys, syncs=syncs, drift=drift, edit=edit, c_run=c_run)
+
     def close(self):
         self.emu.close()
         shutil.rmtree(self.work, ignore_errors=True)
@@ -257,6 +360,42 @@ def ratio_table(rows):
     return "\n".join(out)
 
 
+def cost_model(typical, rows, edits_per_day=10):
+    """Monthly API calls and cost, from measured passes."""
+    drift, edit = total(typical["drift"]), total(typical["edit"])
+    keys = typical["keys"]
+    lines = [f"Inputs (measured with `secretsync sync` on moto, {keys} keys over {typical['syncs']} syncs): "
+             f"one drift check (all syncs, nothing changed) = {drift} calls ({fmt_ops(typical['drift'])}); "
+             f"one edit (1 key in 1 sync) = {edit} calls ({fmt_ops(typical['edit'])}). "
+             f"{edits_per_day} edits/day, {DAYS_PER_MONTH}-day month, $0.05 per 10,000 calls.", ""]
+    lines += ["| setup | detects drift within | calls/day | calls/month | cost/month |", "|---|---|--:|--:|--:|"]
+
+    def row(label, detect, per_day):
+        month = per_day * DAYS_PER_MONTH
+        lines.append(f"| {label} | {detect} | {per_day:,.0f} | {month:,.0f} | ${month * PRICE_PER_CALL:,.2f} |")
+
+    for label, minutes in (("1m", 1), ("10m (default)", 10), ("1h", 60), ("0 (off)", None)):
+        checks = 0 if minutes is None else 24 * 60 / minutes
+        detect = "never (next edit only)" if minutes is None else f"{minutes} min"
+        row(f"secretsync, `reconcile_interval: {label}`", detect, checks * drift + edits_per_day * edit)
+    # Baselines run from cron, over the same number of keys: A and B scaled
+    # linearly from their measured no-op run (their calls are per key), C
+    # measured at exactly that size (its calls grow in pages and batches).
+    for tool in ("A", "B"):
+        noop = [r for r in rows if r["tool"] == tool and r["scenario"] == "no-op"]
+        if not noop:
+            continue
+        r = max(noop, key=lambda r: r["n"])
+        per_key = total(r["calls"]) / r["n"]
+        note = f"{per_key:.2f} calls per key per run, measured at N={r['n']:,}"
+        row(f"{TOOL_NAMES[tool]} from cron every minute ({note})", "1 min", per_key * keys * 24 * 60)
+    per_run = total(typical["c_run"])
+    note = f"{per_run} calls per run, measured at N={keys}: {fmt_ops(typical['c_run'])}"
+    row(f"{TOOL_NAMES['C']} from cron every minute ({note})", "1 min", per_run * 24 * 60)
+    row(f"{TOOL_NAMES['C']} from cron every 10 minutes", "10 min", per_run * 24 * 6)
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", required=True, help="release secretsync binary")
@@ -272,32 +411,82 @@ def main():
         plan = [("ours", [10, 100, 1000], ["one-to-one"]), ("ours", [100, 1000], ["many-to-one"]),
                 ("A", [10], ["one-to-one"]),
                 ("B", [100], ["one-to-one"]), ("C", [100, 1000], ["one-to-one"])]
+        cold_n, rss_n = 1000, 1000
     else:
         plan = [("ours", [100, 1000, 5000], ["one-to-one"]), ("ours", [100, 1000], ["many-to-one"]),
                 ("A", [100], ["one-to-one"]), ("B", [100, 1000], ["one-to-one"]),
                 ("C", [100, 1000], ["one-to-one"])]
+        cold_n, rss_n = 1000, 5000
     b = Bench(args)
     started = time.monotonic()
+    found = {}
+
+    def render():
+        """The Markdown document from what has run so far (rewritten after
+        every step, so a stopped run still leaves its results)."""
+        elapsed = time.monotonic() - started
+        size = os.path.getsize(args.bin)
+        stripped = None
+        if shutil.which("strip"):
+            with tempfile.NamedTemporaryFile() as t:
+                subprocess.run(["strip", "-o", t.name, args.bin], check=True)
+                stripped = os.path.getsize(t.name)
+        mib = 1024 * 1024
+        footprint = ["| measure | result |", "|---|--:|"]
+        cold = found.get("cold")
+        if cold:
+            footprint += [
+                f"| cold start: `secretsync run` → READY=1 (sd_notify) | {cold['ready'] * 1000:.0f} ms |",
+                f"| cold start: `secretsync run` → control socket answers | {cold['answered'] * 1000:.0f} ms |",
+                f"| cold start: `secretsync run` → all SYNCED, {cold['n']:,} keys (first sync, moto) | "
+                f"{cold['synced']:.2f} s |",
+                f"| agent peak RSS (VmHWM) at SYNCED, {cold['n']:,} keys | {cold['hwm'] / 1024:.1f} MiB |",
+            ]
+        rss_rows = [r for r in b.rows if r["tool"] == "ours" and r["n"] == rss_n and r["scenario"] == "initial"
+                    and r["mapping"] == "one-to-one"]
+        if rss_rows:
+            footprint.append(f"| peak RSS of a {rss_n:,}-key initial `sync` (wait4 maxrss) | "
+                             f"{rss_rows[0]['rss'] / 1024:.1f} MiB |")
+        footprint.append(f"| binary size (release) | {size / mib:.1f} MiB"
+                         + (f" ({stripped / mib:.1f} MiB stripped)" if stripped else "") + " |")
+        parts = [
+            f"<!-- generated by benches/compare.py{' --quick' if args.quick else ''} in {elapsed:.0f} s"
+            + ("" if found.get("done") else " (incomplete: stopped before the end)") + " -->",
+            "### Side by side on moto (same data, same counting proxy)",
+            results_table(b.rows),
+            "### Ratios: ours ÷ baseline (one-to-one; below 1 means we are cheaper/faster)",
+            ratio_table(b.rows),
+            "† A's calls do not depend on what changed (it never compares values), so it runs only the "
+            "initial and no-op scenarios; its no-op run is the comparison for the change scenarios.",
+        ]
+        if "typical" in found:
+            parts += ["### Cost model (API calls per month, typical host)", cost_model(found["typical"], b.rows)]
+        parts += ["### Cold start and footprint", "\n".join(footprint)]
+        doc = "\n\n".join(parts) + "\n"
+        with open(args.out, "w") as f:
+            f.write(doc)
+        return doc
+
     try:
         for tool, sizes, mappings in plan:
+            if tool == "A":
+                continue  # slowest: last
             for mapping in mappings:
                 for n in sizes:
-                    b.series(tool, n, mapping, A_SCENARIOS if tool == "A" else SCENARIOS)
+                    b.series(tool, n, mapping)
+                    render()
+        found["cold"] = b.cold_start(cold_n)
+        found["typical"] = b.typical_host()
+        render()
+        for tool, sizes, mappings in plan:
+            if tool == "A":
+                for n in sizes:
+                    b.series(tool, n, "one-to-one", A_SCENARIOS)
+                    render()
+        found["done"] = True
     finally:
         b.close()
-    elapsed = time.monotonic() - started
-    doc = "\n\n".join([
-        f"<!-- generated by benches/compare.py{' --quick' if args.quick else ''} in {elapsed:.0f} s -->",
-        "### Side by side on moto (same data, same counting proxy)",
-        results_table(b.rows),
-        "### Ratios: ours ÷ baseline (one-to-one; below 1 means we are cheaper/faster)",
-        ratio_table(b.rows),
-        "† A's calls do not depend on what changed (it never compares values), so it runs only the "
-        "initial and no-op scenarios; its no-op run is the comparison for the change scenarios.",
-    ]) + "\n"
-    with open(args.out, "w") as f:
-        f.write(doc)
-    print(doc)
+    print(render())
 
 
 if __name__ == "__main__":

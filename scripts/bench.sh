@@ -13,9 +13,12 @@
 # target/bench/results.md) and to stdout.
 #
 # Usage: scripts/bench.sh [--quick]
-#   --quick   smaller sizes and shorter criterion runs (a few minutes);
-#             the full run takes ~15 minutes on a 2-core machine once the
-#             release build is done.
+#   --quick   smaller sizes and shorter criterion runs (about 10 minutes
+#             after the builds). The full run's time is dominated by
+#             baseline A (two AWS CLI processes per key, 0.5-6 s each
+#             depending on machine load): ~15 minutes on an idle 2-core
+#             machine, much longer on a loaded one. compare.py runs A last
+#             and rewrites its output after every step.
 # Env: MOTO_VENV (as scripts/setup-moto.sh), BENCH_VENV (default
 #      <repo>/.venv-bench: the AWS CLI for baseline A, installed from PyPI
 #      on first use).
@@ -64,14 +67,14 @@ cargo bench --bench pure -- "${criterion_args[@]}" >&2
 echo "==> quota benchmark (examples/quota_bench.rs)" >&2
 cargo run --release --example quota_bench -- "${quick[@]}" >"$out_dir/quota.md"
 
-echo "==> side by side on moto (benches/compare.py)" >&2
-"$moto_python" benches/compare.py --bin "$bin" --moto "$moto_server" --python "$moto_python" \
-    --aws "$bench_venv/bin/aws" "${quick[@]}" --out "$out_dir/compare.md" >/dev/null
-
 echo "==> agent: propagation, calls per edit, idle (benches/agent_bench.py)" >&2
 agent_args=()
 [[ ${#quick[@]} -gt 0 ]] && agent_args=(--edits 10 --idle-seconds 10)
 "$moto_python" benches/agent_bench.py --bin "$bin" --moto "$moto_server" "${agent_args[@]}" >"$out_dir/agent.md"
+
+echo "==> side by side on moto (benches/compare.py)" >&2
+"$moto_python" benches/compare.py --bin "$bin" --moto "$moto_server" --python "$moto_python" \
+    --aws "$bench_venv/bin/aws" "${quick[@]}" --out "$out_dir/compare.md" >/dev/null
 
 {
     echo "## Benchmark results ($(date -u +%Y-%m-%d), $(nproc) cores, scripts/bench.sh ${quick[*]})"
