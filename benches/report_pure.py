@@ -29,7 +29,7 @@ def fmt(ns):
 
 def main():
     root = sys.argv[1]
-    rows = ["| benchmark | target | result (median) | per item | met | why this target |", "|---|--:|--:|--:|---|---|"]
+    rows = ["| benchmark | target | result (median, thread CPU time) | per item | met | why this target |", "|---|--:|--:|--:|---|---|"]
     ok = True
     for title, (target, items, why) in TARGETS.items():
         path = os.path.join(root, title, "new", "estimates.json")

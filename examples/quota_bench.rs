@@ -37,6 +37,10 @@ use secretsync::report::SyncStatus;
 use secretsync::state::SyncState;
 use secretsync::store::memory::{MemoryStore, Quota, WRITE_OPS};
 
+#[path = "../benches/support/cpu_time.rs"]
+mod cpu_time;
+use cpu_time::thread_cpu;
+
 /// AWS-like latency per call.
 const LATENCY: Duration = Duration::from_millis(20);
 /// The write quota the store enforces (AWS: 50 TPS per write group).
@@ -212,23 +216,6 @@ fn paced_run(dir: &Path, keys: usize, rate: u32, paused: bool) -> Paced {
         max_in_one_second,
         throttled: store.throttled(),
     }
-}
-
-/// CPU time of the calling thread (the benchmark runs the pass on a
-/// current-thread runtime, so this is all of the pass's work, and other
-/// processes on a shared machine do not inflate it).
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    Duration::new(
-        u64::try_from(ts.tv_sec).unwrap_or(0),
-        u32::try_from(ts.tv_nsec).unwrap_or(0),
-    )
 }
 
 /// One overhead sample: CPU per secret of the whole pass, and of the same
