@@ -13,12 +13,12 @@
 # target/bench/results.md) and to stdout.
 #
 # Usage: scripts/bench.sh [--quick]
-#   --quick   smaller sizes and shorter criterion runs (about 10 minutes
-#             after the builds). The full run's time is dominated by
-#             baseline A (two AWS CLI processes per key, 0.5-6 s each
-#             depending on machine load): ~15 minutes on an idle 2-core
-#             machine, much longer on a loaded one. compare.py runs A last
-#             and rewrites its output after every step.
+#   --quick   smaller sizes and shorter criterion runs (about 4 minutes
+#             after the builds). The full run took 15.5 minutes (builds
+#             included, incremental) at a load average of 2-4 on a 2-core
+#             machine and 20 minutes at 7-10: baseline A dominates (two AWS
+#             CLI processes per key, 0.5-6 s each depending on the load), so
+#             compare.py runs A last and rewrites its output after every step.
 # Env: MOTO_VENV (as scripts/setup-moto.sh), BENCH_VENV (default
 #      <repo>/.venv-bench: the AWS CLI for baseline A, installed from PyPI
 #      on first use).
