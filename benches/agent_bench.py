@@ -4,99 +4,30 @@
 Measures, for a running `secretsync run`:
   * propagation latency: atomic rename of a source file -> new value readable
     in the emulator, over N edits (p50/p99, also minus the debounce);
-  * API calls per edit (counted by moto's own request log is not exposed, so
-    we count through a tiny counting proxy in this script);
-  * cold start: process start -> socket answers, and -> first SYNCED with
-    1,000 keys;
-  * idle RSS with 3 syncs and 1,000 keys, and context switches (wake-ups)
-    per minute while idle.
+  * API calls per edit, through the counting proxy of benchlib.py (the same
+    one benches/compare.py uses for every tool);
+  * RSS after the initial sync and idle with 4 syncs and 1,000 keys, and
+    context switches (wake-ups) per minute while idle.
+Cold start (run -> READY, -> SYNCED) is measured by benches/compare.py.
 
 Usage: benches/agent_bench.py [--bin target/release/secretsync] [--edits 50]
-Needs the moto venv made by scripts/setup-moto.sh (boto3 comes with moto).
-Everything binds 127.0.0.1. Prints a Markdown table.
+Needs the moto venv made by scripts/setup-moto.sh (boto3 comes with moto);
+scripts/bench.sh runs it. Everything binds 127.0.0.1. Prints a Markdown
+table.
 """
 import argparse
-import http.client
 import json
 import os
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 
+import benchlib
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Counter:
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.calls = {}
-
-    def add(self, op):
-        with self.lock:
-            self.calls[op] = self.calls.get(op, 0) + 1
-
-    def snapshot(self):
-        with self.lock:
-            return dict(self.calls)
-
-
-def start_proxy(upstream_port, counter):
-    """Counting HTTP/1.1 proxy in front of moto (X-Amz-Target per request)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):
-            pass
-
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            target = self.headers.get("X-Amz-Target", "")
-            counter.add(target.split(".")[-1])
-            conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=30)
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
-            conn.request("POST", self.path, body=body, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
-            self.send_response(resp.status)
-            for k, v in resp.getheaders():
-                if k.lower() not in ("content-length", "connection", "transfer-encoding", "server", "date"):
-                    self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-            conn.close()
-
-    port = free_port()
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, port
-
-
-def wait_port(port, deadline=20):
-    end = time.time() + deadline
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"port {port} never opened")
 
 
 def proc_status(pid):
@@ -130,18 +61,15 @@ def main():
     ap.add_argument("--debounce-ms", type=int, default=200)
     ap.add_argument("--idle-seconds", type=int, default=60)
     args = ap.parse_args()
+    benchlib.exit_on_sigterm()
 
     work = tempfile.mkdtemp(prefix="ss-bench-")
-    moto_port = free_port()
-    moto = subprocess.Popen([args.moto, "-H", "127.0.0.1", "-p", str(moto_port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    procs = [moto]
+    emu = benchlib.Emulator(args.moto)
+    procs = []
     try:
-        wait_port(moto_port)
-        counter = Counter()
-        _, proxy_port = start_proxy(moto_port, counter)
-        endpoint = f"http://127.0.0.1:{proxy_port}"
-        sm = boto3.client("secretsmanager", endpoint_url=f"http://127.0.0.1:{moto_port}",
+        counter = emu.counter
+        endpoint = emu.endpoint
+        sm = boto3.client("secretsmanager", endpoint_url=emu.direct,
                           region_name="us-east-1", aws_access_key_id="b", aws_secret_access_key="b")
 
         per = args.keys // 3
@@ -174,9 +102,7 @@ aws:
   max_read_tps: 1000
 syncs:
 {syncs}""")
-        env = dict(os.environ, AWS_ACCESS_KEY_ID="b", AWS_SECRET_ACCESS_KEY="b",
-                   AWS_EC2_METADATA_DISABLED="true", RUST_LOG="warn")
-        env.pop("AWS_ENDPOINT_URL", None)
+        env = benchlib.aws_env({"RUST_LOG": "warn"})
         t0 = time.monotonic()
         agent = subprocess.Popen([args.bin, "run", "--config", cfg], env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -187,12 +113,6 @@ syncs:
                                capture_output=True, text=True)
             return json.loads(r.stdout) if r.returncode == 0 else None
 
-        ready = None
-        while time.monotonic() - t0 < 60:
-            if os.path.exists(f"{work}/ctl.sock") and status():
-                ready = time.monotonic() - t0
-                break
-            time.sleep(0.01)
         synced = None
         while time.monotonic() - t0 < 600:
             s = status()
@@ -252,12 +172,10 @@ syncs:
             ("propagation p50 (rename → readable)", f"{p50:.0f} ms (debounce + {p50 - args.debounce_ms:.0f} ms)"),
             ("propagation p99", f"{p99:.0f} ms (debounce + {p99 - args.debounce_ms:.0f} ms)"),
             (f"API calls per edit (over {args.edits} edits)", f"{writes / args.edits:.2f} writes + {reads / args.edits:.2f} reads ({calls})"),
-            ("cold start: run → socket answers", f"{ready * 1000:.0f} ms" if ready else "n/a"),
-            (f"cold start: run → all SYNCED ({args.keys} keys, moto)", f"{synced:.1f} s" if synced else "n/a"),
+            (f"run → all SYNCED ({args.keys} keys over 4 syncs, moto)", f"{synced:.1f} s" if synced else "n/a"),
             (f"RSS after initial sync ({args.keys} keys, 4 syncs)", f"{rss_after_sync / 1024:.1f} MiB"),
             ("idle RSS", f"{idle_rss / 1024:.1f} MiB"),
             (f"context switches per minute while idle ({args.idle_seconds} s, {threads} threads)", f"{wakeups_per_min:.1f}"),
-            ("binary size", f"{os.path.getsize(args.bin) / 1024 / 1024:.1f} MiB"),
         ]
         print("| measure | result |\n|---|---|")
         for k, v in rows:
@@ -269,6 +187,7 @@ syncs:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        emu.close()
 
 
 if __name__ == "__main__":

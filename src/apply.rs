@@ -5,7 +5,7 @@
 //! the store paces the calls. Every action gets an outcome, every secret a
 //! final state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
@@ -94,53 +94,62 @@ async fn run_step<S: SecretStore>(
 type GroupResult = (Vec<(usize, Outcome)>, Option<String>, Option<StoreError>);
 
 /// Applies `plan` through `store`, at most `concurrency` secrets at once.
+///
+/// Tasks are started as earlier ones finish, so a plan of thousands of
+/// secrets holds at most `concurrency` tasks (and copies of their actions)
+/// at any time.
 pub async fn apply<S: SecretStore>(store: Arc<S>, plan: &Plan, concurrency: usize) -> Applied {
-    let mut groups: BTreeMap<&str, Vec<(usize, Action)>> = BTreeMap::new();
+    // Action indices per secret, in plan order.
+    let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, action) in plan.actions.iter().enumerate() {
         if action.op != Op::None {
-            groups
-                .entry(action.name.as_str())
-                .or_default()
-                .push((i, action.clone()));
+            groups.entry(action.name.as_str()).or_default().push(i);
         }
     }
+    let with_calls: BTreeSet<&str> = groups.keys().copied().collect();
     let mut outcomes = vec![Outcome::NotRun; plan.actions.len()];
     let mut results: BTreeMap<String, (Option<String>, Option<StoreError>)> = BTreeMap::new();
-    let limit = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut queue = groups.into_iter();
     let mut tasks: JoinSet<(String, GroupResult)> = JoinSet::new();
-    for (name, steps) in groups {
-        let store = Arc::clone(&store);
-        let limit = Arc::clone(&limit);
-        let name = name.to_string();
-        tasks.spawn(tracing::Instrument::in_current_span(async move {
-            // The semaphore is never closed, so acquire only fails if it is;
-            // running unbounded in that impossible case is harmless.
-            let _permit = limit.acquire_owned().await.ok();
-            let mut done = Vec::with_capacity(steps.len());
-            let mut version = None;
-            let mut failure = None;
-            for (i, action) in &steps {
-                if failure.is_some() {
-                    done.push((*i, Outcome::Skipped));
-                    continue;
-                }
-                match run_step(store.as_ref(), action).await {
-                    Ok(v) => {
-                        tracing::info!(secret = %action.name, action = ?action.kind, "write");
-                        version = v.or(version);
-                        done.push((*i, Outcome::Ok));
+    loop {
+        while tasks.len() < concurrency.max(1) {
+            let Some((name, indices)) = queue.next() else {
+                break;
+            };
+            let steps: Vec<(usize, Action)> = indices
+                .into_iter()
+                .map(|i| (i, plan.actions[i].clone()))
+                .collect();
+            let store = Arc::clone(&store);
+            let name = name.to_string();
+            tasks.spawn(tracing::Instrument::in_current_span(async move {
+                let mut done = Vec::with_capacity(steps.len());
+                let mut version = None;
+                let mut failure = None;
+                for (i, action) in &steps {
+                    if failure.is_some() {
+                        done.push((*i, Outcome::Skipped));
+                        continue;
                     }
-                    Err(e) => {
-                        tracing::warn!(secret = %action.name, action = ?action.kind, error = %e, "call failed");
-                        failure = Some(e.clone());
-                        done.push((*i, Outcome::Failed(e)));
+                    match run_step(store.as_ref(), action).await {
+                        Ok(v) => {
+                            tracing::info!(secret = %action.name, action = ?action.kind, "write");
+                            version = v.or(version);
+                            done.push((*i, Outcome::Ok));
+                        }
+                        Err(e) => {
+                            tracing::warn!(secret = %action.name, action = ?action.kind, error = %e, "call failed");
+                            failure = Some(e.clone());
+                            done.push((*i, Outcome::Failed(e)));
+                        }
                     }
                 }
-            }
-            (name, (done, version, failure))
-        }));
-    }
-    while let Some(joined) = tasks.join_next().await {
+                (name, (done, version, failure))
+            }));
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
         match joined {
             Ok((name, (done, version, failure))) => {
                 for (i, o) in done {
@@ -159,10 +168,7 @@ pub async fn apply<S: SecretStore>(store: Arc<S>, plan: &Plan, concurrency: usiz
         .iter()
         .map(|s| {
             let mut s = s.clone();
-            let had_calls = plan
-                .actions
-                .iter()
-                .any(|a| a.name == s.name && a.op != Op::None);
+            let had_calls = with_calls.contains(s.name.as_str());
             match results.get(&s.name) {
                 Some((_, Some(err))) => {
                     s.state = if err.is_transient() {

@@ -20,7 +20,8 @@
 //! - [`desired`]: files + mapping → the secrets that should exist (pure).
 //! - [`plan`]: desired vs actual → actions; every safety rule (pure).
 //! - [`store`]: the [`store::SecretStore`] trait, the AWS store (the only
-//!   module that names AWS SDK types) and an in-memory store for tests.
+//!   module that names AWS SDK types) and an in-memory store for tests and
+//!   benchmarks.
 //! - [`apply`]: runs a plan through a store with bounded concurrency.
 //! - [`reconcile`]: one pass: files → desired → AWS state → plan → apply.
 //! - [`report`]: JSON and human output models; [`state`]: `state_dir`;

@@ -1237,3 +1237,33 @@ async fn untracked_replicas_are_described_once_tracked_then_left_to_the_drift_ti
     assert_eq!(h.call("DescribeSecret"), 0, "tracked: no describe per pass");
     assert_eq!(h.store.write_calls(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn apply_runs_at_most_concurrency_secrets_at_once_and_keeps_them_busy() {
+    // 40 secrets, one create each, 100 ms per call, 4 at a time: ten waves,
+    // so exactly 1 s. More than 4 in flight would finish sooner, fewer (or
+    // a gap between one finishing and the next starting) later.
+    let body: String = (0..40).map(|i| format!("K{i:02}=v{i}\n")).collect();
+    let mut h = Harness::new(JobBuilder::new(), &[("app.env", body.as_str())]);
+    let plan = h.run(Mode::Plan, false).await.plan.expect("plan");
+    assert_eq!(plan.count(ActionKind::Create), 40);
+    h.store.set_latency(Duration::from_millis(100));
+    let start = tokio::time::Instant::now();
+    let applied = apply::apply(Arc::clone(&h.store), &plan, 4).await;
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert!(
+        applied.outcomes.iter().all(|o| *o == apply::Outcome::Ok),
+        "{:?}",
+        applied.outcomes
+    );
+    assert!(
+        applied
+            .secrets
+            .iter()
+            .all(|s| s.state == SecretState::Synced),
+        "{:?}",
+        applied.secrets
+    );
+    assert_eq!(h.call(OP_CREATE), 40);
+    assert_eq!(h.store.names().len(), 40);
+}

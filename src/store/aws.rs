@@ -202,14 +202,6 @@ fn timeout_config(call_timeout: Duration) -> TimeoutConfig {
         .build()
 }
 
-/// Burst allowance for a pacer: half a second's worth of calls, so a pass
-/// can start a few calls at once while no one-second window ever sees more
-/// than 1.5 × the configured rate (30 for the default 20 writes/s, well under
-/// AWS's 50 TPS quota).
-fn burst_for(rate: u32) -> u32 {
-    rate.div_ceil(2).max(1)
-}
-
 impl AwsStore {
     /// Builds a client for `conn` without making any network call (the agent
     /// must start while AWS is unreachable; credential problems surface on the
@@ -307,8 +299,8 @@ impl AwsStore {
             client: sm::Client::from_conf(conf),
             attempts,
             kms: None,
-            reads: Arc::new(Pacer::new(max_read_tps, burst_for(max_read_tps))),
-            writes: Pacer::new(max_write_tps, burst_for(max_write_tps)),
+            reads: Arc::new(Pacer::for_rate(max_read_tps)),
+            writes: Pacer::for_rate(max_write_tps),
         }
     }
 
@@ -2123,9 +2115,6 @@ mod tests {
             operation_timeout(Duration::from_secs(10)),
             Duration::from_secs(65)
         );
-        assert_eq!(burst_for(20), 10);
-        assert_eq!(burst_for(1), 1);
-        assert_eq!(burst_for(0), 1);
     }
 
     /// A KMS client answering from `rules`.

@@ -8,11 +8,20 @@
 //! to inject throttling and outages ([`MemoryStore::fail_next`],
 //! [`MemoryStore::fail_all`]) and, with [`MemoryStore::set_latency`] under
 //! `tokio::time::pause`, to benchmark pacing and concurrency in virtual time.
+//!
+//! For benchmarks that stand in for AWS ([`MemoryStore::set_pacing`],
+//! [`MemoryStore::set_write_quota`], [`MemoryStore::set_read_quota`]) it also
+//! paces its calls exactly as the AWS store does (same [`Pacer`], one token
+//! per page / batch / write, taken before the call) and enforces AWS-style
+//! per-second quotas, answering `ThrottlingException` beyond them.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
+use super::pacing::Pacer;
 use super::{
     BATCH_GET_MAX, CreateSecret, LIST_PAGE_MAX, NAME_FILTER_MAX, RemoteSecret, RemoteValue,
     ReplicaStatus, RetryNote, SecretStore, StoreError, ValueRead, WriteResult,
@@ -110,6 +119,65 @@ struct Inner {
     outage: Option<StoreError>,
     latency: Duration,
     retry_note: Option<RetryNote>,
+    /// Client-side pacing as the AWS store does it; `None` = not paced.
+    pacing: Option<Arc<Pacing>>,
+    write_quota: Option<Bucket>,
+    read_quota: Option<Bucket>,
+    /// Calls answered with `ThrottlingException` by a quota.
+    throttled: u64,
+    /// When each call was sent, if [`MemoryStore::record_call_times`] is on.
+    call_log: Option<Vec<(&'static str, Instant)>>,
+}
+
+/// The AWS store's two pacers, reads and writes.
+#[derive(Debug)]
+struct Pacing {
+    reads: Pacer,
+    writes: Pacer,
+}
+
+/// A server-side request quota, as AWS enforces per account and region: a
+/// token bucket refilled at `per_second` that holds at most `burst` tokens
+/// (AWS does not publish its bucket size; one second's worth is the usual
+/// model). A call that finds the bucket empty is throttled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Sustained calls per second.
+    pub per_second: u32,
+    /// Calls that may arrive at once after an idle period.
+    pub burst: u32,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    quota: Quota,
+    tokens: f64,
+    refilled_at: Option<Instant>,
+}
+
+impl Bucket {
+    fn new(quota: Quota) -> Self {
+        Self {
+            quota,
+            tokens: f64::from(quota.burst),
+            refilled_at: None,
+        }
+    }
+
+    /// Takes one token at `now`; false when the call must be throttled.
+    fn take(&mut self, now: Instant) -> bool {
+        if let Some(then) = self.refilled_at {
+            let refill = now.duration_since(then).as_secs_f64() * f64::from(self.quota.per_second);
+            self.tokens = (self.tokens + refill).min(f64::from(self.quota.burst));
+        }
+        self.refilled_at = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -220,6 +288,46 @@ impl MemoryStore {
         });
     }
 
+    /// Paces calls as [`super::aws::AwsStore`] does for the same settings:
+    /// one token per call (per page / batch) from a read or a write
+    /// [`Pacer`] built by [`Pacer::for_rate`], taken before the call. A rate
+    /// of 0 leaves that kind unpaced. Benchmarks use this so the in-memory
+    /// store is paced like AWS would be; tests leave it off.
+    pub fn set_pacing(&self, max_read_tps: u32, max_write_tps: u32) {
+        self.lock().pacing = Some(Arc::new(Pacing {
+            reads: Pacer::for_rate(max_read_tps),
+            writes: Pacer::for_rate(max_write_tps),
+        }));
+    }
+
+    /// Enforces a quota shared by all write operations ([`WRITE_OPS`]),
+    /// like AWS's 50-TPS write quotas (stricter: AWS keeps separate buckets
+    /// per group of operations). `None` removes it.
+    pub fn set_write_quota(&self, quota: Option<Quota>) {
+        self.lock().write_quota = quota.map(Bucket::new);
+    }
+
+    /// Enforces a quota shared by the read operations (`ListSecrets`,
+    /// `BatchGetSecretValue`; AWS: 100 TPS for `BatchGetSecretValue`).
+    pub fn set_read_quota(&self, quota: Option<Quota>) {
+        self.lock().read_quota = quota.map(Bucket::new);
+    }
+
+    /// Calls answered with a throttling error by a quota so far.
+    pub fn throttled(&self) -> u64 {
+        self.lock().throttled
+    }
+
+    /// Starts (or stops and clears) recording when each call is sent.
+    pub fn record_call_times(&self, on: bool) {
+        self.lock().call_log = on.then(Vec::new);
+    }
+
+    /// The recorded calls, in the order they were sent (after pacing).
+    pub fn call_times(&self) -> Vec<(&'static str, Instant)> {
+        self.lock().call_log.clone().unwrap_or_default()
+    }
+
     /// Seeds (or replaces) a secret directly, without counting a call.
     /// An empty `arn` is generated. With a value, one version is created whose
     /// id is `secret.current_version` (or a generated one); without a value
@@ -305,11 +413,23 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One simulated AWS call: count, wait, then maybe fail.
+    /// One simulated AWS call: pace, count, wait, then maybe fail.
     async fn call(&self, op: &'static str) -> Result<(), StoreError> {
+        let is_write = WRITE_OPS.contains(&op);
+        let pacing = self.lock().pacing.clone();
+        if let Some(p) = pacing {
+            if is_write {
+                p.writes.acquire().await;
+            } else {
+                p.reads.acquire().await;
+            }
+        }
         let latency = {
             let mut inner = self.lock();
             *inner.calls.entry(op).or_default() += 1;
+            if let Some(log) = &mut inner.call_log {
+                log.push((op, Instant::now()));
+            }
             inner.latency
         };
         if !latency.is_zero() {
@@ -318,6 +438,19 @@ impl MemoryStore {
         let mut inner = self.lock();
         if let Some(err) = &inner.outage {
             return Err(with_op(err.clone(), op));
+        }
+        let now = Instant::now();
+        let bucket = if is_write {
+            inner.write_quota.as_mut()
+        } else {
+            inner.read_quota.as_mut()
+        };
+        if bucket.is_some_and(|b| !b.take(now)) {
+            inner.throttled += 1;
+            return Err(StoreError::Throttled {
+                op,
+                message: "ThrottlingException: Rate exceeded".into(),
+            });
         }
         if let Some(pos) = inner.faults.iter().position(|f| f.op == op) {
             let fault = &mut inner.faults[pos];
@@ -1447,6 +1580,120 @@ mod tests {
             t.await.expect("join").expect("put");
         }
         assert_eq!(Instant::now() - start, Duration::from_millis(40));
+    }
+
+    /// Starts `n` creates at once (names `q0000`…) and returns how many were
+    /// throttled and when the last one finished, relative to the start.
+    async fn burst_of_creates(s: &Arc<MemoryStore>, n: usize, from: usize) -> (usize, Duration) {
+        let start = Instant::now();
+        let tasks: Vec<_> = (from..from + n)
+            .map(|i| {
+                let s = Arc::clone(s);
+                tokio::spawn(async move {
+                    let r = s
+                        .create_secret(&req(&format!("q{i:04}"), "v", &format!("t{i}")))
+                        .await;
+                    (r, Instant::now())
+                })
+            })
+            .collect();
+        let mut throttled = 0;
+        let mut last = start;
+        for t in tasks {
+            let (r, at) = t.await.expect("join");
+            match r {
+                Ok(_) => {}
+                Err(StoreError::Throttled { op, .. }) => {
+                    assert_eq!(op, OP_CREATE);
+                    throttled += 1;
+                }
+                Err(e) => panic!("unexpected {e}"),
+            }
+            last = last.max(at);
+        }
+        (throttled, last - start)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn write_quota_throttles_beyond_the_bucket_and_refills() {
+        let s = Arc::new(MemoryStore::new());
+        s.set_write_quota(Some(Quota {
+            per_second: 50,
+            burst: 50,
+        }));
+        let (throttled, _) = burst_of_creates(&s, 60, 0).await;
+        assert_eq!(throttled, 10, "50 fit the bucket, 10 do not");
+        assert_eq!(s.throttled(), 10);
+        assert_eq!(s.calls()[OP_CREATE], 60, "a throttled call is still a call");
+        assert_eq!(s.names().len(), 50, "throttled calls change nothing");
+        // Reads have their own bucket (none set here): not throttled.
+        s.list_by_sync("app").await.expect("list");
+        // After 0.5 s, 25 tokens are back.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (throttled, _) = burst_of_creates(&s, 30, 100).await;
+        assert_eq!(throttled, 5);
+        s.set_write_quota(None);
+        let (throttled, _) = burst_of_creates(&s, 100, 200).await;
+        assert_eq!(throttled, 0, "quota removed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn read_quota_counts_pages_and_batches() {
+        let s = MemoryStore::new();
+        for i in 0..250 {
+            seed(&s, &format!("n{i:03}"), "app", false);
+        }
+        s.set_read_quota(Some(Quota {
+            per_second: 5,
+            burst: 5,
+        }));
+        s.list_by_sync("app").await.expect("3 pages fit");
+        let ids: Vec<String> = (0..40).map(|i| format!("n{i:03}")).collect();
+        s.get_values(&ids).await.expect("2 batches fit");
+        let err = s.get_values(&ids).await.expect_err("6th call throttled");
+        assert!(
+            matches!(
+                err,
+                StoreError::Throttled {
+                    op: OP_BATCH_GET,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(s.throttled(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pacing_like_the_aws_store_keeps_writes_under_the_quota() {
+        let s = Arc::new(MemoryStore::new());
+        s.set_write_quota(Some(Quota {
+            per_second: 50,
+            burst: 50,
+        }));
+        s.set_latency(Duration::from_millis(20));
+        // Unpaced, 200 writes at once trip the quota.
+        let (throttled, _) = burst_of_creates(&s, 200, 0).await;
+        assert_eq!(throttled, 150);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        // Paced at 45/s (burst 23): none throttled, and it takes as long as
+        // the pacing says: (200 − 23) / 45 s, plus one call's latency.
+        s.set_pacing(50, 45);
+        s.record_call_times(true);
+        let (throttled, took) = burst_of_creates(&s, 200, 1000).await;
+        assert_eq!(throttled, 0);
+        let expected = Duration::from_secs(1) * 177 / 45 + Duration::from_millis(20);
+        assert!(
+            took >= expected - Duration::from_millis(5)
+                && took <= expected + Duration::from_millis(25),
+            "{took:?} vs {expected:?}"
+        );
+        let times = s.call_times();
+        assert_eq!(times.len(), 200);
+        assert!(times.iter().all(|(op, _)| *op == OP_CREATE));
+        assert!(times.windows(2).all(|w| w[0].1 <= w[1].1), "in send order");
+        s.record_call_times(false);
+        assert!(s.call_times().is_empty());
     }
 
     #[tokio::test]
