@@ -314,19 +314,33 @@ async fn read_changed<S: SecretStore>(
     let Some(cached) = known.listing() else {
         return Ok(None);
     };
-    let ours = |r: &RemoteSecret| {
-        matches!(plan::ownership(spec, r), plan::Ownership::Ours) && !r.pending_deletion
-    };
+    let owned = |r: &RemoteSecret| matches!(plan::ownership(spec, r), plan::Ownership::Ours);
+    let live = |r: &RemoteSecret| owned(r) && !r.pending_deletion;
+    let wanted: std::collections::BTreeSet<&str> =
+        desired.secrets.iter().map(|d| d.name.as_str()).collect();
+    // Every desired name is a live secret of ours in the listing, and every
+    // live secret of ours there is desired: nothing to create, restore,
+    // delete or check for conflicts. Ours already scheduled for deletion
+    // may stay (they need nothing).
     let same_names = desired.errors.is_empty()
-        && cached.len() == desired.secrets.len()
-        && desired
-            .secrets
-            .iter()
-            .all(|d| cached.get(&d.name).is_some_and(&ours));
+        && cached.values().all(|r| {
+            if wanted.contains(r.name.as_str()) {
+                live(r)
+            } else {
+                owned(r) && r.pending_deletion
+            }
+        })
+        && wanted.iter().all(|n| cached.contains_key(*n));
     if !same_names {
         return Ok(None);
     }
     let mut actual = Actual::default();
+    for r in cached
+        .values()
+        .filter(|r| !wanted.contains(r.name.as_str()))
+    {
+        actual.secrets.insert(r.name.clone(), r.clone());
+    }
     for d in &desired.secrets {
         let Some(r) = cached.get(&d.name) else {
             return Ok(None);
@@ -337,7 +351,7 @@ async fn read_changed<S: SecretStore>(
         }
         // About to be written: ownership and version from AWS, now.
         match store.describe_secret(&d.name).await? {
-            Some(fresh) if ours(&fresh) => {
+            Some(fresh) if live(&fresh) => {
                 actual.secrets.insert(d.name.clone(), fresh);
             }
             _ => {

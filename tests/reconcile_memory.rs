@@ -414,6 +414,36 @@ async fn event_passes_describe_only_what_they_write() {
 }
 
 #[tokio::test]
+async fn event_passes_stay_narrow_while_a_deleted_secret_waits_out_its_window() {
+    let body: String = (0..20).map(|i| format!("K{i:03}=v{i}\n")).collect();
+    let mut h = Harness::new(JobBuilder::new(), &[("app.env", &body)]);
+    assert_synced(&h.pass().await);
+    h.job.listing = Listing::Changed;
+    // A removed key is deleted (full listing); afterwards the secret waits
+    // out its recovery window in the listing, and edits are narrow again.
+    let without_k009 = body.replace("K009=v9\n", "");
+    h.write("app.env", &without_k009);
+    h.pass().await;
+    assert!(h.store.get("prod/K009").expect("kept").0.pending_deletion);
+    h.pass().await; // lists again after the delete
+    h.write("app.env", &without_k009.replace("K010=v10\n", "K010=ten\n"));
+    h.store.reset_calls();
+    let pass = h.pass().await;
+    assert_eq!(
+        h.store.calls(),
+        BTreeMap::from([(OP_DESCRIBE, 1), (OP_PUT, 1)])
+    );
+    assert_eq!(state(&pass, "prod/K009"), SecretState::Deleted);
+    // The key comes back: not a live secret of ours, so a full listing
+    // and a restore.
+    h.write("app.env", &body.replace("K010=v10\n", "K010=ten\n"));
+    h.store.reset_calls();
+    h.pass().await;
+    assert_eq!(h.call(OP_RESTORE), 1);
+    assert!(h.call(OP_LIST) >= 1);
+}
+
+#[tokio::test]
 async fn many_to_one_json_is_compared_semantically() {
     let mut h = Harness::new(
         JobBuilder::new().many_to_one("{{environment}}/{{syncName}}"),
