@@ -38,6 +38,11 @@
 //!   `source::writeback::write_atomic`, the import's file write, kept beside
 //!   the format-preserving edits it writes); their tests are tables of cases.
 //! - Only the engine writes status; the socket and CLI read snapshots.
+//! - Queues into the engine are bounded (requests answer `busy` when full;
+//!   lost file events become one re-read of every sync).
+//! - A value is only ever skipped when AWS's current version id is one the
+//!   agent wrote or read itself ([`known`]); a secret is only written after
+//!   its ownership was read in the same pass.
 //! - Only `store::aws` knows the AWS SDK; everything else uses the trait, so
 //!   the in-memory store can drive engine tests under `tokio::time::pause`.
 //! - A value is a `SecretValue` from parse to send; nothing formats it, and
