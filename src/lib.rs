@@ -41,8 +41,8 @@
 //! - Queues into the engine are bounded (requests answer `busy` when full;
 //!   lost file events become one re-read of every sync).
 //! - A value is only ever skipped when AWS's current version id is one the
-//!   agent wrote or read itself ([`known`]); a secret is only written after
-//!   its ownership was read in the same pass.
+//!   agent wrote or read itself ([`known`]); a secret's value or tags are
+//!   only written after its ownership was read in the same pass.
 //! - Only `store::aws` knows the AWS SDK; everything else uses the trait, so
 //!   the in-memory store can drive engine tests under `tokio::time::pause`.
 //! - A value is a `SecretValue` from parse to send; nothing formats it, and

@@ -198,7 +198,7 @@ pub async fn read_actual<S: SecretStore>(
     let adopt = opts.adopt_existing;
     let key = &opts.token_key;
     let changed = match listing {
-        Listing::Changed => read_changed(store, spec, desired, known, key).await?,
+        Listing::Changed => read_changed(store, spec, desired, known, opts).await?,
         Listing::Full => None,
     };
     let mut actual = match changed {
@@ -309,8 +309,14 @@ async fn read_changed<S: SecretStore>(
     spec: &MappingSpec,
     desired: &Desired,
     known: &KnownValues,
-    key: &TokenKey,
+    opts: &PlanOptions,
 ) -> Result<Option<Actual>, StoreError> {
+    let key = &opts.token_key;
+    // Replica changes are planned from DescribeSecret answers, not from
+    // the listing: syncs with replicas always list in full.
+    if !spec.replica_regions.is_empty() {
+        return Ok(None);
+    }
     let Some(cached) = known.listing() else {
         return Ok(None);
     };
@@ -345,7 +351,14 @@ async fn read_changed<S: SecretStore>(
         let Some(r) = cached.get(&d.name) else {
             return Ok(None);
         };
-        if known.holds(key, &d.name, r.current_version.as_deref(), &d.value) {
+        // Tags as the listing showed them, with none of ours to remove: the
+        // planner will not touch this secret's tags either.
+        let tags_settled = d.tags.iter().all(|(k, v)| r.tags.get(k) == Some(v))
+            && opts
+                .managed_tags
+                .get(&d.name)
+                .is_none_or(|ours| ours.iter().all(|k| d.tags.contains_key(k)));
+        if tags_settled && known.holds(key, &d.name, r.current_version.as_deref(), &d.value) {
             actual.secrets.insert(d.name.clone(), r.clone());
             continue;
         }

@@ -444,6 +444,31 @@ async fn event_passes_stay_narrow_while_a_deleted_secret_waits_out_its_window() 
 }
 
 #[tokio::test]
+async fn event_passes_recheck_a_secret_before_changing_only_its_tags() {
+    let yaml = |owner: &str| format!("A: {{value: a, metadata: {{owner: {owner}}}}}\nB: b\n");
+    let mut h = Harness::new(
+        JobBuilder::new().metadata_as_tags(),
+        &[("s.yaml", &yaml("alice"))],
+    );
+    assert_synced(&h.pass().await);
+    h.job.listing = Listing::Changed;
+    assert_synced(&h.pass().await); // lists again after the creates
+    // Only the metadata of A changes: its value is known to be equal, but
+    // its tags will be written, so it is described first.
+    h.write("s.yaml", &yaml("bob"));
+    h.store.reset_calls();
+    assert_synced(&h.pass().await);
+    assert_eq!(
+        h.store.calls(),
+        BTreeMap::from([(OP_DESCRIBE, 1), (OP_TAG, 1)])
+    );
+    assert_eq!(
+        h.meta("prod/A").tags.get("owner").map(String::as_str),
+        Some("bob")
+    );
+}
+
+#[tokio::test]
 async fn many_to_one_json_is_compared_semantically() {
     let mut h = Harness::new(
         JobBuilder::new().many_to_one("{{environment}}/{{syncName}}"),
