@@ -368,6 +368,18 @@ fn many_syncs_under_a_continuous_edit_stream_stay_fast_flat_and_unthrottled() {
         calls = world.proxy.calls(),
         throttles = world.proxy.quota_throttles(),
     );
+    // Passes that failed (and were retried as full passes) explain outliers.
+    let log = agent.stderr();
+    let retried: Vec<&str> = log.lines().filter(|l| l.contains("will retry")).collect();
+    let report = format!(
+        "{report}\npasses retried: {}{}",
+        retried.len(),
+        retried
+            .iter()
+            .take(5)
+            .map(|l| format!("\n  {l}"))
+            .collect::<String>()
+    );
     println!("{report}");
     agent.check_canary();
 
