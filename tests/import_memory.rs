@@ -330,19 +330,26 @@ async fn adopt_existing_imports_unowned_secrets_under_the_prefix_only() {
     assert!(store.get("prod/other/V").unwrap().0.tags.is_empty());
 }
 
-#[tokio::test]
-async fn no_import_without_a_writable_state_dir() {
+/// An import-prioritize-destination sync whose file holds a local edit
+/// and whose AWS secret an older value: a repeated import would lose the edit.
+fn local_edit_and_older_aws_value() -> (tempfile::TempDir, PathBuf, Arc<MemoryStore>, SyncJob) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("app.env");
     std::fs::write(&file, "A=local-edit\n").unwrap();
     let store = Arc::new(MemoryStore::new());
     store.insert(owned("prod/A"), Some(SecretValue::new("old")));
-    let mut j = job(
+    let j = job(
         dir.path(),
         "app.env",
         "      key_schema: \"prod/{{secretKey}}\"\n",
         "import-prioritize-destination",
     );
+    (dir, file, store, j)
+}
+
+#[tokio::test]
+async fn no_import_without_a_writable_state_dir() {
+    let (_dir, file, store, mut j) = local_edit_and_older_aws_value();
     j.state_unwritable = Some("read-only file system".into());
     store.reset_calls();
     let r = pass(&store, &j, Mode::Apply, &SyncState::default()).await;
@@ -363,17 +370,7 @@ async fn no_import_without_a_writable_state_dir() {
 
 #[tokio::test]
 async fn import_held_after_a_lost_state_writes_nothing_until_resync() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("app.env");
-    std::fs::write(&file, "A=local-edit\n").unwrap();
-    let store = Arc::new(MemoryStore::new());
-    store.insert(owned("prod/A"), Some(SecretValue::new("old")));
-    let mut j = job(
-        dir.path(),
-        "app.env",
-        "      key_schema: \"prod/{{secretKey}}\"\n",
-        "import-prioritize-destination",
-    );
+    let (_dir, file, store, mut j) = local_edit_and_older_aws_value();
     j.import_held = Some("state.json and its backup are unreadable".into());
     store.reset_calls();
     let r = pass(&store, &j, Mode::Apply, &SyncState::default()).await;
