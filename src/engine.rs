@@ -333,6 +333,9 @@ pub struct Engine<F: StoreFactory> {
     slots: BTreeMap<String, Slot>,
     stores: BTreeMap<Connection, Arc<F::Store>>,
     state: State,
+    /// What the state file holds now (saves are skipped when nothing
+    /// changed: a pass that only wrote values changes no state).
+    saved_state: Option<State>,
     status_tx: watch::Sender<Arc<Status>>,
     agent: AgentStatus,
     watcher: Option<DirWatcher>,
@@ -398,6 +401,7 @@ impl<F: StoreFactory> Engine<F> {
             slots: BTreeMap::new(),
             stores: BTreeMap::new(),
             state,
+            saved_state: None,
             status_tx,
             agent,
             watcher,
@@ -1023,10 +1027,14 @@ impl<F: StoreFactory> Engine<F> {
     }
 
     fn save_state(&mut self) {
+        if self.saved_state.as_ref() == Some(&self.state) {
+            return;
+        }
         match self.state.save(&self.config.agent.state_dir) {
             Ok(()) => {
                 self.state_warned = false;
                 self.state_error = None;
+                self.saved_state = Some(self.state.clone());
             }
             Err(e) => {
                 if !self.state_warned {

@@ -681,3 +681,31 @@ async fn a_slow_pass_shows_running_then_the_retry_reason() {
     assert_eq!(h.value("A").as_deref(), Some("2"));
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pass_that_changes_no_state_does_not_rewrite_the_state_file() {
+    use std::os::unix::fs::MetadataExt;
+    let h = Harness::start("A=1\n", "", "").await;
+    assert!(
+        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
+            .await
+    );
+    let state_file = h.dir.path().join("state/state.json");
+    let inode = || std::fs::metadata(&state_file).unwrap().ino();
+    let before = inode();
+    // A value edit: one write to AWS, nothing new to remember.
+    h.write("A=2\n");
+    h.touch();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(h.value("A").as_deref(), Some("2"));
+    assert_eq!(inode(), before, "state.json was rewritten (atomic rename)");
+    // A new key brings new managed tags: saved.
+    h.write("A=2\nB=1\n");
+    h.touch();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(h.value("B").as_deref(), Some("1"));
+    assert_ne!(inode(), before, "new state was not saved");
+    h.stop().await;
+}
