@@ -198,6 +198,15 @@ impl EngineHandle {
 
 type Digests = Vec<(PathBuf, Option<[u8; 32]>)>;
 
+/// How a file event relates to a sync (see `Engine::debounce_syncs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    /// On one of its source files (or the events were lost).
+    Own,
+    /// Elsewhere in a directory it watches.
+    Nearby,
+}
+
 /// Runtime state of one sync.
 struct Slot {
     job: SyncJob,
@@ -595,9 +604,19 @@ impl<F: StoreFactory> Engine<F> {
 
     fn files_changed(&mut self, paths: &[PathBuf]) {
         self.debounce_syncs(|slot| {
-            paths
+            if paths
+                .iter()
+                .any(|p| fswatch::names_source_file(p, &slot.job.files))
+            {
+                Some(Event::Own)
+            } else if paths
                 .iter()
                 .any(|p| fswatch::event_concerns(p, &slot.dirs, &slot.job.files))
+            {
+                Some(Event::Nearby)
+            } else {
+                None
+            }
         });
     }
 
@@ -605,11 +624,15 @@ impl<F: StoreFactory> Engine<F> {
     /// content hashes keep unchanged ones from costing AWS calls).
     fn all_files_changed(&mut self) {
         tracing::warn!("file events were dropped (event storm); re-reading every sync's files");
-        self.debounce_syncs(|_| true);
+        self.debounce_syncs(|_| Some(Event::Own));
     }
 
-    /// Starts or extends the debounce of every enabled sync `concerns`.
-    fn debounce_syncs(&mut self, concerns: impl Fn(&Slot) -> bool) {
+    /// Starts or extends the debounce of every enabled sync an event
+    /// concerns: events on its own files push its quiet period back; other
+    /// events in its directories (a Kubernetes `..data` swap, a neighbour's
+    /// file) start one when none is pending but never extend it, so busy
+    /// neighbours cannot delay a sync's pass.
+    fn debounce_syncs(&mut self, concerns: impl Fn(&Slot) -> Option<Event>) {
         let now = Instant::now();
         let debounce = self.config.agent.debounce;
         let mut any = false;
@@ -617,15 +640,19 @@ impl<F: StoreFactory> Engine<F> {
             if !slot.job.enabled {
                 continue;
             }
-            if concerns(slot) {
-                // Quiet period: each event pushes the deadline back, up
-                // to MAX_DEBOUNCE_PERIODS after the burst's first event.
-                let start = *slot.burst_start.get_or_insert(now);
-                slot.event_at.get_or_insert(now);
-                let due = (now + debounce).min(start + debounce * MAX_DEBOUNCE_PERIODS);
-                slot.due = Some(slot.due.map_or(due, |d| d.max(due)));
-                any = true;
+            let Some(event) = concerns(slot) else {
+                continue;
+            };
+            any = true;
+            if event == Event::Nearby && slot.due.is_some() {
+                continue;
             }
+            // Quiet period: each event pushes the deadline back, up to
+            // MAX_DEBOUNCE_PERIODS after the burst's first event.
+            let start = *slot.burst_start.get_or_insert(now);
+            slot.event_at.get_or_insert(now);
+            let due = (now + debounce).min(start + debounce * MAX_DEBOUNCE_PERIODS);
+            slot.due = Some(slot.due.map_or(due, |d| d.max(due)));
         }
         if any {
             self.refresh_watches();

@@ -89,6 +89,18 @@ pub fn event_concerns(path: &Path, dirs: &BTreeSet<PathBuf>, patterns: &[String]
     patterns.iter().any(|p| Path::new(p).starts_with(path))
 }
 
+/// Whether `path` is one of the source files `patterns` name (a literal
+/// path, or a match of a glob): the events that extend a sync's debounce.
+pub fn names_source_file(path: &Path, patterns: &[String]) -> bool {
+    patterns.iter().any(|p| {
+        if has_glob_chars(p) {
+            glob::Pattern::new(p).is_ok_and(|g| g.matches_path(path))
+        } else {
+            Path::new(p) == path
+        }
+    })
+}
+
 /// Whether a notify event kind can mean content changed. Opens, reads and
 /// read-only closes (our own reads among them) are ignored.
 fn is_relevant(kind: &EventKind) -> bool {
@@ -237,6 +249,29 @@ impl DirWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_files_named_by_literal_paths_and_globs() {
+        let patterns = vec![
+            "/etc/app/prod.env".to_string(),
+            "/etc/app/extra/*.yaml".to_string(),
+        ];
+        let cases = [
+            ("/etc/app/prod.env", true),
+            ("/etc/app/extra/db.yaml", true),
+            ("/etc/app/.prod.env.swp", false),
+            ("/etc/app/other.env", false),
+            ("/etc/app/..data", false),
+            ("/etc/app/extra/db.json", false),
+        ];
+        for (path, want) in cases {
+            assert_eq!(
+                names_source_file(Path::new(path), &patterns),
+                want,
+                "{path}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn a_full_feed_drops_batches_and_reports_one_unknown_change() {

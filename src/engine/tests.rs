@@ -709,3 +709,24 @@ async fn a_pass_that_changes_no_state_does_not_rewrite_the_state_file() {
     assert_ne!(inode(), before, "new state was not saved");
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn events_on_other_files_in_the_directory_do_not_postpone_a_pending_pass() {
+    let h = Harness::start("A=1\n", "", "").await;
+    assert!(
+        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
+            .await
+    );
+    h.write("A=2\n");
+    h.touch();
+    // A neighbour's file in the same directory, 400 ms into the 500 ms
+    // quiet period: it must not push the pass back.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    h.handle
+        .send(Request::FilesChanged(vec![h.dir.path().join("other.env")]))
+        .expect("engine takes the event");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    settle().await;
+    assert_eq!(h.value("A").as_deref(), Some("2"));
+    h.stop().await;
+}
