@@ -46,6 +46,16 @@ impl Harness {
         Harness::launch(dir, store, engine, handle)
     }
 
+    /// [`Harness::start`], then waits for the first pass to end SYNCED.
+    async fn start_synced(env: &str, extra_sync: &str, agent_extra: &str) -> Harness {
+        let h = Harness::start(env, extra_sync, agent_extra).await;
+        assert!(
+            h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
+                .await
+        );
+        h
+    }
+
     /// Runs an engine the test built itself (seeded store, metrics...).
     fn launch(
         dir: tempfile::TempDir,
@@ -127,11 +137,7 @@ async fn settle() {
 
 #[tokio::test(start_paused = true)]
 async fn initial_pass_then_burst_makes_one_write() {
-    let h = Harness::start("A=1\nB=1\n", "", "").await;
-    assert!(
-        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
-            .await
-    );
+    let h = Harness::start_synced("A=1\nB=1\n", "", "").await;
     assert_eq!(h.value("A").as_deref(), Some("1"));
     let before = h.writes();
     for i in 0..20 {
@@ -150,11 +156,7 @@ async fn initial_pass_then_burst_makes_one_write() {
 
 #[tokio::test(start_paused = true)]
 async fn unchanged_content_triggers_nothing() {
-    let h = Harness::start("A=1\n", "", "").await;
-    assert!(
-        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
-            .await
-    );
+    let h = Harness::start_synced("A=1\n", "", "").await;
     h.store.reset_calls();
     h.write("A=1\n");
     h.touch();
@@ -170,11 +172,7 @@ async fn unchanged_content_triggers_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn edits_during_a_pass_queue_exactly_one_follow_up() {
-    let h = Harness::start("A=1\n", "", "").await;
-    assert!(
-        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
-            .await
-    );
+    let h = Harness::start_synced("A=1\n", "", "").await;
     h.store.set_latency(Duration::from_secs(3));
     h.write("A=2\n");
     h.touch();
@@ -199,11 +197,7 @@ async fn edits_during_a_pass_queue_exactly_one_follow_up() {
 
 #[tokio::test(start_paused = true)]
 async fn outage_keeps_pending_and_converges_without_events() {
-    let h = Harness::start("A=1\n", "", "").await;
-    assert!(
-        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
-            .await
-    );
+    let h = Harness::start_synced("A=1\n", "", "").await;
     h.store.fail_all(StoreError::Unavailable {
         op: "ListSecrets",
         message: "connection refused".into(),
@@ -235,11 +229,7 @@ async fn outage_keeps_pending_and_converges_without_events() {
 
 #[tokio::test(start_paused = true)]
 async fn resync_waits_for_its_pass_and_unknown_is_an_error() {
-    let h = Harness::start("A=1\n", "", "").await;
-    assert!(
-        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
-            .await
-    );
+    let h = Harness::start_synced("A=1\n", "", "").await;
     h.write("A=9\n");
     let reports = h.handle.resync(vec![], false).await.unwrap();
     assert_eq!(reports.len(), 1);
@@ -257,11 +247,7 @@ async fn resync_waits_for_its_pass_and_unknown_is_an_error() {
 
 #[tokio::test(start_paused = true)]
 async fn drift_is_repaired_on_the_interval() {
-    let h = Harness::start("A=1\n", "", "  reconcile_interval: 1m\n").await;
-    assert!(
-        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
-            .await
-    );
+    let h = Harness::start_synced("A=1\n", "", "  reconcile_interval: 1m\n").await;
     let (mut meta, _) = h.store.get("A").unwrap();
     // Someone else writes a new version (AWS never changes an existing
     // version's value, so the new value comes with a new version id).
@@ -290,11 +276,7 @@ async fn auto_sync_off_plans_until_resync() {
 
 #[tokio::test(start_paused = true)]
 async fn reload_valid_adds_sync_and_invalid_keeps_old() {
-    let h = Harness::start("A=1\n", "", "").await;
-    assert!(
-        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
-            .await
-    );
+    let h = Harness::start_synced("A=1\n", "", "").await;
     let path = h.dir.path().join("agent.yaml");
     std::fs::write(&path, "agent: [not, a, map]\n").unwrap();
     let err = h.handle.reload().await.unwrap_err();
@@ -317,11 +299,7 @@ async fn reload_valid_adds_sync_and_invalid_keeps_old() {
 
 #[tokio::test(start_paused = true)]
 async fn parse_error_keeps_last_good_view_and_deletes_nothing() {
-    let h = Harness::start("A=1\nB=2\n", "", "").await;
-    assert!(
-        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
-            .await
-    );
+    let h = Harness::start_synced("A=1\nB=2\n", "", "").await;
     h.write("A=1\nB=\"unterminated\n");
     let reports = h.handle.resync(vec![], true).await.unwrap();
     assert_eq!(reports[0].sync_status, SyncStatus::Failed);
@@ -341,11 +319,7 @@ fn backoff_grows_and_is_capped() {
 
 #[tokio::test(start_paused = true)]
 async fn versions_are_keyed_with_the_persisted_token_key() {
-    let h = Harness::start("A=1\n", "", "").await;
-    assert!(
-        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
-            .await
-    );
+    let h = Harness::start_synced("A=1\n", "", "").await;
     let mut state = State::load(&h.dir.path().join("state"));
     assert!(
         state.token_key.is_some(),
@@ -642,11 +616,7 @@ async fn a_full_request_queue_answers_busy_and_a_stopped_engine_stopped() {
 
 #[tokio::test(start_paused = true)]
 async fn a_slow_pass_shows_running_then_the_retry_reason() {
-    let h = Harness::start("A=1\n", "", "").await;
-    assert!(
-        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
-            .await
-    );
+    let h = Harness::start_synced("A=1\n", "", "").await;
     // A note from before the pass is not this pass's reason.
     h.store.set_retry_note("AWS answered HTTP 503");
     std::thread::sleep(Duration::from_millis(2));
@@ -685,11 +655,7 @@ async fn a_slow_pass_shows_running_then_the_retry_reason() {
 #[tokio::test(start_paused = true)]
 async fn a_pass_that_changes_no_state_does_not_rewrite_the_state_file() {
     use std::os::unix::fs::MetadataExt;
-    let h = Harness::start("A=1\n", "", "").await;
-    assert!(
-        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
-            .await
-    );
+    let h = Harness::start_synced("A=1\n", "", "").await;
     let state_file = h.dir.path().join("state/state.json");
     let inode = || std::fs::metadata(&state_file).unwrap().ino();
     let before = inode();
@@ -712,11 +678,7 @@ async fn a_pass_that_changes_no_state_does_not_rewrite_the_state_file() {
 
 #[tokio::test(start_paused = true)]
 async fn events_on_other_files_in_the_directory_do_not_postpone_a_pending_pass() {
-    let h = Harness::start("A=1\n", "", "").await;
-    assert!(
-        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
-            .await
-    );
+    let h = Harness::start_synced("A=1\n", "", "").await;
     h.write("A=2\n");
     h.touch();
     // A neighbour's file in the same directory, 400 ms into the 500 ms
