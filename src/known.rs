@@ -16,8 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use hmac::Mac;
 
 use crate::plan::TokenKey;
 use crate::secret::SecretValue;
@@ -66,10 +65,7 @@ impl std::fmt::Debug for KnownValues {
 /// HMAC-SHA256 under the agent's token key, so the digests in memory
 /// cannot be checked against guessed values without the key.
 fn digest(key: &TokenKey, name: &str, value: &SecretValue) -> [u8; 32] {
-    // HMAC accepts keys of any length, so construction cannot fail.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.0)
-        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-    mac.update(b"secretsync/known/v1\0");
+    let mut mac = key.mac(b"secretsync/known/v1\0");
     mac.update(name.as_bytes());
     mac.update(b"\0");
     mac.update(value.expose().as_bytes());

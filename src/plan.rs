@@ -237,6 +237,18 @@ impl Plan {
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub struct TokenKey(pub [u8; 32]);
 
+impl TokenKey {
+    /// An HMAC-SHA256 under this key, with `domain` fed first so that
+    /// digests made for different purposes never coincide.
+    pub fn mac(&self, domain: &[u8]) -> Hmac<Sha256> {
+        // HMAC accepts keys of any length, so construction cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(domain);
+        mac
+    }
+}
+
 impl std::fmt::Debug for TokenKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TokenKey(<redacted>)")
@@ -253,10 +265,7 @@ pub fn request_token(
     value: &SecretValue,
     replaces: Option<&str>,
 ) -> String {
-    // HMAC accepts keys of any length, so construction cannot fail.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.0)
-        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-    mac.update(b"secretsync/v1\0");
+    let mut mac = key.mac(b"secretsync/v1\0");
     mac.update(name.as_bytes());
     mac.update(b"\0");
     mac.update(replaces.unwrap_or("").as_bytes());
