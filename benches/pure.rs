@@ -25,8 +25,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 
 #[path = "support/cpu_time.rs"]
 mod cpu_time;
-use secretsync::desired::{self, MappingKind, MappingSpec};
-use secretsync::plan::{self, Actual, PlanOptions};
+use secretsync::reconcile::desired::{self, MappingKind, MappingSpec};
+use secretsync::reconcile::plan::{self, Actual, PlanOptions};
 use secretsync::secret::SecretValue;
 use secretsync::source;
 use secretsync::store::RemoteSecret;

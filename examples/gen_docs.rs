@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::CommandFactory;
-use secretsync::completions::{self, Shell};
+use secretsync::cli::completions::{self, Shell};
 
 /// Shells whose completion files the package installs.
 const SHELLS: [Shell; 3] = [Shell::Bash, Shell::Zsh, Shell::Fish];

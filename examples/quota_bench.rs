@@ -31,10 +31,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secretsync::config::parse_config;
-use secretsync::plan::TokenKey;
+use secretsync::reconcile::plan::TokenKey;
+use secretsync::reconcile::report::SyncStatus;
+use secretsync::reconcile::state::SyncState;
 use secretsync::reconcile::{self, Mode, SyncJob};
-use secretsync::report::SyncStatus;
-use secretsync::state::SyncState;
 use secretsync::store::memory::{MemoryStore, Quota, WRITE_OPS};
 
 #[path = "../benches/support/cpu_time.rs"]

@@ -48,33 +48,17 @@
 //! - A value is a `SecretValue` from parse to send; nothing formats it, and
 //!   errors, reports and logs carry names and keys only.
 
-pub mod agent_cli;
-pub mod apply;
+pub mod agent;
 pub mod cli;
-pub mod commands;
-pub mod completions;
 pub mod config;
 pub mod control;
-pub mod daemon;
-pub mod desired;
-pub mod engine;
 pub mod exit;
-pub mod files;
-pub mod import;
-pub mod kms;
-pub mod known;
 pub mod logging;
 pub mod metrics;
 pub mod naming;
-pub mod plan;
 pub mod reconcile;
-pub mod remove;
-pub mod report;
 pub mod secret;
 pub mod source;
-pub mod state;
-pub mod status;
 pub mod store;
 #[cfg(test)]
 mod test_rng;
-pub mod watch;

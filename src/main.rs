@@ -4,8 +4,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use secretsync::agent::daemon;
 use secretsync::cli::{Cli, Command};
-use secretsync::{agent_cli, commands, daemon, logging, remove};
+use secretsync::cli::{agent_client, oneshot, remove};
+use secretsync::logging;
 
 fn main() -> ExitCode {
     logging::install_panic_hook();
@@ -27,7 +29,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config } => daemon::run(&config.config).await,
             Command::Completions { shell } => {
-                match secretsync::completions::write_completions(shell, &mut std::io::stdout()) {
+                match secretsync::cli::completions::write_completions(shell, &mut std::io::stdout())
+                {
                     Ok(()) => secretsync::exit::Exit::Ok,
                     Err(e) => {
                         eprintln!("error: {e}");
@@ -36,7 +39,7 @@ fn main() -> ExitCode {
                 }
             }
             Command::Status { socket, json, name } => {
-                agent_cli::status(&socket.socket, json, name).await
+                agent_client::status(&socket.socket, json, name).await
             }
             Command::Resync {
                 socket,
@@ -44,24 +47,24 @@ fn main() -> ExitCode {
                 allow_deletes,
                 no_wait,
                 json,
-            } => agent_cli::resync(&socket.socket, names, allow_deletes, no_wait, json).await,
-            Command::Reload { socket } => agent_cli::reload(&socket.socket).await,
+            } => agent_client::resync(&socket.socket, names, allow_deletes, no_wait, json).await,
+            Command::Reload { socket } => agent_client::reload(&socket.socket).await,
             Command::Remove { config, name, yes } => {
                 remove::remove(&config.config, &name, yes).await
             }
-            Command::Check { config, offline } => commands::check(&config.config, offline).await,
+            Command::Check { config, offline } => oneshot::check(&config.config, offline).await,
             Command::Plan {
                 config,
                 sync,
                 json,
                 detailed_exitcode,
-            } => commands::plan(&config.config, sync.as_deref(), json, detailed_exitcode).await,
+            } => oneshot::plan(&config.config, sync.as_deref(), json, detailed_exitcode).await,
             Command::Sync {
                 config,
                 sync,
                 allow_deletes,
                 json,
-            } => commands::sync(&config.config, sync.as_deref(), allow_deletes, json).await,
+            } => oneshot::sync(&config.config, sync.as_deref(), allow_deletes, json).await,
         }
     });
     ExitCode::from(exit.code())

@@ -183,11 +183,11 @@ fn throttling_30_percent_during_500_secret_initial_sync() {
     for line in agent
         .stderr()
         .lines()
-        .filter(|l| l.contains("secretsync::engine"))
+        .filter(|l| l.contains("secretsync::agent::engine"))
     {
         eprintln!(
             "[faults_e2e]   {}",
-            &line[line.find("secretsync::engine").unwrap_or(0)..]
+            &line[line.find("secretsync::agent::engine").unwrap_or(0)..]
         );
     }
     let share = throttled as f64 / total as f64;

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use secretsync::config;
-use secretsync::plan::{ActionKind, TokenKey};
+use secretsync::reconcile::plan::{ActionKind, TokenKey};
+use secretsync::reconcile::report::SyncStatus;
+use secretsync::reconcile::state::SyncState;
 use secretsync::reconcile::{self, Mode, SyncJob};
-use secretsync::report::SyncStatus;
 use secretsync::secret::SecretValue;
-use secretsync::state::SyncState;
 use secretsync::store::RemoteSecret;
 use secretsync::store::memory::MemoryStore;
 

@@ -10,14 +10,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secretsync::apply;
-use secretsync::desired::{MappingKind, MappingSpec};
 use secretsync::naming::{TAG_AGENT, TAG_SYNC};
-use secretsync::plan::{ActionKind, Op, PlanOptions, SecretState};
+use secretsync::reconcile::apply;
+use secretsync::reconcile::desired::{MappingKind, MappingSpec};
+use secretsync::reconcile::plan::{ActionKind, Op, PlanOptions, SecretState};
+use secretsync::reconcile::report::{SecretView, SyncStatus};
+use secretsync::reconcile::state::SyncState;
 use secretsync::reconcile::{self, Listing, Mode, PassResult, SyncJob};
-use secretsync::report::{SecretView, SyncStatus};
 use secretsync::secret::SecretValue;
-use secretsync::state::SyncState;
 use secretsync::store::memory::{
     MemoryStore, OP_BATCH_GET, OP_CREATE, OP_DELETE, OP_DESCRIBE, OP_LIST, OP_PUT, OP_RESTORE,
     OP_TAG, OP_UNTAG, OP_UPDATE,
@@ -77,7 +77,7 @@ impl JobBuilder {
             state_unwritable: None,
             import_held: None,
             enabled: true,
-            describe_replicas: secretsync::plan::DescribeReplicas::Untracked,
+            describe_replicas: secretsync::reconcile::plan::DescribeReplicas::Untracked,
         };
         Self { job }
     }

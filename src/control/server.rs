@@ -18,8 +18,8 @@ use tokio::sync::Semaphore;
 
 use super::auth::{self, Peer};
 use super::proto::{ErrorCode, MAX_REQUEST_BYTES, Reply, Request, parse_request};
+use crate::agent::engine::{EngineError, EngineHandle, Request as EngineRequest};
 use crate::config::Config;
-use crate::engine::{EngineError, EngineHandle, Request as EngineRequest};
 
 /// Idle time after which a connection is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);

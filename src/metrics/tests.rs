@@ -3,8 +3,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::report::StateCounts;
-use crate::status::SyncStatusView;
+use crate::agent::status::SyncStatusView;
+use crate::reconcile::report::StateCounts;
 
 fn view(name: &str, counts: StateCounts) -> SyncStatusView {
     SyncStatusView {

@@ -27,6 +27,7 @@ use std::path::Path;
 use crate::secret::SecretValue;
 
 pub mod dotenv;
+pub mod files;
 pub mod writeback;
 pub mod yaml;
 

@@ -6,6 +6,7 @@
 //! boundary only as [`SecretValue`].
 
 pub mod aws;
+pub mod kms;
 pub mod memory;
 pub mod pacing;
 

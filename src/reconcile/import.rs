@@ -9,8 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::desired::{MappingKind, MappingSpec};
 use crate::naming::{self, TemplateVars};
+use crate::reconcile::desired::{MappingKind, MappingSpec};
 use crate::secret::SecretValue;
 
 /// Which side wins when both have a key.

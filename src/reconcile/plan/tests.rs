@@ -3,7 +3,7 @@
 //! of `(action, name)` plus per-secret states.
 
 use super::*;
-use crate::desired::{DesiredError, MappingKind};
+use crate::reconcile::desired::{DesiredError, MappingKind};
 
 const AGENT: &str = "web-01";
 const SYNC: &str = "app";

@@ -2182,9 +2182,9 @@ mod tests {
                 spec: Some("SYMMETRIC_DEFAULT".into()),
             }
         );
-        let verdict = crate::kms::verdict("alias/app", "eu-west-1", &Ok(info));
+        let verdict = crate::store::kms::verdict("alias/app", "eu-west-1", &Ok(info));
         assert!(
-            matches!(&verdict, crate::kms::KeyVerdict::Unusable(t) if t.contains("is Disabled")),
+            matches!(&verdict, crate::store::kms::KeyVerdict::Unusable(t) if t.contains("is Disabled")),
             "{verdict:?}"
         );
         let typo = store.describe_kms_key("alias/typo").await;
@@ -2193,8 +2193,8 @@ mod tests {
             "{typo:?}"
         );
         assert!(matches!(
-            crate::kms::verdict("alias/typo", "eu-west-1", &typo),
-            crate::kms::KeyVerdict::Unusable(_)
+            crate::store::kms::verdict("alias/typo", "eu-west-1", &typo),
+            crate::store::kms::KeyVerdict::Unusable(_)
         ));
         let locked = store.describe_kms_key("alias/locked").await;
         assert!(
@@ -2202,8 +2202,8 @@ mod tests {
             "{locked:?}"
         );
         assert!(matches!(
-            crate::kms::verdict("alias/locked", "eu-west-1", &locked),
-            crate::kms::KeyVerdict::Unknown(_)
+            crate::store::kms::verdict("alias/locked", "eu-west-1", &locked),
+            crate::store::kms::KeyVerdict::Unknown(_)
         ));
         // A store built without KMS says so instead of panicking.
         assert!(matches!(

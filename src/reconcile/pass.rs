@@ -4,19 +4,21 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::apply::{self, Applied};
 use crate::config::{AwsSettings, Config, FormatSetting, InitialSync, Mapping, SyncConfig};
-use crate::desired::{self, Desired, MappingKind, MappingSpec};
-use crate::files::{self, FileView};
-use crate::import::{self, ImportMode};
-use crate::known::{Knowledge, KnownValues};
 use crate::naming;
-use crate::plan::{self, Actual, DescribeReplicas, Plan, PlanOptions, SecretState, TokenKey};
-use crate::report::{self, SyncReport, SyncStatus};
+use crate::reconcile::apply::{self, Applied};
+use crate::reconcile::desired::{self, Desired, MappingKind, MappingSpec};
+use crate::reconcile::import::{self, ImportMode};
+use crate::reconcile::known::{Knowledge, KnownValues};
+use crate::reconcile::plan::{
+    self, Actual, DescribeReplicas, Plan, PlanOptions, SecretState, TokenKey,
+};
+use crate::reconcile::report::{self, SyncReport, SyncStatus};
+use crate::reconcile::state::SyncState;
 use crate::secret::SecretValue;
 use crate::source::SourceFormat;
+use crate::source::files::{self, FileView};
 use crate::source::writeback::{self, Edit};
-use crate::state::SyncState;
 use crate::store::{Connection, RemoteSecret, SecretStore, StoreError};
 
 /// Everything a pass needs about one sync, resolved from the config once.
@@ -79,7 +81,7 @@ pub enum Listing {
 
 impl SyncJob {
     /// Sets the idempotency-token key (kept in `state_dir`).
-    pub fn with_token_key(mut self, key: crate::plan::TokenKey) -> SyncJob {
+    pub fn with_token_key(mut self, key: crate::reconcile::plan::TokenKey) -> SyncJob {
         self.options.token_key = key;
         self
     }
@@ -150,7 +152,7 @@ impl SyncJob {
                 deletes_blocked: None,
                 managed_tags: BTreeMap::new(),
                 managed_replicas: BTreeMap::new(),
-                token_key: crate::plan::TokenKey::default(),
+                token_key: crate::reconcile::plan::TokenKey::default(),
             },
             import,
             state_unwritable: None,

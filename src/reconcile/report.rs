@@ -7,9 +7,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::apply::{Applied, Outcome};
-use crate::files::FileView;
-use crate::plan::{ActionKind, Plan, SecretPlan, SecretState};
+use crate::reconcile::apply::{Applied, Outcome};
+use crate::reconcile::plan::{ActionKind, Plan, SecretPlan, SecretState};
+use crate::source::files::FileView;
 
 /// Sync-level status, as in the status contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::plan::TokenKey;
+use crate::reconcile::plan::TokenKey;
 
 /// File name inside `state_dir`.
 pub const STATE_FILE: &str = "state.json";

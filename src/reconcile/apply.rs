@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
-use crate::plan::{Action, Op, Plan, SecretPlan, SecretState};
+use crate::reconcile::plan::{Action, Op, Plan, SecretPlan, SecretState};
 use crate::store::{SecretStore, StoreError};
 
 /// Default number of secrets worked on at once; pacing, not this, bounds

@@ -18,18 +18,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::agent::status::{AgentStatus, Status, SyncStatusView};
+use crate::agent::watch::{self as fswatch, Change, ChangeReceiver, DirWatcher};
 use crate::config::{self, Config};
-use crate::files::FileView;
 use crate::metrics::Metrics;
-use crate::plan::{DescribeReplicas, SecretState, TokenKey};
+use crate::reconcile::plan::{DescribeReplicas, SecretState, TokenKey};
+use crate::reconcile::report::{self, Report, StateCounts, SyncReport, SyncStatus};
+use crate::reconcile::state::State;
 use crate::reconcile::{self, Listing, Mode, PassResult, SyncJob};
-use crate::report::{self, Report, StateCounts, SyncReport, SyncStatus};
 use crate::source::ParsedFile;
-use crate::state::State;
-use crate::status::{AgentStatus, Status, SyncStatusView};
+use crate::source::files::FileView;
 use crate::store::aws::AwsStore;
 use crate::store::{Connection, ReplicaStatus, SecretStore, StoreError};
-use crate::watch::{self as fswatch, Change, ChangeReceiver, DirWatcher};
 
 /// Longest wait between retries of a sync whose pass failed transiently.
 pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(300);
@@ -975,7 +975,7 @@ impl<F: StoreFactory> Engine<F> {
             .result
             .as_ref()
             .and_then(|r| r.applied.as_ref())
-            .is_some_and(|a| a.outcomes.contains(&crate::apply::Outcome::Ok));
+            .is_some_and(|a| a.outcomes.contains(&crate::reconcile::apply::Outcome::Ok));
         let (report, transient) = match (done.setup_error, done.result) {
             (Some(e), _) => (
                 failed_report(&slot.job, format!("cannot set up AWS client: {e}")),
@@ -1079,8 +1079,8 @@ impl<F: StoreFactory> Engine<F> {
 /// and removals drop regions until the next describe; deleted secrets go.
 fn remember_replicas(
     known: &mut BTreeMap<String, Vec<ReplicaStatus>>,
-    plan: &crate::plan::Plan,
-    applied: Option<&crate::apply::Applied>,
+    plan: &crate::reconcile::plan::Plan,
+    applied: Option<&crate::reconcile::apply::Applied>,
 ) {
     for (name, replicas) in &plan.replicas {
         known.insert(name.clone(), replicas.clone());
@@ -1089,19 +1089,19 @@ fn remember_replicas(
         return;
     };
     for (a, outcome) in plan.actions.iter().zip(&applied.outcomes) {
-        if *outcome != crate::apply::Outcome::Ok {
+        if *outcome != crate::reconcile::apply::Outcome::Ok {
             continue;
         }
         let added: &[String] = match &a.op {
-            crate::plan::Op::Create(req) => &req.replica_regions,
-            crate::plan::Op::Replicate { add } => add,
-            crate::plan::Op::RemoveReplicas { regions } => {
+            crate::reconcile::plan::Op::Create(req) => &req.replica_regions,
+            crate::reconcile::plan::Op::Replicate { add } => add,
+            crate::reconcile::plan::Op::RemoveReplicas { regions } => {
                 if let Some(list) = known.get_mut(&a.name) {
                     list.retain(|r| !regions.contains(&r.region));
                 }
                 continue;
             }
-            crate::plan::Op::Delete { .. } => {
+            crate::reconcile::plan::Op::Delete { .. } => {
                 known.remove(&a.name);
                 continue;
             }
@@ -1124,11 +1124,11 @@ fn remember_replicas(
 
 /// Per-secret views for a plan-only pass: secrets with pending calls show
 /// PENDING, the rest keep what the plan expects.
-fn planned_views(plan: &crate::plan::Plan) -> Vec<report::SecretView> {
+fn planned_views(plan: &crate::reconcile::plan::Plan) -> Vec<report::SecretView> {
     let pending: BTreeSet<&str> = plan
         .actions
         .iter()
-        .filter(|a| a.op != crate::plan::Op::None)
+        .filter(|a| a.op != crate::reconcile::plan::Op::None)
         .map(|a| a.name.as_str())
         .collect();
     let mut secrets = plan.secrets.clone();
@@ -1172,7 +1172,7 @@ async fn read_files_blocking(job: SyncJob) -> Vec<FileView> {
                 .iter()
                 .map(|f| FileView {
                     path: Path::new(f).to_path_buf(),
-                    result: Err(crate::files::FileError::Io(format!(
+                    result: Err(crate::source::files::FileError::Io(format!(
                         "reader task failed: {e}"
                     ))),
                     digest: None,
@@ -1191,7 +1191,7 @@ async fn run_pass_task<S: SecretStore>(
     allow_deletes: bool,
     previous: Option<Digests>,
     last_good: BTreeMap<PathBuf, ParsedFile>,
-    sync_state: crate::state::SyncState,
+    sync_state: crate::reconcile::state::SyncState,
 ) -> PassDone {
     let files = read_files_blocking(job.clone()).await;
     let digests: Digests = files.iter().map(|f| (f.path.clone(), f.digest)).collect();

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::report::{FileStatusView, SecretView, StateCounts, SyncStatus};
+use crate::reconcile::report::{FileStatusView, SecretView, StateCounts, SyncStatus};
 
 /// Agent-level block.
 #[derive(Debug, Clone, Serialize, Default)]

@@ -10,8 +10,8 @@ use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
 
-use crate::desired::{Desired, DesiredSecret, MappingSpec};
 use crate::naming;
+use crate::reconcile::desired::{Desired, DesiredSecret, MappingSpec};
 use crate::secret::SecretValue;
 use crate::store::{CreateSecret, RemoteSecret, ReplicaStatus};
 

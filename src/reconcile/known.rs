@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use hmac::Mac;
 
-use crate::plan::TokenKey;
+use crate::reconcile::plan::TokenKey;
 use crate::secret::SecretValue;
 use crate::store::RemoteSecret;
 

@@ -11,14 +11,14 @@ use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 
+use crate::agent::engine::{AwsStoreFactory, Engine, EngineHandle};
+use crate::agent::status::Status;
 use crate::config;
 use crate::control;
-use crate::engine::{AwsStoreFactory, Engine, EngineHandle};
 use crate::exit::Exit;
 use crate::logging;
 use crate::metrics::{self, Metrics};
-use crate::report::SyncStatus;
-use crate::status::Status;
+use crate::reconcile::report::SyncStatus;
 
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(config_path: &Path) -> Exit {

@@ -326,10 +326,14 @@ async fn versions_are_keyed_with_the_persisted_token_key() {
         "key saved before the first write"
     );
     let key = state.ensure_token_key();
-    let want = crate::plan::request_token(&key, "A", &SecretValue::new("1"), None);
+    let want = crate::reconcile::plan::request_token(&key, "A", &SecretValue::new("1"), None);
     assert_eq!(h.store.versions("A"), vec![want.clone()]);
-    let unkeyed =
-        crate::plan::request_token(&TokenKey::default(), "A", &SecretValue::new("1"), None);
+    let unkeyed = crate::reconcile::plan::request_token(
+        &TokenKey::default(),
+        "A",
+        &SecretValue::new("1"),
+        None,
+    );
     assert_ne!(want, unkeyed);
     h.stop().await;
 }

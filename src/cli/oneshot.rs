@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use crate::config::{self, Config};
 use crate::exit::Exit;
+use crate::reconcile::report::{self, Report, SyncReport, SyncStatus};
+use crate::reconcile::state::State;
 use crate::reconcile::{self, Mode, SyncJob};
-use crate::report::{self, Report, SyncReport, SyncStatus};
-use crate::state::State;
 use crate::store::aws::AwsStore;
 use crate::store::{Connection, SecretStore};
 
@@ -75,7 +75,7 @@ pub async fn check(path: &std::path::Path, offline: bool) -> Exit {
         let first_is_glob = job
             .files
             .first()
-            .is_some_and(|f| crate::files::has_glob_chars(f));
+            .is_some_and(|f| crate::source::files::has_glob_chars(f));
         if job.import.is_some() && first_is_glob {
             println!(
                 "sync {}: error: initial_sync imports into the first file of source.files, which is a glob; list a plain file first",
@@ -112,7 +112,7 @@ pub async fn check(path: &std::path::Path, offline: bool) -> Exit {
         }
     }
     // KMS: one DescribeKey per distinct (connection, key), reachable ones only.
-    let mut keys: BTreeMap<(Connection, String), crate::kms::KeyVerdict> = BTreeMap::new();
+    let mut keys: BTreeMap<(Connection, String), crate::store::kms::KeyVerdict> = BTreeMap::new();
     for job in &jobs {
         let Some(key) = &job.spec.kms_key_id else {
             continue;
@@ -125,19 +125,22 @@ pub async fn check(path: &std::path::Path, offline: bool) -> Exit {
         let id = (job.connection.clone(), key.clone());
         if !keys.contains_key(&id) {
             let answer = store.describe_kms_key(key).await;
-            keys.insert(id.clone(), crate::kms::verdict(key, &job.region, &answer));
+            keys.insert(
+                id.clone(),
+                crate::store::kms::verdict(key, &job.region, &answer),
+            );
         }
         match &keys[&id] {
-            crate::kms::KeyVerdict::Usable(text) => {
+            crate::store::kms::KeyVerdict::Usable(text) => {
                 println!("sync {}: {}: {text}", job.spec.sync_name, job.region);
             }
-            crate::kms::KeyVerdict::Unknown(text) => {
+            crate::store::kms::KeyVerdict::Unknown(text) => {
                 println!(
                     "sync {}: {}: warning: {text}",
                     job.spec.sync_name, job.region
                 );
             }
-            crate::kms::KeyVerdict::Unusable(text) => {
+            crate::store::kms::KeyVerdict::Unusable(text) => {
                 println!("sync {}: {}: error: {text}", job.spec.sync_name, job.region);
                 if exit == Exit::Ok {
                     exit = Exit::Failed;
@@ -174,7 +177,7 @@ async fn passes(
             let mut job = SyncJob::from_config(&config, s).with_token_key(token_key);
             job.state_unwritable = state_unwritable.clone();
             // A one-shot pass is the operator looking: show replicas as AWS has them.
-            job.describe_replicas = crate::plan::DescribeReplicas::All;
+            job.describe_replicas = crate::reconcile::plan::DescribeReplicas::All;
             job
         })
         .collect();
@@ -243,7 +246,8 @@ pub async fn plan(path: &std::path::Path, only: Option<&str>, json: bool, detail
             s.actions.iter().any(|a| {
                 !matches!(
                     a.action,
-                    crate::plan::ActionKind::Conflict | crate::plan::ActionKind::Error
+                    crate::reconcile::plan::ActionKind::Conflict
+                        | crate::reconcile::plan::ActionKind::Error
                 )
             })
         })

@@ -1,0 +1,15 @@
+//! One reconcile pass, pure at its core: the desired state from files and
+//! mapping, the plan (every safety rule), applying it with bounded
+//! concurrency, the initial-sync import, report models, and what a sync
+//! remembers between passes (known values, `state_dir`).
+
+pub mod apply;
+pub mod desired;
+pub mod import;
+pub mod known;
+mod pass;
+pub mod plan;
+pub mod report;
+pub mod state;
+
+pub use pass::*;
