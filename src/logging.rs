@@ -2,7 +2,7 @@
 //! unless `RUST_LOG` asks for more; stdout stays free for output.
 //!
 //! Whatever level is asked for, the AWS SDK's wire-level targets are capped
-//! (see [`crate::store::aws::SDK_LOG_DIRECTIVES`]): at TRACE they would log
+//! (see [`SDK_LOG_DIRECTIVES`]): at TRACE they would log
 //! request bodies, and request bodies carry secret values.
 
 use tracing_subscriber::EnvFilter;
@@ -11,7 +11,18 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{AgentSettings, LogFormat};
-use crate::store::aws::SDK_LOG_DIRECTIVES;
+
+/// `tracing` directives appended to its filter whatever the
+/// configured log level: at TRACE the SDK's orchestrator logs whole HTTP
+/// requests and responses, bodies (secret values) included.
+pub const SDK_LOG_DIRECTIVES: &[&str] = &[
+    "aws_smithy_runtime=debug",
+    "aws_smithy_http_client=debug",
+    "aws_sigv4=debug",
+    "hyper=info",
+    "hyper_util=info",
+    "h2=info",
+];
 
 /// Builds a filter from `RUST_LOG` (or `default`), then caps the SDK's
 /// wire-level targets: each at the lower of its cap and the most verbose

@@ -486,7 +486,12 @@ impl<F: StoreFactory> Engine<F> {
             syncs: self.slots.values().map(|s| s.view.clone()).collect(),
         };
         if let Some(m) = &self.metrics {
-            m.observe_status(&status);
+            m.observe_secrets(
+                status
+                    .syncs
+                    .iter()
+                    .map(|s| (s.name.as_str(), secret_counts(&s.counts))),
+            );
         }
         self.status_tx.send_replace(Arc::new(status));
     }
@@ -1017,7 +1022,7 @@ impl<F: StoreFactory> Engine<F> {
         if let Some(m) = &self.metrics {
             let finished = Instant::now();
             if let Some(started) = started {
-                m.pass_finished(name, report.sync_status, finished - started);
+                m.pass_finished(name, report.sync_status.as_str(), finished - started);
             }
             if report.sync_status == SyncStatus::Synced && done.mode == Mode::Apply {
                 let unix = std::time::SystemTime::now()
@@ -1235,6 +1240,18 @@ async fn run_pass_task<S: SecretStore>(
         result: Some(result),
         setup_error: None,
         mode,
+    }
+}
+
+/// A sync's per-state counts as the plain numbers the metrics take.
+fn secret_counts(c: &crate::reconcile::report::StateCounts) -> crate::metrics::SecretCounts {
+    crate::metrics::SecretCounts {
+        pending: c.pending,
+        synced: c.synced,
+        conflict: c.conflict,
+        error: c.error,
+        deleted: c.deleted,
+        retained: c.retained,
     }
 }
 

@@ -21,9 +21,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::agent::status::Status;
-use crate::reconcile::report::SyncStatus;
-
 /// `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
@@ -71,6 +68,24 @@ type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
 /// doubling (a pass against AWS takes tens of ms; an outage, minutes).
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+/// How many of a sync's secrets are in each state; plain numbers, so the
+/// metrics know nothing of the status or report models.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SecretCounts {
+    /// Waiting for a pass.
+    pub pending: usize,
+    /// In step with the files.
+    pub synced: usize,
+    /// Left untouched: owned by someone else.
+    pub conflict: usize,
+    /// Failed on their own.
+    pub error: usize,
+    /// Scheduled for deletion by the agent.
+    pub deleted: usize,
+    /// Kept although their key left the files.
+    pub retained: usize,
 }
 
 /// The agent's metrics: cheap to update from any task (atomics and a
@@ -181,12 +196,12 @@ impl Metrics {
         }
     }
 
-    /// A pass of `sync` finished with `status` after `took`.
-    pub fn pass_finished(&self, sync: &str, status: SyncStatus, took: Duration) {
+    /// A pass of `sync` finished with `status` (e.g. `SYNCED`) after `took`.
+    pub fn pass_finished(&self, sync: &str, status: &str, took: Duration) {
         self.passes
             .get_or_create(&PassLabels {
                 sync: sync.to_owned(),
-                status: status.as_str().to_owned(),
+                status: status.to_owned(),
             })
             .inc();
         self.pass_duration
@@ -253,10 +268,11 @@ impl Metrics {
         self.reload_ok.set(i64::from(ok));
     }
 
-    /// Sets the per-state secret gauges from a published status, and drops
-    /// the series of syncs that left the config.
-    pub fn observe_status(&self, status: &Status) {
-        let now: BTreeSet<String> = status.syncs.iter().map(|s| s.name.clone()).collect();
+    /// Sets the per-state secret gauges, one entry per configured sync, and
+    /// drops the series of syncs that are no longer listed.
+    pub fn observe_secrets<'a>(&self, syncs: impl IntoIterator<Item = (&'a str, SecretCounts)>) {
+        let syncs: Vec<(&str, SecretCounts)> = syncs.into_iter().collect();
+        let now: BTreeSet<String> = syncs.iter().map(|(name, _)| (*name).to_owned()).collect();
         // A poisoned lock only means another thread panicked mid-update; the
         // set is still a valid set of names.
         let mut known = self
@@ -273,15 +289,14 @@ impl Metrics {
             let label = SyncLabel { sync: gone.clone() };
             self.last_success.remove(&label);
         }
-        for sync in &status.syncs {
-            let c = &sync.counts;
+        for (name, c) in &syncs {
             let values = [
                 c.pending, c.synced, c.conflict, c.error, c.deleted, c.retained,
             ];
             for (state, n) in STATES.iter().zip(values) {
                 self.secrets
                     .get_or_create(&StateLabels {
-                        sync: sync.name.clone(),
+                        sync: (*name).to_owned(),
                         state: (*state).to_owned(),
                     })
                     .set(i64::try_from(n).unwrap_or(i64::MAX));

@@ -3,8 +3,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::agent::status::Status;
 use crate::agent::status::SyncStatusView;
-use crate::reconcile::report::StateCounts;
+use crate::reconcile::report::{StateCounts, SyncStatus};
+
+impl Metrics {
+    fn observe_status_for_test(&self, status: &Status) {
+        self.observe_secrets(status.syncs.iter().map(|s| {
+            let c = &s.counts;
+            let counts = SecretCounts {
+                pending: c.pending,
+                synced: c.synced,
+                conflict: c.conflict,
+                error: c.error,
+                deleted: c.deleted,
+                retained: c.retained,
+            };
+            (s.name.as_str(), counts)
+        }));
+    }
+}
 
 fn view(name: &str, counts: StateCounts) -> SyncStatusView {
     SyncStatusView {
@@ -39,9 +57,9 @@ fn sample(text: &str, line_prefix: &str) -> Option<f64> {
 #[test]
 fn renders_every_family_with_help_type_and_values() {
     let m = Metrics::new();
-    m.pass_finished("app", SyncStatus::Synced, Duration::from_millis(30));
-    m.pass_finished("app", SyncStatus::Synced, Duration::from_millis(40));
-    m.pass_finished("app", SyncStatus::Failed, Duration::from_secs(2));
+    m.pass_finished("app", "SYNCED", Duration::from_millis(30));
+    m.pass_finished("app", "SYNCED", Duration::from_millis(40));
+    m.pass_finished("app", "FAILED", Duration::from_secs(2));
     m.propagated("app", Duration::from_millis(250));
     m.aws_call("PutSecretValue", "ok");
     m.aws_call("PutSecretValue", "ok");
@@ -51,7 +69,7 @@ fn renders_every_family_with_help_type_and_values() {
     m.sync_succeeded("app", 1_700_000_000.5);
     m.config_reload(true);
     m.config_reload(false);
-    m.observe_status(&Status {
+    m.observe_status_for_test(&Status {
         agent: Default::default(),
         syncs: vec![view(
             "app",
@@ -158,10 +176,10 @@ fn syncs_that_leave_the_config_lose_their_series() {
             })
             .collect(),
     };
-    m.observe_status(&status(&["a", "b"]));
+    m.observe_status_for_test(&status(&["a", "b"]));
     m.sync_succeeded("b", 1.0);
     assert!(m.render().contains("sync=\"b\""));
-    m.observe_status(&status(&["a"]));
+    m.observe_status_for_test(&status(&["a"]));
     let text = m.render();
     assert!(!text.contains("sync=\"b\""), "{text}");
     assert_eq!(

@@ -10,44 +10,13 @@ use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
-use crate::reconcile::plan::{Action, Op, Plan, SecretPlan, SecretState};
+pub use crate::reconcile::outcome::{Applied, Outcome};
+use crate::reconcile::plan::{Action, Op, Plan, SecretState};
 use crate::store::{SecretStore, StoreError};
 
 /// Default number of secrets worked on at once; pacing, not this, bounds
 /// the call rate, so it only needs to cover latency × rate.
 pub const DEFAULT_CONCURRENCY: usize = 32;
-
-/// What happened to one action.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Report-only action (conflict, error): nothing was called.
-    NotRun,
-    /// The call succeeded.
-    Ok,
-    /// The call failed.
-    Failed(StoreError),
-    /// Not attempted because an earlier step for the same secret failed.
-    Skipped,
-}
-
-/// Result of applying a plan.
-#[derive(Debug, Clone)]
-pub struct Applied {
-    /// One outcome per plan action, same order.
-    pub outcomes: Vec<Outcome>,
-    /// Final per-secret states, same order as the plan's.
-    pub secrets: Vec<SecretPlan>,
-}
-
-impl Applied {
-    /// Whether any call failed with an error that may pass by itself
-    /// (throttling, outage): the pass should be retried later.
-    pub fn has_transient_failure(&self) -> bool {
-        self.outcomes
-            .iter()
-            .any(|o| matches!(o, Outcome::Failed(e) if e.is_transient()))
-    }
-}
 
 async fn run_step<S: SecretStore>(
     store: &S,

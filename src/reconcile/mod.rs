@@ -7,6 +7,7 @@ pub mod apply;
 pub mod desired;
 pub mod import;
 pub mod known;
+pub mod outcome;
 mod pass;
 pub mod plan;
 pub mod report;

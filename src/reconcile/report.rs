@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::reconcile::apply::{Applied, Outcome};
+use crate::reconcile::outcome::{Applied, Outcome};
 use crate::reconcile::plan::{ActionKind, Plan, SecretPlan, SecretState};
 use crate::source::files::FileView;
 

@@ -73,17 +73,6 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(20);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(3_100);
 /// Session name used when assuming `role_arn`, so CloudTrail shows who acted.
 pub const SESSION_NAME: &str = "secretsync";
-/// `tracing` directives the binary should append to its filter whatever the
-/// configured log level: at TRACE the SDK's orchestrator logs whole HTTP
-/// requests and responses, bodies (secret values) included.
-pub const SDK_LOG_DIRECTIVES: &[&str] = &[
-    "aws_smithy_runtime=debug",
-    "aws_smithy_http_client=debug",
-    "aws_sigv4=debug",
-    "hyper=info",
-    "hyper_util=info",
-    "h2=info",
-];
 
 /// A paged listing that returns more pages than this is treated as a
 /// service fault rather than followed forever.
