@@ -85,6 +85,41 @@ pub fn render_template(template: &str, vars: &TemplateVars<'_>) -> Result<String
     Ok(out)
 }
 
+/// The literal text around each `{{secretKey}}` slot of a one-to-one key
+/// schema, with `{{environment}}` and `{{syncName}}` rendered: `n` slots give
+/// `n + 1` parts. `None` when the template does not render.
+///
+/// This and [`key_for_name`] are the one place that inverts a key schema
+/// (config overlap checks and the import's scope both use them).
+pub fn schema_parts(
+    key_schema: &str,
+    environment: Option<&str>,
+    sync_name: &str,
+) -> Option<Vec<String>> {
+    // NUL never survives name validation, so it marks the key slots.
+    let vars = TemplateVars {
+        secret_key: Some("\0"),
+        environment,
+        sync_name,
+    };
+    let rendered = render_template(key_schema, &vars).ok()?;
+    Some(rendered.split('\0').map(str::to_string).collect())
+}
+
+/// The valid key for which a schema with these [`schema_parts`] renders
+/// exactly `name` (every slot holding the same key), if there is one.
+pub fn key_for_name(parts: &[String], name: &str) -> Option<String> {
+    let slots = parts.len().checked_sub(1).filter(|n| *n > 0)?;
+    let fixed: usize = parts.iter().map(String::len).sum();
+    let extra = name.len().checked_sub(fixed)?;
+    if extra == 0 || extra % slots != 0 {
+        return None;
+    }
+    let start = parts.first()?.len();
+    let key = name.get(start..start + extra / slots)?;
+    (is_valid_key(key) && parts.join(key) == name).then(|| key.to_string())
+}
+
 /// Whether `c` may appear in an AWS secret name.
 pub fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "/_+=.@-".contains(c)

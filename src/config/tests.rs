@@ -1,8 +1,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::validate::{key_for_name, parse_duration, parse_size, parse_socket_mode};
+use super::validate::{parse_duration, parse_size, parse_socket_mode};
 use super::*;
+use crate::naming::key_for_name;
 
 const PATH: &str = "/etc/secretsync/agent.yaml";
 const EXAMPLE: &str = include_str!("../../agent.example.yaml");

@@ -515,17 +515,14 @@ fn resolve_sync(
             Mapping::ManyToOne => {
                 NameKind::Exact(destination.secret_name.clone().unwrap_or_default())
             }
-            Mapping::OneToOne => {
-                let vars = TemplateVars {
-                    // NUL never survives name validation, so it marks the key.
-                    secret_key: Some("\0"),
-                    environment: source.environment.as_deref(),
-                    sync_name: &name,
-                };
-                let rendered =
-                    naming::render_template(&destination.key_schema, &vars).unwrap_or_default();
-                NameKind::Pattern(rendered.split('\0').map(str::to_string).collect())
-            }
+            Mapping::OneToOne => NameKind::Pattern(
+                naming::schema_parts(
+                    &destination.key_schema,
+                    source.environment.as_deref(),
+                    &name,
+                )
+                .unwrap_or_default(),
+            ),
         };
         let mut regions = vec![destination.region.clone()];
         regions.extend(destination.replica_regions.iter().cloned());
@@ -1052,32 +1049,18 @@ fn overlap(earlier: &Namespace, later: &Namespace, region: &str) -> Option<Strin
             )
         }),
         (NameKind::Pattern(parts), NameKind::Exact(name)) => {
-            let key = key_for_name(parts, name).filter(|k| earlier.source.key_selected(k))?;
+            let key = naming::key_for_name(parts, name).filter(|k| earlier.source.key_selected(k))?;
             Some(format!(
                 "secret '{name}' in {region} is also the name {other} gives key '{key}'"
             ))
         }
         (NameKind::Exact(name), NameKind::Pattern(parts)) => {
-            let key = key_for_name(parts, name).filter(|k| later.source.key_selected(k))?;
+            let key = naming::key_for_name(parts, name).filter(|k| later.source.key_selected(k))?;
             Some(format!(
                 "key '{key}' would be named '{name}' in {region}, the secret {other} writes"
             ))
         }
     }
-}
-
-/// The key for which a one-to-one pattern (literal parts around each key
-/// slot) renders exactly `name`, if there is one.
-pub(crate) fn key_for_name(parts: &[String], name: &str) -> Option<String> {
-    let slots = parts.len().checked_sub(1).filter(|n| *n > 0)?;
-    let fixed: usize = parts.iter().map(String::len).sum();
-    let extra = name.len().checked_sub(fixed)?;
-    if extra == 0 || extra % slots != 0 {
-        return None;
-    }
-    let start = parts.first()?.len();
-    let key = name.get(start..start + extra / slots)?;
-    (naming::is_valid_key(key) && parts.join(key) == name).then(|| key.to_string())
 }
 
 // ------------------------------------------------------- value checkers --

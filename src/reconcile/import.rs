@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::naming::{self, TemplateVars};
+use crate::naming;
 use crate::reconcile::desired::{MappingKind, MappingSpec};
 use crate::secret::SecretValue;
 
@@ -64,28 +64,21 @@ impl ImportPlan {
     }
 }
 
-const SENTINEL: &str = "\u{1}KEY\u{1}";
-
-/// Static text around `{{secretKey}}` in the rendered key schema.
-fn schema_parts(spec: &MappingSpec) -> Option<(String, String)> {
-    let vars = TemplateVars {
-        secret_key: Some(SENTINEL),
-        environment: spec.environment.as_deref(),
-        sync_name: &spec.sync_name,
-    };
-    let rendered = naming::render_template(&spec.key_schema, &vars).ok()?;
-    let (pre, post) = rendered.split_once(SENTINEL)?;
-    // A schema using the key twice cannot be inverted reliably.
-    if post.contains(SENTINEL) {
-        return None;
-    }
-    Some((pre.to_string(), post.to_string()))
+/// The literal parts around the key slots of the sync's key schema.
+fn schema_parts(spec: &MappingSpec) -> Option<Vec<String>> {
+    naming::schema_parts(
+        &spec.key_schema,
+        spec.environment.as_deref(),
+        &spec.sync_name,
+    )
 }
 
 /// The longest fixed name prefix of the sync's one-to-one secrets, used to
 /// list adoptable secrets; empty when the schema starts with the key.
 pub fn name_prefix(spec: &MappingSpec) -> String {
-    schema_parts(spec).map(|(p, _)| p).unwrap_or_default()
+    schema_parts(spec)
+        .and_then(|parts| parts.into_iter().next())
+        .unwrap_or_default()
 }
 
 /// The key a one-to-one secret name maps back to, if it is in scope (the
@@ -94,11 +87,8 @@ pub fn key_for_name(spec: &MappingSpec, name: &str) -> Option<String> {
     if spec.mapping != MappingKind::OneToOne {
         return None;
     }
-    let (pre, post) = schema_parts(spec)?;
-    let key = name
-        .strip_prefix(pre.as_str())?
-        .strip_suffix(post.as_str())?;
-    (naming::is_valid_key(key) && spec.key_selected(key)).then(|| key.to_string())
+    let key = naming::key_for_name(&schema_parts(spec)?, name)?;
+    spec.key_selected(&key).then_some(key)
 }
 
 /// Splits a many-to-one JSON secret into candidates. Anything but a flat

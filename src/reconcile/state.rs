@@ -13,13 +13,14 @@
 //! tags it set earlier, and treats every sync as not yet initially synced.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::reconcile::plan::TokenKey;
+use crate::source::writeback::WriteBackError;
 
 /// File name inside `state_dir`.
 pub const STATE_FILE: &str = "state.json";
@@ -151,31 +152,22 @@ impl State {
 
 /// Temp file in the same directory, fsync, rename over `name`, fsync the
 /// directory: a crash leaves the old file or the new one, never a mix.
+/// Writes `dir/name` through the one atomic write (temp file removed on any
+/// failure, mode 0600 for a new file, the existing mode kept otherwise).
 fn write_atomic(dir: &Path, name: &str, body: &[u8]) -> Result<(), StateError> {
     let path = dir.join(name);
-    let err = |source| StateError {
+    std::fs::create_dir_all(dir).map_err(|source| StateError {
         path: path.clone(),
         source,
-    };
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
-        f.write_all(body).map_err(err)?;
-        f.sync_all().map_err(err)?;
+    })?;
+    match crate::source::writeback::write_atomic(&path, body, false) {
+        Ok(_) => Ok(()),
+        Err(WriteBackError::Io { path, source }) => Err(StateError { path, source }),
+        Err(other) => Err(StateError {
+            path,
+            source: std::io::Error::other(other.to_string()),
+        }),
     }
-    std::fs::rename(&tmp, &path).map_err(err)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 fn parse_key(hex: &str) -> Option<TokenKey> {
