@@ -721,7 +721,7 @@ impl<F: StoreFactory> Engine<F> {
                 if slot.job.enabled {
                     slot.waiting.push(tx);
                 } else {
-                    let mut r = disabled_report(&slot.job);
+                    let mut r = slot.job.disabled_report();
                     r.last_sync_message = Some("sync is disabled".into());
                     let _ = tx.send(Ok(r));
                 }
@@ -830,7 +830,7 @@ impl<F: StoreFactory> Engine<F> {
             let mut syncs = Vec::new();
             for (job, last_good, sync_state, store) in jobs {
                 let report = match store {
-                    None => disabled_report(&job),
+                    None => job.disabled_report(),
                     Some(Err(e)) => failed_report(&job, format!("cannot set up AWS client: {e}")),
                     Some(Ok(store)) => {
                         let files = read_files_blocking(job.clone()).await;
@@ -1093,10 +1093,7 @@ fn remember_replicas(
     let Some(applied) = applied else {
         return;
     };
-    for (a, outcome) in plan.actions.iter().zip(&applied.outcomes) {
-        if *outcome != crate::reconcile::apply::Outcome::Ok {
-            continue;
-        }
+    for a in applied.succeeded(plan) {
         let added: &[String] = match &a.op {
             crate::reconcile::plan::Op::Create(req) => &req.replica_regions,
             crate::reconcile::plan::Op::Replicate { add } => add,
@@ -1144,10 +1141,6 @@ fn planned_views(plan: &crate::reconcile::plan::Plan) -> Vec<report::SecretView>
         }
     }
     report::secret_views(&secrets, &report::now_rfc3339())
-}
-
-fn disabled_report(job: &SyncJob) -> SyncReport {
-    job.bare_report(SyncStatus::Disabled, "enabled: false".into())
 }
 
 fn failed_report(job: &SyncJob, message: String) -> SyncReport {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::config::{self, Config};
 use crate::exit::Exit;
-use crate::reconcile::report::{self, Report, SyncReport, SyncStatus};
+use crate::reconcile::report::{self, Report, SyncStatus};
 use crate::reconcile::state::State;
 use crate::reconcile::{self, Mode, SyncJob};
 use crate::store::aws::AwsStore;
@@ -47,10 +47,6 @@ async fn stores(jobs: &[SyncJob]) -> BTreeMap<Connection, Result<Arc<AwsStore>, 
     out
 }
 
-fn disabled_report(job: &SyncJob) -> SyncReport {
-    job.bare_report(SyncStatus::Disabled, "enabled: false".into())
-}
-
 /// `secretsync check`.
 pub async fn check(path: &std::path::Path, offline: bool) -> Exit {
     let config = match load(path) {
@@ -70,23 +66,10 @@ pub async fn check(path: &std::path::Path, offline: bool) -> Exit {
         .iter()
         .map(|s| SyncJob::from_config(&config, s))
         .collect();
-    let mut exit = Exit::Ok;
-    for job in &jobs {
-        let first_is_glob = job
-            .files
-            .first()
-            .is_some_and(|f| crate::source::files::has_glob_chars(f));
-        if job.import.is_some() && first_is_glob {
-            println!(
-                "sync {}: error: initial_sync imports into the first file of source.files, which is a glob; list a plain file first",
-                job.spec.sync_name
-            );
-            exit = Exit::Failed;
-        }
-    }
     if offline {
-        return exit;
+        return Exit::Ok;
     }
+    let mut exit = Exit::Ok;
     let stores = stores(&jobs).await;
     let mut probes: BTreeMap<Connection, Result<(), String>> = BTreeMap::new();
     for (conn, store) in &stores {
@@ -186,7 +169,7 @@ async fn passes(
     let mut syncs = Vec::new();
     for job in &jobs {
         if !job.enabled {
-            syncs.push(disabled_report(job));
+            syncs.push(job.disabled_report());
             continue;
         }
         let store = match &stores[&job.connection] {

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::config::{self, Config};
 use crate::exit::Exit;
-use crate::naming;
+use crate::reconcile::plan::{Ownership, ownership_of};
 use crate::reconcile::{SyncJob, aws_connection};
 use crate::store::aws::AwsStore;
 use crate::store::{Connection, RemoteSecret, SecretStore, StoreError};
@@ -44,8 +44,7 @@ fn target(config: &Config, name: &str) -> Result<(Connection, u8), String> {
 pub fn owned_live(secrets: Vec<RemoteSecret>, agent_id: &str, name: &str) -> Vec<RemoteSecret> {
     secrets
         .into_iter()
-        .filter(|s| s.tags.get(naming::TAG_AGENT).map(String::as_str) == Some(agent_id))
-        .filter(|s| s.tags.get(naming::TAG_SYNC).map(String::as_str) == Some(name))
+        .filter(|s| ownership_of(agent_id, name, &s.tags) == Ownership::Ours)
         .filter(|s| !s.pending_deletion)
         .collect()
 }
@@ -189,8 +188,8 @@ mod tests {
         let mk = |name: &str, agent: &str, sync: &str, pending: bool| RemoteSecret {
             name: name.into(),
             tags: BTreeMap::from([
-                (naming::TAG_AGENT.to_string(), agent.to_string()),
-                (naming::TAG_SYNC.to_string(), sync.to_string()),
+                (crate::naming::TAG_AGENT.to_string(), agent.to_string()),
+                (crate::naming::TAG_SYNC.to_string(), sync.to_string()),
             ]),
             pending_deletion: pending,
             ..Default::default()

@@ -1937,3 +1937,19 @@ fn fuzz_config_random_bytes_never_panics() {
         }
     }
 }
+
+#[test]
+fn an_importing_sync_needs_a_plain_first_file() {
+    let text = format!(
+        "{HEADER}  - name: a\n    source: {{files: [/g/*.env]}}\n    options: {{initial_sync: import-prioritize-source}}\n"
+    );
+    let errors = error_lines(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("is a glob; list a plain file first"),
+        "{errors:?}"
+    );
+    // Overwriting never writes a file, so a glob first is fine there.
+    let text = format!("{HEADER}  - name: a\n    source: {{files: [/g/*.env]}}\n");
+    assert!(parse(&text).is_ok());
+}

@@ -20,6 +20,7 @@ use super::{
     MAX_SYNC_NAME_LEN, MAX_USER_TAGS, Mapping, SourceSettings, SyncConfig, SyncOptions,
 };
 use crate::naming::{self, TemplateError, TemplateVars};
+use crate::source::files::has_glob_chars;
 
 /// Key used to check one-to-one templates at load time; any valid source key
 /// renders to a valid name if this one does (keys use a subset of name
@@ -508,7 +509,20 @@ fn resolve_sync(
     };
     let (destination, naming_ok, naming_at) = resolve_destination(report, &dest_ctx, raw_dest);
 
+    let options_at = raw.options.get().map(|o| o.referenced.clone());
     let options = resolve_options(report, raw.options.into_option());
+    if options.initial_sync != InitialSync::OverwriteDestination
+        && let Some(first) = source.files.first().filter(|f| has_glob_chars(f))
+        && let Some(options_at) = &options_at
+    {
+        report.at(
+            options_at,
+            format!(
+                "options.initial_sync imports into the first file of source.files, but \
+                 '{first}' is a glob; list a plain file first"
+            ),
+        );
+    }
 
     let namespace = (name_ok && source_ok && naming_ok).then(|| {
         let kind = match destination.mapping {

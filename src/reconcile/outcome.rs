@@ -2,7 +2,7 @@
 //! state. Report models and the engine read these without depending on how
 //! the apply step runs its calls.
 
-use crate::reconcile::plan::SecretPlan;
+use crate::reconcile::plan::{Action, Plan, SecretPlan};
 use crate::store::StoreError;
 
 /// What happened to one action.
@@ -28,6 +28,16 @@ pub struct Applied {
 }
 
 impl Applied {
+    /// The actions of `plan` (the plan this was applied from) whose call
+    /// succeeded: what the agent now knows it changed in AWS.
+    pub fn succeeded<'a>(&'a self, plan: &'a Plan) -> impl Iterator<Item = &'a Action> + 'a {
+        plan.actions
+            .iter()
+            .zip(&self.outcomes)
+            .filter(|(_, o)| **o == Outcome::Ok)
+            .map(|(a, _)| a)
+    }
+
     /// Whether any call failed with an error that may pass by itself
     /// (throttling, outage): the pass should be retried later.
     pub fn has_transient_failure(&self) -> bool {

@@ -80,6 +80,11 @@ pub enum Listing {
 }
 
 impl SyncJob {
+    /// The report of a sync that is in the config with `enabled: false`.
+    pub fn disabled_report(&self) -> SyncReport {
+        self.bare_report(SyncStatus::Disabled, "enabled: false".into())
+    }
+
     /// Sets the idempotency-token key (kept in `state_dir`).
     pub fn with_token_key(mut self, key: crate::reconcile::plan::TokenKey) -> SyncJob {
         self.options.token_key = key;
@@ -591,11 +596,7 @@ fn write_import(job: &SyncJob, plan: &import::ImportPlan) -> Result<std::path::P
         .files
         .first()
         .ok_or("the sync has no source file to import into")?;
-    if files::has_glob_chars(first) {
-        return Err(format!(
-            "import writes into the sync's first file, but '{first}' is a glob; list a plain file first"
-        ));
-    }
+    // Config validation refuses a glob as the first file of an importing sync.
     let path = std::path::Path::new(first);
     let format = job
         .format
@@ -994,10 +995,7 @@ pub async fn run_pass_with_files<S: SecretStore>(
 /// would never record them); deleted secrets are forgotten.
 pub fn record_state(state: &mut SyncState, plan: &Plan, applied: &Applied) {
     let mut tags_by_name: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (a, outcome) in plan.actions.iter().zip(&applied.outcomes) {
-        if *outcome != apply::Outcome::Ok {
-            continue;
-        }
+    for a in applied.succeeded(plan) {
         if let plan::Op::Create(req) = &a.op {
             tags_by_name.insert(&a.name, req.tags.keys().cloned().collect());
         }
@@ -1023,12 +1021,10 @@ pub fn record_state(state: &mut SyncState, plan: &Plan, applied: &Applied) {
                             .cloned(),
                     );
                 }
-                let removed: Vec<&String> = plan
-                    .actions
-                    .iter()
-                    .zip(&applied.outcomes)
-                    .filter(|(a, o)| a.name == s.name && **o == apply::Outcome::Ok)
-                    .filter_map(|(a, _)| match &a.op {
+                let removed: Vec<&String> = applied
+                    .succeeded(plan)
+                    .filter(|a| a.name == s.name)
+                    .filter_map(|a| match &a.op {
                         plan::Op::Tag { remove, .. } => Some(remove),
                         _ => None,
                     })
@@ -1051,10 +1047,7 @@ fn record_replicas(state: &mut SyncState, plan: &Plan, applied: &Applied) {
     for (name, ours) in &plan.replica_tracking {
         state.managed_replicas.insert(name.clone(), ours.clone());
     }
-    for (a, outcome) in plan.actions.iter().zip(&applied.outcomes) {
-        if *outcome != apply::Outcome::Ok {
-            continue;
-        }
+    for a in applied.succeeded(plan) {
         match &a.op {
             plan::Op::Create(req) => {
                 state.managed_replicas.insert(

@@ -291,11 +291,21 @@ pub enum Ownership {
 
 /// Classifies a remote secret's owner relative to `spec`.
 pub fn ownership(spec: &MappingSpec, secret: &RemoteSecret) -> Ownership {
-    let agent = secret.tags.get(naming::TAG_AGENT);
-    let sync = secret.tags.get(naming::TAG_SYNC);
+    ownership_of(&spec.agent_id, &spec.sync_name, &secret.tags)
+}
+
+/// The one ownership rule (used by the planner and by `remove`): a secret
+/// is ours when both ownership tags carry this agent id and sync name.
+pub fn ownership_of(
+    agent_id: &str,
+    sync_name: &str,
+    tags: &std::collections::BTreeMap<String, String>,
+) -> Ownership {
+    let agent = tags.get(naming::TAG_AGENT);
+    let sync = tags.get(naming::TAG_SYNC);
     match (agent, sync) {
         (None, None) => Ownership::Unowned,
-        (Some(a), Some(s)) if *a == spec.agent_id && *s == spec.sync_name => Ownership::Ours,
+        (Some(a), Some(s)) if a == agent_id && s == sync_name => Ownership::Ours,
         (a, s) => Ownership::Foreign(format!(
             "owned by agent '{}' sync '{}'",
             a.map_or("?", String::as_str),

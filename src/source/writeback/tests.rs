@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn sv(s: &str) -> SecretValue {
