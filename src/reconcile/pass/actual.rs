@@ -1,0 +1,241 @@
+//! Reading AWS's side of a pass: full listings, targeted describes, values, and what a pass's own writes tell the next one.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Reads what AWS holds for `desired`: owned secrets by tag, same-named
+/// unowned ones by name, values of those the planner compares, and the
+/// replicas of those `scope` asks for (see [`plan::names_to_describe`]).
+pub async fn read_actual<S: SecretStore>(
+    store: &S,
+    spec: &MappingSpec,
+    desired: &Desired,
+    opts: &PlanOptions,
+    scope: DescribeReplicas,
+    known: &KnownValues,
+    listing: Listing,
+) -> Result<Actual, StoreError> {
+    let adopt = opts.adopt_existing;
+    let key = &opts.token_key;
+    let changed = match listing {
+        Listing::Changed => read_changed(store, spec, desired, known, opts).await?,
+        Listing::Full => None,
+    };
+    let mut actual = match changed {
+        Some(actual) => actual,
+        None => read_listing(store, spec, desired, known).await?,
+    };
+    let mut to_read = plan::names_to_read(spec, desired, &actual.secrets, adopt);
+    // A current version whose value we wrote or read needs no read: AWS
+    // never changes an existing version's value. Many-to-one secrets that
+    // differ are still read (the planner's key guard needs their JSON).
+    let by_name: BTreeMap<&str, &desired::DesiredSecret> = desired
+        .secrets
+        .iter()
+        .map(|d| (d.name.as_str(), d))
+        .collect();
+    to_read.retain(|name| {
+        let Some(d) = by_name.get(name.as_str()) else {
+            return true;
+        };
+        let version = actual
+            .secrets
+            .get(name)
+            .and_then(|r| r.current_version.as_deref());
+        match known.compare(key, name, version, &d.value) {
+            Knowledge::Holds => {
+                actual
+                    .values
+                    .insert(name.clone(), Ok(Some(d.value.clone())));
+                false
+            }
+            Knowledge::Differs if d.json_keys.is_none() => {
+                actual.known_different.insert(name.clone());
+                false
+            }
+            Knowledge::Differs | Knowledge::Unknown => true,
+        }
+    });
+    if !to_read.is_empty() {
+        for (name, read) in store.get_values(&to_read).await? {
+            // Reads may come back by ARN; map them to names.
+            let name = actual
+                .secrets
+                .values()
+                .find(|r| r.arn == name)
+                .map_or(name, |r| r.name.clone());
+            let entry = match read {
+                Ok(v) => {
+                    if let (Some(version), Some(value)) = (&v.version_id, &v.value) {
+                        known.record(key, &name, version, value);
+                    }
+                    Ok(v.value)
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            actual.values.insert(name, entry);
+        }
+    }
+    for name in plan::names_to_describe(spec, desired, &actual.secrets, opts, scope) {
+        match store.describe_replicas(&name).await {
+            Ok(replicas) => {
+                actual.replicas.insert(name, replicas);
+            }
+            // Gone since the listing: the next pass sees that.
+            Err(StoreError::NotFound { .. }) => {}
+            // Replicas stay unknown (nothing is planned for them) and the
+            // value sync goes on. The rest are not asked this pass: a
+            // missing permission or an outage would fail them all alike.
+            Err(e) => {
+                tracing::warn!(secret = %name, error = %e, "cannot read replication status; replicas are left as they are this pass");
+                break;
+            }
+        }
+    }
+    Ok(actual)
+}
+
+/// The full listing: owned secrets by tag, same-named others by name.
+pub(super) async fn read_listing<S: SecretStore>(
+    store: &S,
+    spec: &MappingSpec,
+    desired: &Desired,
+    known: &KnownValues,
+) -> Result<Actual, StoreError> {
+    let mut actual = Actual::default();
+    for r in store.list_by_sync(&spec.sync_name).await? {
+        actual.secrets.insert(r.name.clone(), r);
+    }
+    let unknown: Vec<String> = desired
+        .claimed_names()
+        .into_iter()
+        .filter(|n| !actual.secrets.contains_key(*n))
+        .map(str::to_string)
+        .collect();
+    if !unknown.is_empty() {
+        for r in store.lookup_names(&unknown).await? {
+            actual.secrets.insert(r.name.clone(), r);
+        }
+    }
+    known.set_listing(&actual.secrets);
+    Ok(actual)
+}
+
+/// The narrow read of [`Listing::Changed`]: `None` when a full listing is
+/// needed (no trusted listing, names differ, anything not plainly ours, or
+/// a re-checked secret is no longer ours and live).
+pub(super) async fn read_changed<S: SecretStore>(
+    store: &S,
+    spec: &MappingSpec,
+    desired: &Desired,
+    known: &KnownValues,
+    opts: &PlanOptions,
+) -> Result<Option<Actual>, StoreError> {
+    let key = &opts.token_key;
+    // Replica changes are planned from DescribeSecret answers, not from
+    // the listing: syncs with replicas always list in full.
+    if !spec.replica_regions.is_empty() {
+        return Ok(None);
+    }
+    let Some(cached) = known.listing() else {
+        return Ok(None);
+    };
+    let owned = |r: &RemoteSecret| matches!(plan::ownership(spec, r), plan::Ownership::Ours);
+    let live = |r: &RemoteSecret| owned(r) && !r.pending_deletion;
+    let wanted: std::collections::BTreeSet<&str> =
+        desired.secrets.iter().map(|d| d.name.as_str()).collect();
+    // Every desired name is a live secret of ours in the listing, and every
+    // live secret of ours there is desired: nothing to create, restore,
+    // delete or check for conflicts. Ours already scheduled for deletion
+    // may stay (they need nothing).
+    let same_names = desired.errors.is_empty()
+        && cached.values().all(|r| {
+            if wanted.contains(r.name.as_str()) {
+                live(r)
+            } else {
+                owned(r) && r.pending_deletion
+            }
+        })
+        && wanted.iter().all(|n| cached.contains_key(*n));
+    if !same_names {
+        return Ok(None);
+    }
+    let mut actual = Actual::default();
+    for r in cached
+        .values()
+        .filter(|r| !wanted.contains(r.name.as_str()))
+    {
+        actual.secrets.insert(r.name.clone(), r.clone());
+    }
+    for d in &desired.secrets {
+        let Some(r) = cached.get(&d.name) else {
+            return Ok(None);
+        };
+        // Tags as the listing showed them, with none of ours to remove: the
+        // planner will not touch this secret's tags either.
+        let tags_settled = d.tags.iter().all(|(k, v)| r.tags.get(k) == Some(v))
+            && opts
+                .managed_tags
+                .get(&d.name)
+                .is_none_or(|ours| ours.iter().all(|k| d.tags.contains_key(k)));
+        if tags_settled && known.holds(key, &d.name, r.current_version.as_deref(), &d.value) {
+            actual.secrets.insert(d.name.clone(), r.clone());
+            continue;
+        }
+        // About to be written: ownership and version from AWS, now.
+        match store.describe_secret(&d.name).await? {
+            Some(fresh) if live(&fresh) => {
+                actual.secrets.insert(d.name.clone(), fresh);
+            }
+            _ => {
+                known.drop_listing();
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(actual))
+}
+
+/// After an apply, remembers the values AWS now holds for this sync's
+/// secrets (written, or found equal) and forgets everything else.
+pub(super) fn remember_applied(
+    known: &KnownValues,
+    key: &TokenKey,
+    desired: &Desired,
+    plan: &Plan,
+    applied: &Applied,
+) {
+    // The listing stays true only through our own successful value writes.
+    let only_value_writes = plan
+        .actions
+        .iter()
+        .zip(&applied.outcomes)
+        .all(|(a, o)| a.kind == plan::ActionKind::Update && matches!(o, apply::Outcome::Ok));
+    if only_value_writes {
+        for s in &applied.secrets {
+            if let (SecretState::Synced, Some(version)) = (s.state, s.version_id.as_deref()) {
+                known.listing_wrote(&s.name, version);
+            }
+        }
+    } else {
+        known.drop_listing();
+    }
+    let values: BTreeMap<&str, &SecretValue> = desired
+        .secrets
+        .iter()
+        .map(|d| (d.name.as_str(), &d.value))
+        .collect();
+    known.retain(|name| values.contains_key(name));
+    for s in &applied.secrets {
+        match (
+            s.state,
+            s.version_id.as_deref(),
+            values.get(s.name.as_str()),
+        ) {
+            (SecretState::Synced, Some(version), Some(value)) => {
+                known.record(key, &s.name, version, value);
+            }
+            _ => known.forget(&s.name),
+        }
+    }
+}
