@@ -152,7 +152,11 @@ pub(super) fn resolve_path(base: &Path, s: &str, what: &str) -> Result<PathBuf, 
     })
 }
 
-pub(super) fn parse_choice<T: Copy>(what: &str, s: &str, choices: &[(&str, T)]) -> Result<T, String> {
+pub(super) fn parse_choice<T: Copy>(
+    what: &str,
+    s: &str,
+    choices: &[(&str, T)],
+) -> Result<T, String> {
     choices
         .iter()
         .find(|(name, _)| *name == s)
@@ -268,7 +272,10 @@ pub(super) fn check_secret_name(template: &str, vars: &TemplateVars<'_>) -> Resu
     Ok(name)
 }
 
-pub(super) fn template_vars_checked(template: &str, vars: &TemplateVars<'_>) -> Result<Vec<String>, String> {
+pub(super) fn template_vars_checked(
+    template: &str,
+    vars: &TemplateVars<'_>,
+) -> Result<Vec<String>, String> {
     let used = naming::template_variables(template).map_err(|e| e.to_string())?;
     for v in &used {
         if !naming::TEMPLATE_VARS.contains(&v.as_str()) {

@@ -22,17 +22,17 @@ use super::{
 use crate::naming::{self, TemplateError, TemplateVars};
 use crate::source::files::has_glob_chars;
 
-mod syncs;
-mod overlaps;
 mod fields;
-#[allow(unused_imports)]
-use syncs::*;
-#[allow(unused_imports)]
-use overlaps::*;
+mod overlaps;
+mod syncs;
 #[allow(unused_imports)]
 use fields::*;
 #[cfg(test)]
 pub(super) use fields::{parse_duration, parse_size, parse_socket_mode};
+#[allow(unused_imports)]
+use overlaps::*;
+#[allow(unused_imports)]
+use syncs::*;
 
 /// Key used to check one-to-one templates at load time; any valid source key
 /// renders to a valid name if this one does (keys use a subset of name
@@ -404,4 +404,3 @@ fn positive_rate(
         },
     }
 }
-

@@ -562,7 +562,10 @@ pub(super) fn resolve_tags(
     tags
 }
 
-pub(super) fn resolve_options(report: &mut Report<'_>, raw: Option<Spanned<RawOptions>>) -> SyncOptions {
+pub(super) fn resolve_options(
+    report: &mut Report<'_>,
+    raw: Option<Spanned<RawOptions>>,
+) -> SyncOptions {
     let raw = raw.map(|s| s.value).unwrap_or_default();
     let initial_sync = report.value(
         raw.initial_sync.get(),

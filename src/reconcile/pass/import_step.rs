@@ -120,7 +120,10 @@ pub(super) async fn prepare_import<S: SecretStore>(
 
 /// Writes the import into the sync's first file (created if absent),
 /// atomically and keeping its other lines and mode.
-pub(super) fn write_import(job: &SyncJob, plan: &import::ImportPlan) -> Result<std::path::PathBuf, String> {
+pub(super) fn write_import(
+    job: &SyncJob,
+    plan: &import::ImportPlan,
+) -> Result<std::path::PathBuf, String> {
     let first = job
         .files
         .first()

@@ -610,4 +610,3 @@ pub async fn run_pass_with_files<S: SecretStore>(
         files_after,
     }
 }
-

@@ -185,7 +185,10 @@ impl AwsStore {
     }
 
     /// All `ListSecrets` pages for `filters`, pending deletion included.
-    pub(super) async fn list_all(&self, filters: Vec<Filter>) -> Result<Vec<SecretListEntry>, StoreError> {
+    pub(super) async fn list_all(
+        &self,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<SecretListEntry>, StoreError> {
         self.reader().list_all(filters).await
     }
 }

@@ -285,7 +285,9 @@ pub(super) fn chain_is_network(err: &(dyn StdError + 'static)) -> bool {
 }
 
 /// The first error of type `T` in `err`'s source chain (itself included).
-pub(super) fn find_in_chain<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+pub(super) fn find_in_chain<'a, T: StdError + 'static>(
+    err: &'a (dyn StdError + 'static),
+) -> Option<&'a T> {
     let mut cur: Option<&'a (dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(found) = e.downcast_ref::<T>() {

@@ -161,17 +161,17 @@ mod attempts;
 use attempts::AttemptObserver;
 
 mod client;
-mod read;
-mod interceptor;
 mod errors;
+mod interceptor;
+mod read;
 #[allow(unused_imports)]
 use client::*;
 #[allow(unused_imports)]
-use read::*;
+use errors::*;
 #[allow(unused_imports)]
 use interceptor::*;
 #[allow(unused_imports)]
-use errors::*;
+use read::*;
 
 impl SecretStore for AwsStore {
     async fn list_by_sync(&self, sync: &str) -> Result<Vec<RemoteSecret>, StoreError> {

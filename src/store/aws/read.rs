@@ -5,7 +5,10 @@ use super::*;
 
 impl Reader {
     /// All `ListSecrets` pages for `filters`, pending deletion included.
-    pub(super) async fn list_all(&self, filters: Vec<Filter>) -> Result<Vec<SecretListEntry>, StoreError> {
+    pub(super) async fn list_all(
+        &self,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<SecretListEntry>, StoreError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         let mut seen_tokens = HashSet::new();
@@ -107,7 +110,11 @@ impl Reader {
 
 /// Which requested id a returned value answers: by name, by full ARN, or by
 /// partial ARN (ARN without the 6-character random suffix).
-pub(super) fn match_id<'a>(ids: &'a [String], name: Option<&str>, arn: Option<&str>) -> Option<&'a str> {
+pub(super) fn match_id<'a>(
+    ids: &'a [String],
+    name: Option<&str>,
+    arn: Option<&str>,
+) -> Option<&'a str> {
     ids.iter()
         .find(|id| Some(id.as_str()) == name || Some(id.as_str()) == arn)
         .or_else(|| {

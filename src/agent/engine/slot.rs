@@ -1,0 +1,141 @@
+//! One sync's scheduling state: its job, pending events, retries, last report.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// How a file event relates to a sync (see `Engine::debounce_syncs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Event {
+    /// On one of its source files (or the events were lost).
+    Own,
+    /// Elsewhere in a directory it watches.
+    Nearby,
+}
+
+/// Runtime state of one sync.
+pub(super) struct Slot {
+    pub(super) job: SyncJob,
+    pub(super) auto_sync: bool,
+    pub(super) dirs: BTreeSet<PathBuf>,
+    /// When the next pass should start.
+    pub(super) due: Option<Instant>,
+    /// The next pass must run even if no file content changed.
+    pub(super) force: bool,
+    /// The next pass was asked for explicitly (writes even without auto_sync).
+    pub(super) explicit: bool,
+    pub(super) allow_deletes: bool,
+    pub(super) running: bool,
+    /// Waiting for the next pass to start.
+    pub(super) waiting: Vec<Reply<SyncReport>>,
+    /// Waiting for the running pass.
+    pub(super) riding: Vec<Reply<SyncReport>>,
+    pub(super) digests: Option<Digests>,
+    pub(super) last_good: BTreeMap<PathBuf, ParsedFile>,
+    pub(super) failures: u32,
+    /// First file event since the last pass started.
+    pub(super) burst_start: Option<Instant>,
+    /// First file event not yet carried to AWS (propagation latency).
+    pub(super) event_at: Option<Instant>,
+    /// When the running pass started, and the event it carries.
+    pub(super) pass_started: Option<Instant>,
+    pub(super) pass_event_at: Option<Instant>,
+    /// The next pass describes every owned secret's replicas (first pass,
+    /// drift timer, after a failed pass).
+    pub(super) describe_all: bool,
+    /// Last known replicas per secret name, shown in status.
+    pub(super) replicas: BTreeMap<String, Vec<ReplicaStatus>>,
+    pub(super) view: SyncStatusView,
+}
+
+impl Slot {
+    pub(super) fn new(config: &Config, sync: &config::SyncConfig, key: TokenKey) -> Slot {
+        let job = SyncJob::from_config(config, sync).with_token_key(key);
+        let enabled = job.enabled;
+        Slot {
+            dirs: fswatch::dirs_for(&job.files),
+            view: SyncStatusView {
+                name: sync.name.clone(),
+                enabled,
+                auto_sync: sync.auto_sync,
+                sync_status: if enabled {
+                    SyncStatus::Pending
+                } else {
+                    SyncStatus::Disabled
+                },
+                last_sync_message: None,
+                last_synced_at: None,
+                import_status: None,
+                last_import_message: None,
+                last_imported_at: None,
+                remove_status: None,
+                last_remove_message: None,
+                last_removed_at: None,
+                region: job.region.clone(),
+                mapping: sync.destination.mapping.as_str().to_string(),
+                files: vec![],
+                counts: StateCounts::default(),
+                secrets: vec![],
+            },
+            job,
+            auto_sync: sync.auto_sync,
+            due: None,
+            force: true,
+            explicit: false,
+            allow_deletes: false,
+            running: false,
+            waiting: vec![],
+            riding: vec![],
+            digests: None,
+            last_good: BTreeMap::new(),
+            failures: 0,
+            burst_start: None,
+            event_at: None,
+            pass_started: None,
+            pass_event_at: None,
+            describe_all: true,
+            replicas: BTreeMap::new(),
+        }
+    }
+
+    /// Takes over the runtime memory of the slot this one replaces.
+    pub(super) fn inherit(&mut self, old: Slot) {
+        // Known values are facts about AWS versions (keyed by name), still
+        // true under a new config.
+        self.job.known = old.job.known;
+        self.digests = old.digests;
+        self.last_good = old.last_good;
+        self.running = old.running;
+        self.event_at = old.event_at;
+        self.pass_started = old.pass_started;
+        self.pass_event_at = old.pass_event_at;
+        self.replicas = old.replicas;
+        self.riding = old.riding;
+        self.waiting = old.waiting;
+        self.view.last_synced_at = old.view.last_synced_at;
+        self.view.secrets = old.view.secrets;
+        self.view.counts = old.view.counts;
+        self.view.files = old.view.files;
+        if self.job.enabled {
+            self.view.sync_status = old.view.sync_status;
+            self.view.last_sync_message = old.view.last_sync_message;
+        }
+    }
+
+    pub(super) fn schedule(&mut self, at: Instant) {
+        if self.job.enabled {
+            self.due = Some(self.due.map_or(at, |d| d.min(at)));
+        }
+    }
+}
+
+/// What a pass task hands back to the loop.
+pub(super) struct PassDone {
+    /// File contents unchanged and nothing forced: no pass was run.
+    pub(super) skipped: bool,
+    pub(super) files: Vec<FileView>,
+    pub(super) digests: Digests,
+    pub(super) result: Option<PassResult>,
+    /// The store could not be created.
+    pub(super) setup_error: Option<StoreError>,
+    pub(super) mode: Mode,
+}
