@@ -51,10 +51,10 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
-pub mod control;
+pub(crate) mod control;
 pub mod exit;
 pub mod logging;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod naming;
 pub mod reconcile;
 pub mod secret;

@@ -4,5 +4,5 @@
 
 pub mod daemon;
 pub mod engine;
-pub mod status;
-pub mod watch;
+pub(crate) mod status;
+pub(crate) mod watch;

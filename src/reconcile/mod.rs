@@ -5,8 +5,8 @@
 
 pub mod apply;
 pub mod desired;
-pub mod import;
-pub mod known;
+pub(crate) mod import;
+pub(crate) mod known;
 pub mod outcome;
 mod pass;
 pub mod plan;

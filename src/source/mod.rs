@@ -26,10 +26,10 @@ use std::path::Path;
 
 use crate::secret::SecretValue;
 
-pub mod dotenv;
-pub mod files;
-pub mod writeback;
-pub mod yaml;
+pub(crate) mod dotenv;
+pub(crate) mod files;
+pub(crate) mod writeback;
+pub(crate) mod yaml;
 
 /// The syntax of a source file. `source.format: auto` in the config maps to
 /// [`SourceFormat::from_path`]; `env` and `yaml` force one of these.

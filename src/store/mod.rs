@@ -6,9 +6,10 @@
 //! boundary only as [`SecretValue`].
 
 pub mod aws;
-pub mod kms;
+pub(crate) mod kms;
+#[cfg(any(test, feature = "memory-store"))]
 pub mod memory;
-pub mod pacing;
+pub(crate) mod pacing;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -95,7 +95,7 @@ pub(super) fn resolve_sync(
     };
     let (destination, naming_ok, naming_at) = resolve_destination(report, &dest_ctx, raw_dest);
 
-    let options_at = raw.options.get().map(|o| o.referenced.clone());
+    let options_at = raw.options.get().map(|o| o.referenced);
     let options = resolve_options(report, raw.options.into_option());
     if options.initial_sync != InitialSync::OverwriteDestination
         && let Some(first) = source.files.first().filter(|f| has_glob_chars(f))

@@ -4,6 +4,10 @@
 #[allow(unused_imports)]
 use super::*;
 
+/// Applies `edits` to `.env` text (rules in the module docs). Refuses text
+/// that does not parse; everything but the edited values is kept
+/// byte-for-byte, including a byte-order mark and CRLF line endings. An edit
+/// whose value equals the current one changes nothing.
 pub fn apply_env(text: &str, edits: &[Edit]) -> Result<String, WriteBackError> {
     let before = parse_env(text, false).map_err(WriteBackError::Parse)?;
     let (bom, body) = split_bom(text);
@@ -72,9 +76,6 @@ pub fn apply_env(text: &str, edits: &[Edit]) -> Result<String, WriteBackError> {
     Ok(out)
 }
 
-/// Applies `edits` to YAML text (rules in the module docs). Refuses text that
-/// does not parse; everything but the edited scalars is kept byte-for-byte.
-/// An edit whose value equals the current one changes nothing.
 // ---------------------------------------------------------------------------
 // .env
 

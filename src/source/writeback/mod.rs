@@ -108,7 +108,7 @@ mod env;
 mod tests;
 mod yaml;
 
-pub use atomic::{WriteOutcome, write_atomic};
+pub use atomic::write_atomic;
 pub use env::apply_env;
 pub use yaml::apply_yaml;
 /// One change to make in a file. An enum so that later kinds of change
@@ -126,6 +126,7 @@ pub enum Edit {
     },
 }
 
+#[cfg(test)]
 impl Edit {
     /// Convenience constructor for [`Edit::Set`].
     pub fn set(key: impl Into<String>, value: SecretValue) -> Self {
@@ -230,10 +231,6 @@ pub fn apply_checked(
     Ok(out)
 }
 
-/// Applies `edits` to `.env` text (rules in the module docs). Refuses text
-/// that does not parse; everything but the edited values is kept
-/// byte-for-byte, including a byte-order mark and CRLF line endings. An edit
-/// whose value equals the current one changes nothing.
 // ---------------------------------------------------------------------------
 // Shared helpers
 

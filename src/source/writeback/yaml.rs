@@ -4,6 +4,9 @@
 #[allow(unused_imports)]
 use super::*;
 
+/// Applies `edits` to YAML text (rules in the module docs). Refuses text that
+/// does not parse; everything but the edited scalars is kept byte-for-byte.
+/// An edit whose value equals the current one changes nothing.
 pub fn apply_yaml(text: &str, edits: &[Edit]) -> Result<String, WriteBackError> {
     let before = parse_yaml(text, false).map_err(WriteBackError::Parse)?;
     let (bom, body) = split_bom(text);
