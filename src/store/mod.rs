@@ -340,3 +340,14 @@ pub struct Connection {
     /// Timeout per attempt.
     pub call_timeout: Duration,
 }
+
+/// Builds stores for connections; the engine caches one per connection.
+pub trait StoreFactory: Send + Sync + 'static {
+    /// The store type.
+    type Store: SecretStore;
+    /// Creates a store for `conn`.
+    fn connect(
+        &self,
+        conn: &Connection,
+    ) -> impl std::future::Future<Output = Result<std::sync::Arc<Self::Store>, StoreError>> + Send;
+}

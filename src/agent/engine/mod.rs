@@ -28,7 +28,8 @@ use crate::reconcile::state::State;
 use crate::reconcile::{self, Listing, Mode, PassResult, SyncJob};
 use crate::source::ParsedFile;
 use crate::source::files::FileView;
-use crate::store::aws::AwsStore;
+pub use crate::store::StoreFactory;
+pub use crate::store::aws::AwsStoreFactory;
 use crate::store::{Connection, ReplicaStatus, SecretStore, StoreError};
 
 mod handle;
@@ -54,34 +55,6 @@ pub const MAX_DEBOUNCE_PERIODS: u32 = 10;
 /// being retried, to show the reason in status before the pass ends (a pass
 /// whose calls time out can take minutes). No wake-ups when idle.
 pub const PROGRESS_TICK: Duration = Duration::from_secs(1);
-
-/// Builds stores for connections; the engine caches one per connection.
-pub trait StoreFactory: Send + Sync + 'static {
-    /// The store type.
-    type Store: SecretStore;
-    /// Creates a store for `conn`.
-    fn connect(
-        &self,
-        conn: &Connection,
-    ) -> impl Future<Output = Result<Arc<Self::Store>, StoreError>> + Send;
-}
-
-/// Production factory: one [`AwsStore`] per connection, counting its
-/// calls into `metrics` when set.
-#[derive(Debug, Default, Clone)]
-pub struct AwsStoreFactory {
-    /// Where AWS calls are counted (`agent.metrics_listen` set).
-    pub metrics: Option<Arc<Metrics>>,
-}
-
-impl StoreFactory for AwsStoreFactory {
-    type Store = AwsStore;
-    async fn connect(&self, conn: &Connection) -> Result<Arc<AwsStore>, StoreError> {
-        AwsStore::connect_with_metrics(conn, self.metrics.clone())
-            .await
-            .map(Arc::new)
-    }
-}
 
 /// Errors the engine returns to callers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -516,6 +516,23 @@ impl SecretStore for AwsStore {
     }
 }
 
+/// Production factory: one [`AwsStore`] per connection, counting its
+/// calls into `metrics` when set.
+#[derive(Debug, Default, Clone)]
+pub struct AwsStoreFactory {
+    /// Where AWS calls are counted (`agent.metrics_listen` set).
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+impl super::StoreFactory for AwsStoreFactory {
+    type Store = AwsStore;
+    async fn connect(&self, conn: &Connection) -> Result<Arc<AwsStore>, StoreError> {
+        AwsStore::connect_with_metrics(conn, self.metrics.clone())
+            .await
+            .map(Arc::new)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
