@@ -623,3 +623,55 @@ fn import_prioritize_destination_many_to_one_yaml() {
     assert_eq!(v["PASSWORD"], CANARY);
     assert_eq!(v["HOST"], "db.internal", "local-only key pushed");
 }
+
+#[test]
+fn empty_values_are_skipped_and_never_block_the_others() {
+    let env = Env::new();
+    // SENTRY_DSN existed with a value before the file emptied it.
+    env.write("app/prod.env", "SENTRY_DSN=dsn-1\nOK=1\n");
+    one_to_one(&env, "");
+    assert_eq!(env.run(&["sync"]).code, 0);
+    env.write("app/prod.env", "SENTRY_DSN=\nEMPTY_QUOTED=\"\"\nOK=2\n");
+
+    let plan = env.run(&["plan", "--json"]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    let j = plan.json();
+    let skips: Vec<&str> = j["syncs"][0]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "skip")
+        .map(|a| a["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(skips, ["EMPTY_QUOTED", "SENTRY_DSN"]);
+    assert_eq!(j["syncs"][0]["counts"]["skip"], 2);
+
+    let puts_before = env.proxy.count("PutSecretValue");
+    let run = env.run(&["sync", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let j = run.json();
+    assert_eq!(j["syncs"][0]["sync_status"], "SYNCED");
+    let state = |key: &str| {
+        j["syncs"][0]["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == key)
+            .unwrap_or_else(|| panic!("no {key}"))["state"]
+            .clone()
+    };
+    assert_eq!(state("SENTRY_DSN"), "SKIPPED");
+    assert_eq!(state("EMPTY_QUOTED"), "SKIPPED");
+    assert_eq!(state("OK"), "SYNCED");
+    // The other key synced; the emptied one kept its value and was not
+    // deleted; nothing was created for the empty one.
+    assert_eq!(env.value("prod/app/OK").as_deref(), Some("2"));
+    assert_eq!(env.value("prod/app/SENTRY_DSN").as_deref(), Some("dsn-1"));
+    assert!(!env.pending_deletion("prod/app/SENTRY_DSN"));
+    assert!(env.value("prod/app/EMPTY_QUOTED").is_none());
+    assert_eq!(env.proxy.count("PutSecretValue") - puts_before, 1);
+    assert_eq!(env.proxy.count("DeleteSecret"), 0);
+    // A second pass is a no-op that stays SYNCED.
+    let again = env.run(&["sync"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+}

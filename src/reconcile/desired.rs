@@ -102,6 +102,17 @@ pub struct DesiredError {
     pub message: String,
 }
 
+/// A one-to-one key whose value is empty. AWS cannot store an empty
+/// `SecretString` (service-model minimum length 1), so nothing is sent for
+/// it, and its secret, if one exists, is neither updated nor deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedKey {
+    /// Source key.
+    pub key: String,
+    /// The secret name the key maps to.
+    pub name: String,
+}
+
 /// Outcome of mapping a sync's files.
 #[derive(Debug, Clone, Default)]
 pub struct Desired {
@@ -109,6 +120,8 @@ pub struct Desired {
     pub secrets: Vec<DesiredSecret>,
     /// Keys that cannot be synced.
     pub errors: Vec<DesiredError>,
+    /// One-to-one keys with an empty value, sorted by name.
+    pub skipped: Vec<SkippedKey>,
 }
 
 impl Desired {
@@ -119,6 +132,7 @@ impl Desired {
             .iter()
             .map(|s| s.name.as_str())
             .chain(self.errors.iter().filter_map(|e| e.name.as_deref()))
+            .chain(self.skipped.iter().map(|s| s.name.as_str()))
             .collect()
     }
 }
@@ -151,6 +165,7 @@ pub fn build_desired(spec: &MappingSpec, files: &[&ParsedFile]) -> Desired {
         MappingKind::ManyToOne => many_to_one(spec, &merged),
     };
     desired.secrets.sort_by(|a, b| a.name.cmp(&b.name));
+    desired.skipped.sort_by(|a, b| a.name.cmp(&b.name));
     desired
 }
 
@@ -194,6 +209,13 @@ fn one_to_one(spec: &MappingSpec, merged: &BTreeMap<&str, MergedEntry<'_>>) -> D
                 Some(name),
                 format!("maps to the same secret name as key '{other}'"),
             ));
+            continue;
+        }
+        if entry.value.is_empty() {
+            out.skipped.push(SkippedKey {
+                key: (*key).to_string(),
+                name,
+            });
             continue;
         }
         if entry.value.len() > naming::MAX_VALUE_BYTES {
@@ -354,6 +376,30 @@ mod tests {
 
     fn names(d: &Desired) -> Vec<&str> {
         d.secrets.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    #[test]
+    fn empty_values_are_skipped_in_one_to_one_and_kept_in_many_to_one() {
+        let f = file(&[("A", "", &[]), ("B", "2", &[]), ("C", "", &[])]);
+        let d = build_desired(&spec(MappingKind::OneToOne), &[&f]);
+        assert_eq!(names(&d), ["prod/B"]);
+        let skipped: Vec<(&str, &str)> = d
+            .skipped
+            .iter()
+            .map(|s| (s.key.as_str(), s.name.as_str()))
+            .collect();
+        assert_eq!(skipped, [("A", "prod/A"), ("C", "prod/C")]);
+        assert!(d.errors.is_empty());
+        // A skipped key's secret is still claimed: never deleted.
+        assert!(d.claimed_names().contains("prod/A"));
+
+        let d = build_desired(&spec(MappingKind::ManyToOne), &[&f]);
+        assert!(d.skipped.is_empty());
+        assert_eq!(d.secrets.len(), 1);
+        let json: serde_json::Value =
+            serde_json::from_str(d.secrets[0].value.expose()).expect("json");
+        assert_eq!(json["A"], "");
+        assert_eq!(json["B"], "2");
     }
 
     #[test]

@@ -100,6 +100,8 @@ pub enum ActionKind {
     Conflict,
     /// Cannot be synced (invalid name, oversize value, unreadable value).
     Error,
+    /// Nothing sent on purpose (one-to-one key with an empty value).
+    Skip,
 }
 
 /// The store call an action makes; `None` for report-only actions.
@@ -180,6 +182,8 @@ pub enum SecretState {
     Deleted,
     /// Not in the source but kept (deletion disabled, guarded or blocked).
     Retained,
+    /// In the source with an empty value: nothing sent, nothing deleted.
+    Skipped,
 }
 
 /// Expected state of one secret once the plan's actions succeed.
@@ -793,6 +797,25 @@ pub fn plan(spec: &MappingSpec, desired: &Desired, actual: &Actual, opts: &PlanO
         if p.plan.actions.len() == before {
             p.plan.unchanged += 1;
         }
+    }
+    for s in &desired.skipped {
+        let message = "empty value: AWS cannot store an empty SecretString; nothing sent, \
+                       an existing secret is left as it is"
+            .to_string();
+        p.push(
+            ActionKind::Skip,
+            Some(&s.key),
+            &s.name,
+            message.clone(),
+            Op::None,
+        );
+        p.secret(
+            Some(&s.key),
+            &s.name,
+            SecretState::Skipped,
+            Some(message),
+            None,
+        );
     }
     p.deletions(desired, actual);
     p.plan.replicas = actual.replicas.clone();

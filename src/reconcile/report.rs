@@ -65,6 +65,8 @@ pub struct ActionCounts {
     pub conflict: usize,
     /// Errors.
     pub error: usize,
+    /// Keys skipped on purpose (empty values).
+    pub skip: usize,
     /// Desired secrets needing no call.
     pub unchanged: usize,
 }
@@ -84,6 +86,7 @@ impl ActionCounts {
             import: plan.count(ActionKind::Import),
             conflict: plan.count(ActionKind::Conflict),
             error: plan.count(ActionKind::Error),
+            skip: plan.count(ActionKind::Skip),
             unchanged: plan.unchanged,
         }
     }
@@ -158,6 +161,8 @@ pub struct StateCounts {
     pub deleted: usize,
     /// Kept although not in the source.
     pub retained: usize,
+    /// Skipped on purpose (empty values).
+    pub skipped: usize,
 }
 
 impl StateCounts {
@@ -175,6 +180,7 @@ impl StateCounts {
                 SecretState::Error => c.error += 1,
                 SecretState::Deleted => c.deleted += 1,
                 SecretState::Retained => c.retained += 1,
+                SecretState::Skipped => c.skipped += 1,
             }
         }
         c
@@ -278,7 +284,7 @@ pub fn render_human(report: &Report, applied: bool) -> String {
         let c = &s.counts;
         let _ = writeln!(
             out,
-            "sync {} ({}) — {}: {} create, {} update, {} tag, {} kms/description, {} replicate, {} delete, {} restore, {} conflict, {} error, {} unchanged",
+            "sync {} ({}) — {}: {} create, {} update, {} tag, {} kms/description, {} replicate, {} delete, {} restore, {} conflict, {} error, {} skip, {} unchanged",
             s.name,
             s.region,
             s.sync_status.as_str(),
@@ -291,6 +297,7 @@ pub fn render_human(report: &Report, applied: bool) -> String {
             c.restore,
             c.conflict,
             c.error,
+            c.skip,
             c.unchanged
         );
         if let Some(msg) = &s.last_sync_message {
@@ -335,6 +342,7 @@ pub fn summary_line(s: &SyncReport) -> String {
         ("restore", c.restore),
         ("conflict", c.conflict),
         ("error", c.error),
+        ("skip", c.skip),
         ("unchanged", c.unchanged),
     ] {
         if v > 0 {

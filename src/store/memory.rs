@@ -538,6 +538,14 @@ fn make_uuid() -> String {
 
 /// AWS's parameter checks for a value, in AWS's order of concern.
 fn check_value(op: &'static str, value: &SecretValue) -> Result<(), StoreError> {
+    // The service model gives SecretString a minimum length of 1; moto
+    // accepts "" (and then holds a secret with no readable version).
+    if value.is_empty() {
+        return Err(rejected(
+            op,
+            "ValidationException: SecretString has length 0, the minimum is 1".to_string(),
+        ));
+    }
     if value.len() > MAX_VALUE_BYTES {
         return Err(rejected(
             op,
@@ -1220,6 +1228,16 @@ mod tests {
         assert!(is_rejected(
             &s.put_value("a", &val(&wide), &tok("t3")).await,
             "bytes"
+        ));
+
+        // AWS's minimum SecretString length is 1 (moto accepts "").
+        assert!(is_rejected(
+            &s.create_secret(&req("empty", "", "t")).await,
+            "minimum is 1"
+        ));
+        assert!(is_rejected(
+            &s.put_value("a", &val(""), &tok("t4")).await,
+            "minimum is 1"
         ));
 
         for bad in ["a b", "", "ü", &"n".repeat(513)] {

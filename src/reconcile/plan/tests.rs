@@ -60,6 +60,7 @@ fn remote(name: &str, owner: Owner, pending: bool) -> RemoteSecret {
 fn desired_one(pairs: &[(&str, &str)]) -> Desired {
     let s = spec();
     Desired {
+        skipped: Vec::new(),
         secrets: pairs
             .iter()
             .map(|(k, v)| DesiredSecret {
@@ -445,6 +446,7 @@ fn many(keys: &[(&str, &str)]) -> Desired {
         .map(|(k, v)| ((*k).to_string(), serde_json::Value::String((*v).into())))
         .collect();
     Desired {
+        skipped: Vec::new(),
         secrets: vec![DesiredSecret {
             key: None,
             name: "M".into(),
@@ -827,4 +829,30 @@ fn create_carries_replicas_and_describe_scope() {
     // A sync that neither configures nor tracks replicas describes nothing.
     let none = names_to_describe(&spec(), &d, &a.secrets, &opts(), DescribeReplicas::All);
     assert!(none.is_empty());
+}
+
+#[test]
+fn an_empty_value_is_a_skip_that_neither_writes_nor_deletes() {
+    let mut d = desired_one(&[("B", "2")]);
+    d.skipped.push(crate::reconcile::desired::SkippedKey {
+        key: "A".into(),
+        name: "A".into(),
+    });
+    // "A" exists and is ours, with an older value: it stays as it is.
+    let a = actual(&[
+        ("A", Owner::Us, false, Some("old")),
+        ("B", Owner::Us, false, Some("2")),
+    ]);
+    let p = plan(&spec(), &d, &a, &opts());
+    assert_eq!(kinds(&p), vec![(K::Skip, "A".to_string())]);
+    assert_eq!(
+        states(&p),
+        vec![("A".into(), S::Skipped), ("B".into(), S::Synced)]
+    );
+    assert!(p.actions.iter().all(|a| a.op == Op::None));
+    assert!(p.guard_tripped.is_none());
+    // Not in AWS at all: still nothing is created.
+    let a = actual(&[("B", Owner::Us, false, Some("2"))]);
+    let p = plan(&spec(), &d, &a, &opts());
+    assert_eq!(kinds(&p), vec![(K::Skip, "A".to_string())]);
 }
