@@ -7,6 +7,13 @@
 # system Python. Idempotent: when the venv already holds that version it only
 # prints the path, so CI and `scripts/test.sh` can call it on every run.
 #
+# The tests never run that moto_server bare: tests/support/mod.rs starts
+# scripts/conformance/moto_conformant.py with the venv's `python` (next to
+# moto_server), which runs the same server behind a check of every request
+# against the AWS service model that botocore (a moto dependency) ships. Before
+# printing the path we run that checker's self-test (`--check`, no server), so
+# a botocore whose model no longer fits the checker fails here, not in a test.
+#
 # Env: MOTO_VENV  where the venv lives (default: <repo>/.venv-moto)
 # Output: stdout gets exactly one line, the moto_server path; install logs are
 # shown on stderr only if something fails.
@@ -31,10 +38,21 @@ import sys
 from importlib.metadata import version
 assert version("moto") == sys.argv[1], version("moto")
 import flask, flask_cors  # noqa: F401  (moto_server fails without them)
+import botocore.session  # noqa: F401  (the conformance check reads its service models)
 PY
 }
 
+# The conformance checker's self-test against this venv's botocore models.
+conformance_ok() {
+    local out
+    if ! out="$("$venv/bin/python" "$repo_root/scripts/conformance/moto_conformant.py" --check 2>&1)"; then
+        echo "$out" >&2
+        die "the conformance check (scripts/conformance/moto_conformant.py --check) fails with this venv"
+    fi
+}
+
 if is_ready; then
+    conformance_ok
     echo "$moto_server"
     exit 0
 fi
@@ -51,6 +69,7 @@ if command -v flock >/dev/null 2>&1; then
     flock 9
     # Another run may have finished the install while we waited.
     if is_ready; then
+        conformance_ok
         echo "$moto_server"
         exit 0
     fi
@@ -93,4 +112,5 @@ if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-
 fi
 
 is_ready || { cat "$log" >&2; die "moto installed but $moto_server is not usable"; }
+conformance_ok
 echo "$moto_server"

@@ -93,14 +93,29 @@ fn moto_start_failures_are_reported_not_hung() {
         .expect("must fail");
     assert!(err.contains("/nonexistent/moto_server"), "{err}");
 
-    // A program that exits at once must be reported promptly, not after the
-    // 20 s start deadline.
+    // An emulator that exits at once must be reported promptly, not after the
+    // 20 s start deadline: a fake venv whose `python` (which runs the
+    // conformance wrapper) fails straight away.
+    let venv = tempfile::tempdir().expect("tempdir");
+    let bin = venv.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(bin.join("moto_server"), "").unwrap();
+    // A symlink, not a script written here: exec'ing a file this process just
+    // wrote can fail with ETXTBSY while parallel tests fork.
+    std::os::unix::fs::symlink("/bin/false", bin.join("python")).unwrap();
     let started = Instant::now();
-    let err = Moto::try_start_at(std::path::Path::new("/bin/false"))
+    let err = Moto::try_start_at(&bin.join("moto_server"))
         .err()
         .expect("must fail");
     assert!(err.contains("exited before listening"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
+
+    // No interpreter next to moto_server: said so, nothing spawned.
+    std::fs::remove_file(bin.join("python")).unwrap();
+    let err = Moto::try_start_at(&bin.join("moto_server"))
+        .err()
+        .expect("must fail");
+    assert!(err.contains("no ") && err.contains("bin/python"), "{err}");
 }
 
 #[tokio::test]

@@ -1,7 +1,11 @@
 //! Shared test harness for the integration tests (`mod support;` in each file).
 //!
 //! * [`Moto`] runs a private `moto_server` (AWS Secrets Manager emulator) per test,
-//!   so tests never see each other's secrets and can run in parallel.
+//!   so tests never see each other's secrets and can run in parallel. It runs
+//!   behind the conformance check of `scripts/conformance/moto_conformant.py`:
+//!   a request that AWS would reject but moto accepts (empty `SecretString`, a
+//!   name with a space, 51 tags...) gets AWS's `ValidationException` and fails
+//!   the test when the `Moto` is dropped (see [`Moto::take_violations`]).
 //! * [`FaultProxy`] sits between a client (the SDK or the spawned `secretsync`
 //!   binary) and moto. It counts every request by operation and injects the
 //!   failures moto cannot produce: throttling, 5xx, latency, hangs and outages.
@@ -75,6 +79,15 @@ pub const NO_TARGET: &str = "(none)";
 
 /// A running `moto_server` bound to 127.0.0.1 on a free port, owned by one test.
 ///
+/// moto runs inside `scripts/conformance/moto_conformant.py` (started with the
+/// `python` of moto's venv): every Secrets Manager or KMS request is checked
+/// against the AWS service model (lengths, patterns, enums, required members)
+/// and the rules AWS documents beyond it (see `docs/aws-vs-moto.md`). A request
+/// that breaks one gets `400 ValidationException`, as from AWS, and is recorded
+/// in this emulator's own violations file. When the `Moto` is dropped, any
+/// recorded violation not taken with [`Moto::take_violations`] fails the test
+/// (a panic listing them; only printed if the test is already failing).
+///
 /// The process is killed and reaped when the `Moto` is dropped, including while a
 /// failed test unwinds. It is spawned by a supervisor thread that lives exactly as
 /// long as the `Moto`, and on Linux the child gets `PR_SET_PDEATHSIG = SIGKILL`, so
@@ -90,6 +103,28 @@ pub struct Moto {
     /// Dropping this sender tells the supervisor thread to kill the child.
     stop: Option<mpsc::Sender<()>>,
     supervisor: Option<JoinHandle<()>>,
+    /// JSON lines the conformance check appends, one per rejected request;
+    /// deleted on drop.
+    violations: Option<tempfile::TempPath>,
+    /// Bytes of `violations` already handed out by [`Moto::take_violations`].
+    violations_taken: Mutex<u64>,
+}
+
+/// A request the conformance check rejected (it never reached moto): the
+/// operation and each rule it broke, as member path and rule only, e.g.
+/// `SecretString: length 0 below min 1` (values are never recorded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// `secretsmanager` or `kms`.
+    pub service: String,
+    pub operation: String,
+    pub problems: Vec<String>,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.operation, self.problems.join("; "))
+    }
 }
 
 impl Moto {
@@ -97,7 +132,8 @@ impl Moto {
     /// emulator must fail loudly, never skip, in CI and locally alike).
     ///
     /// `moto_server` is taken from `SECRETSYNC_MOTO_SERVER` (set by
-    /// `scripts/test.sh`), else `<crate>/.venv-moto/bin/moto_server`.
+    /// `scripts/test.sh`), else `<crate>/.venv-moto/bin/moto_server`; the
+    /// conformance wrapper runs with the `python` next to it.
     pub fn start() -> Moto {
         let path = moto_server_path();
         if !path.exists() {
@@ -113,17 +149,39 @@ impl Moto {
         }
     }
 
-    /// Starts the `moto_server` at `path`; `Err` says why not (spawn failure,
-    /// early exit with its last output, or no answer within
-    /// [`MOTO_START_DEADLINE`]). Any process already spawned is killed on `Err`.
+    /// Starts the moto of the venv whose `moto_server` is at `path`, inside the
+    /// conformance wrapper (run by the venv's `python`, next to `moto_server`);
+    /// `Err` says why not (no such venv, spawn failure, early exit with its last
+    /// output, or no answer within [`MOTO_START_DEADLINE`]). Any process already
+    /// spawned is killed on `Err`.
     pub fn try_start_at(path: &Path) -> Result<Moto, String> {
         let started = Instant::now();
+        let python = path.with_file_name("python");
+        if !python.exists() {
+            return Err(format!(
+                "cannot run the emulator of {}: no {} next to it (the conformance \
+                 wrapper runs with the python of moto's venv; see scripts/setup-moto.sh)",
+                path.display(),
+                python.display()
+            ));
+        }
+        let wrapper = conformance_wrapper_path();
+        let violations = tempfile::Builder::new()
+            .prefix("secretsync-moto-violations-")
+            .suffix(".jsonl")
+            .tempfile()
+            .map_err(|e| format!("cannot create the violations file: {e}"))?
+            .into_temp_path();
+        let mut command = Command::new(&python);
+        command
+            .arg(&wrapper)
+            .args(["-H", "127.0.0.1", "-p", "0", "--violations"])
+            .arg(&*violations);
         let (spawned_tx, spawned_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let program = path.to_path_buf();
         let supervisor = std::thread::Builder::new()
             .name("moto-supervisor".into())
-            .spawn(move || supervise(program, spawned_tx, stop_rx))
+            .spawn(move || supervise(command, spawned_tx, stop_rx))
             .map_err(|e| format!("cannot spawn supervisor thread: {e}"))?;
 
         let (pid, stderr) = match spawned_rx.recv() {
@@ -147,6 +205,8 @@ impl Moto {
             log: Arc::clone(&log),
             stop: Some(stop_tx),
             supervisor: Some(supervisor),
+            violations: Some(violations),
+            violations_taken: Mutex::new(0),
         };
 
         // moto logs every request to stderr; the pipe must be drained for the whole
@@ -226,6 +286,82 @@ impl Moto {
             .collect::<Vec<_>>()
             .join("\n")
     }
+
+    /// The requests the conformance check has rejected since the last call, in
+    /// arrival order; taken ones no longer fail the test at drop. For tests that
+    /// send a non-conforming request on purpose: assert on what this returns.
+    /// A request is recorded before its `400` is sent, so every rejected request
+    /// the caller has seen answered is in the list.
+    pub fn take_violations(&self) -> Vec<Violation> {
+        let mut taken = self.violations_taken.lock().unwrap();
+        let (violations, end) = self.read_violations(*taken);
+        *taken = end;
+        violations
+    }
+
+    /// Panics (listing them) if requests were rejected since the last
+    /// [`Moto::take_violations`]; the same check `Drop` makes, for use mid-test.
+    pub fn assert_conformant(&self) {
+        let violations = self.take_violations();
+        if !violations.is_empty() {
+            panic!("{}", violations_report(&violations));
+        }
+    }
+
+    /// Violations recorded after byte `from` of the file, and the offset of the
+    /// end of the last complete line.
+    fn read_violations(&self, from: u64) -> (Vec<Violation>, u64) {
+        let Some(path) = self.violations.as_deref() else {
+            return (Vec::new(), from);
+        };
+        let mut text = Vec::new();
+        if let Ok(mut file) = std::fs::File::open(path) {
+            use std::io::Seek;
+            if file.seek(std::io::SeekFrom::Start(from)).is_ok() {
+                let _ = file.read_to_end(&mut text);
+            }
+        }
+        // Only complete lines: a line being written now is taken next time.
+        let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let violations = text[..complete]
+            .split(|&b| b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(parse_violation)
+            .collect();
+        (violations, from + complete as u64)
+    }
+}
+
+fn parse_violation(line: &[u8]) -> Violation {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+    match serde_json::from_slice::<serde_json::Value>(line) {
+        Ok(v) => Violation {
+            service: text(&v["service"]),
+            operation: text(&v["operation"]),
+            problems: v["violations"]
+                .as_array()
+                .map(|a| a.iter().map(text).collect())
+                .unwrap_or_default(),
+        },
+        Err(e) => Violation {
+            service: "?".into(),
+            operation: "?".into(),
+            problems: vec![format!("unreadable violations line ({e})")],
+        },
+    }
+}
+
+fn violations_report(violations: &[Violation]) -> String {
+    let mut report = format!(
+        "{} request(s) to the emulator would have been rejected by AWS (answered with \
+         ValidationException; see docs/aws-vs-moto.md, or take them with \
+         Moto::take_violations() if the test sends them on purpose):",
+        violations.len()
+    );
+    for violation in violations {
+        report.push_str(&format!("\n  {violation}"));
+    }
+    report
 }
 
 impl Drop for Moto {
@@ -234,6 +370,19 @@ impl Drop for Moto {
         drop(self.stop.take());
         if let Some(supervisor) = self.supervisor.take() {
             let _ = supervisor.join();
+        }
+        // The emulator is gone, so the file is complete.
+        let violations = self.take_violations();
+        drop(self.violations.take()); // deletes the file
+        if violations.is_empty() {
+            return;
+        }
+        let report = violations_report(&violations);
+        if std::thread::panicking() {
+            // Panicking again would abort the test binary; the first panic fails the test.
+            eprintln!("{report}");
+        } else {
+            panic!("{report}");
         }
     }
 }
@@ -247,14 +396,17 @@ pub fn moto_server_path() -> PathBuf {
     }
 }
 
+/// The conformance wrapper every [`Moto`] runs moto in.
+pub fn conformance_wrapper_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/conformance/moto_conformant.py")
+}
+
 type Spawned = Result<(u32, std::process::ChildStderr), String>;
 
 /// Body of the supervisor thread: spawns moto, reports back, and kills it when the
 /// owning [`Moto`] drops its end of `stop`.
-fn supervise(program: PathBuf, spawned: mpsc::Sender<Spawned>, stop: mpsc::Receiver<()>) {
-    let mut cmd = Command::new(&program);
-    cmd.args(["-H", "127.0.0.1", "-p", "0"])
-        .stdin(Stdio::null())
+fn supervise(mut cmd: Command, spawned: mpsc::Sender<Spawned>, stop: mpsc::Receiver<()>) {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .env("PYTHONUNBUFFERED", "1");
@@ -262,7 +414,8 @@ fn supervise(program: PathBuf, spawned: mpsc::Sender<Spawned>, stop: mpsc::Recei
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
-            let _ = spawned.send(Err(format!("cannot run {}: {e}", program.display())));
+            let program = Path::new(cmd.get_program()).display().to_string();
+            let _ = spawned.send(Err(format!("cannot run {program}: {e}")));
             return;
         }
     };
