@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use secretsync::agent::daemon;
 use secretsync::cli::{Cli, Command};
-use secretsync::cli::{agent_client, oneshot, remove};
+use secretsync::cli::{agent_client, get, oneshot, remove};
 use secretsync::logging;
 
 fn main() -> ExitCode {
@@ -27,7 +27,12 @@ fn main() -> ExitCode {
     };
     let exit = runtime.block_on(async {
         match cli.command {
-            Command::Run { config } => daemon::run(&config.config).await,
+            // The agent keeps the absolute path: status shows it, and a
+            // reload reads the same file whatever the working directory.
+            Command::Run { config } => {
+                let path = std::path::absolute(&config.config).unwrap_or(config.config);
+                daemon::run(&path).await
+            }
             Command::Completions { shell } => {
                 match secretsync::cli::completions::write_completions(shell, &mut std::io::stdout())
                 {
@@ -38,17 +43,38 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Command::Status { socket, json, name } => {
-                agent_client::status(&socket.socket, json, name).await
-            }
+            Command::Status {
+                socket,
+                json,
+                check,
+                name,
+            } => match agent_client::resolve(&socket) {
+                Ok(target) => agent_client::status(&target, json, check, name).await,
+                Err(e) => e,
+            },
             Command::Resync {
                 socket,
                 names,
                 allow_deletes,
                 no_wait,
                 json,
-            } => agent_client::resync(&socket.socket, names, allow_deletes, no_wait, json).await,
-            Command::Reload { socket } => agent_client::reload(&socket.socket).await,
+            } => match agent_client::resolve(&socket) {
+                Ok(target) => {
+                    agent_client::resync(&target, names, allow_deletes, no_wait, json).await
+                }
+                Err(e) => e,
+            },
+            Command::Reload { socket } => match agent_client::resolve(&socket) {
+                Ok(target) => agent_client::reload(&target).await,
+                Err(e) => e,
+            },
+            Command::Get {
+                config,
+                sync,
+                key,
+                reveal,
+                any,
+            } => get::get(&config.config, &sync, &key, reveal, any).await,
             Command::Remove { config, name, yes } => {
                 remove::remove(&config.config, &name, yes).await
             }
@@ -63,9 +89,24 @@ fn main() -> ExitCode {
                 config,
                 sync,
                 allow_deletes,
+                take_over,
                 json,
-            } => oneshot::sync(&config.config, sync.as_deref(), allow_deletes, json).await,
+            } => {
+                oneshot::sync(
+                    &config.config,
+                    sync.as_deref(),
+                    allow_deletes,
+                    take_over,
+                    json,
+                )
+                .await
+            }
         }
     });
+    // Do not wait for blocking threads: a reader stuck in the kernel (a
+    // hung network mount) must not keep the process alive after the agent
+    // stopped within `shutdown_timeout`; whatever such a thread was doing
+    // is abandoned like any in-flight call at the timeout.
+    runtime.shutdown_background();
     ExitCode::from(exit.code())
 }

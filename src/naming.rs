@@ -19,6 +19,9 @@ pub const RESERVED_TAG_PREFIX: &str = "secretsync:";
 pub const TAG_AGENT: &str = "secretsync:agent";
 /// Ownership tag naming the sync that manages a secret.
 pub const TAG_SYNC: &str = "secretsync:sync";
+/// Tag naming the install (state_dir) that last wrote a secret, so two
+/// hosts sharing an `agent.id` never overwrite or delete each other's work.
+pub const TAG_INSTALL: &str = "secretsync:install";
 
 /// Variables a template may use.
 pub const TEMPLATE_VARS: [&str; 3] = ["secretKey", "environment", "syncName"];

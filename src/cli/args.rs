@@ -19,12 +19,21 @@ pub struct Cli {
 /// Default control socket path.
 pub const DEFAULT_SOCKET: &str = "/run/secretsync/control.sock";
 
-/// Socket option shared by commands that talk to the running agent.
+/// How commands that talk to the running agent find its socket: `--socket`
+/// (or `SECRETSYNC_SOCKET`) wins; else `agent.socket` from `--config` (or
+/// `SECRETSYNC_CONFIG`, or the default config when it exists); else
+/// [`DEFAULT_SOCKET`]. An agent started with its own config and socket is
+/// found by passing the same `--config` it was started with.
 #[derive(Debug, clap::Args)]
 pub struct SocketArg {
-    /// Control socket of the running agent.
-    #[arg(long, short = 's', env = "SECRETSYNC_SOCKET", default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
+    /// Control socket of the running agent [default: agent.socket from the
+    /// config, else /run/secretsync/control.sock].
+    #[arg(long, short = 's', env = "SECRETSYNC_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Agent config whose agent.socket to use when --socket is not given
+    /// [default: /etc/secretsync/agent.yaml, when it exists].
+    #[arg(long, short = 'c', env = "SECRETSYNC_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 /// Config file option shared by commands that read the config.
@@ -75,6 +84,10 @@ pub enum Command {
         /// Lift the deletion guard for this pass.
         #[arg(long)]
         allow_deletes: bool,
+        /// Take over secrets that another install sharing this agent.id and
+        /// sync wrote (an identity collision), e.g. after reinstalling a host.
+        #[arg(long)]
+        take_over: bool,
         /// Machine-readable output on stdout.
         #[arg(long)]
         json: bool,
@@ -86,6 +99,10 @@ pub enum Command {
         /// Print the status JSON object.
         #[arg(long)]
         json: bool,
+        /// Exit 1 when a sync is FAILED, retrying after a failure, or has a
+        /// secret in ERROR or CONFLICT (for monitoring; 3 = agent unreachable).
+        #[arg(long)]
+        check: bool,
         /// Only this sync, with one row per secret.
         name: Option<String>,
     },
@@ -119,6 +136,24 @@ pub enum Command {
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+    },
+    /// Print the value AWS holds for KEY of sync NAME (the one command that
+    /// prints a secret value; refused on a terminal without --reveal).
+    Get {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The sync whose secret to read.
+        #[arg(long, value_name = "NAME")]
+        sync: String,
+        /// The source key: its one-to-one secret, or its entry in the
+        /// many-to-one JSON secret.
+        key: String,
+        /// Print the value even when stdout is a terminal.
+        #[arg(long)]
+        reveal: bool,
+        /// Also read a secret this agent's sync does not own.
+        #[arg(long)]
+        any: bool,
     },
     /// Print a shell completion script to stdout.
     Completions {

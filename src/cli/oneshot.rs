@@ -53,10 +53,11 @@ pub async fn check(path: &std::path::Path, offline: bool) -> Exit {
         Ok(c) => c,
         Err(e) => return e,
     };
+    let n = config.syncs.len();
     println!(
-        "{}: config OK ({} syncs)",
+        "{}: config OK ({n} sync{})",
         config.path.display(),
-        config.syncs.len()
+        if n == 1 { "" } else { "s" }
     );
     if let Some(addr) = config.agent.metrics_listen {
         println!("metrics: the agent serves Prometheus text at http://{addr}/metrics");
@@ -140,6 +141,7 @@ async fn passes(
     only: Option<&str>,
     mode: Mode,
     allow_deletes: bool,
+    take_over: bool,
 ) -> Result<(Report, State, Config), Exit> {
     let config = load(path)?;
     let selected = select(&config, only)?;
@@ -159,6 +161,7 @@ async fn passes(
         .map(|s| {
             let mut job = SyncJob::from_config(&config, s).with_token_key(token_key);
             job.state_unwritable = state_unwritable.clone();
+            job.options.take_over = take_over;
             // A one-shot pass is the operator looking: show replicas as AWS has them.
             job.describe_replicas = crate::reconcile::plan::DescribeReplicas::All;
             job
@@ -213,7 +216,7 @@ fn print(report: &Report, json: bool, applied: bool) {
 
 /// `secretsync plan`.
 pub async fn plan(path: &std::path::Path, only: Option<&str>, json: bool, detailed: bool) -> Exit {
-    let (report, _, _) = match passes(path, only, Mode::Plan, false).await {
+    let (report, _, _) = match passes(path, only, Mode::Plan, false, false).await {
         Ok(r) => r,
         Err(e) => return e,
     };
@@ -246,12 +249,14 @@ pub async fn sync(
     path: &std::path::Path,
     only: Option<&str>,
     allow_deletes: bool,
+    take_over: bool,
     json: bool,
 ) -> Exit {
-    let (report, state, config) = match passes(path, only, Mode::Apply, allow_deletes).await {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
+    let (report, state, config) =
+        match passes(path, only, Mode::Apply, allow_deletes, take_over).await {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
     if let Err(e) = state.save(&config.agent.state_dir) {
         tracing::warn!(error = %e, "state not saved; stale tags set by this agent may not be removed later");
     }

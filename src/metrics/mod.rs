@@ -103,6 +103,8 @@ pub struct Metrics {
     last_success: Family<SyncLabel, Gauge<f64, AtomicU64>>,
     reloads: Family<OutcomeLabel, Counter>,
     reload_ok: Gauge,
+    rotation_conflicts: Family<SyncLabel, Counter>,
+    identity_collisions: Family<SyncLabel, Counter>,
     /// Syncs with series, so series of syncs removed from the config go too.
     known_syncs: Mutex<BTreeSet<String>>,
 }
@@ -180,7 +182,21 @@ impl Metrics {
             "1 if the last config reload succeeded (or none was tried), 0 if it was rejected",
             reload_ok.clone(),
         );
+        let rotation_conflicts = Family::<SyncLabel, Counter>::default();
+        registry.register(
+            "rotation_conflicts",
+            "Secrets a pass left untouched because AWS rotation is enabled on them (counted every pass while it lasts)",
+            rotation_conflicts.clone(),
+        );
+        let identity_collisions = Family::<SyncLabel, Counter>::default();
+        registry.register(
+            "identity_collisions",
+            "Secrets a pass left untouched because another install sharing this agent.id and sync wrote them (counted every pass while it lasts)",
+            identity_collisions.clone(),
+        );
         Metrics {
+            rotation_conflicts,
+            identity_collisions,
             registry,
             passes,
             pass_duration,
@@ -257,6 +273,34 @@ impl Metrics {
             .inc();
     }
 
+    /// A pass of `sync` left `n` secrets untouched because AWS rotation is
+    /// turned on for them (CONFLICT, or kept instead of deleted). A counter,
+    /// so `increase()` over any window shows a rotation fight the agent is
+    /// declining; no series until the first one.
+    pub fn rotation_conflicts(&self, sync: &str, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.rotation_conflicts
+            .get_or_create(&SyncLabel {
+                sync: sync.to_owned(),
+            })
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
+    /// A pass of `sync` left `n` secrets alone because another install with
+    /// the same identity wrote them (two hosts sharing an `agent.id`).
+    pub fn identity_collisions(&self, sync: &str, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.identity_collisions
+            .get_or_create(&SyncLabel {
+                sync: sync.to_owned(),
+            })
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
     /// A config reload succeeded or was rejected.
     pub fn config_reload(&self, ok: bool) {
         let outcome = if ok { "success" } else { "failure" };
@@ -288,6 +332,7 @@ impl Metrics {
             }
             let label = SyncLabel { sync: gone.clone() };
             self.last_success.remove(&label);
+            self.rotation_conflicts.remove(&label);
         }
         for (name, c) in &syncs {
             let values = [

@@ -188,6 +188,37 @@ fn syncs_that_leave_the_config_lose_their_series() {
     );
 }
 
+#[test]
+fn rotation_conflicts_are_counted_per_sync_and_leave_with_it() {
+    let m = Metrics::new();
+    m.observe_status_for_test(&Status {
+        agent: Default::default(),
+        syncs: vec![view("app", StateCounts::default())],
+    });
+    m.rotation_conflicts("app", 0);
+    assert!(
+        !m.render().contains("secretsync_rotation_conflicts_total{"),
+        "no series before the first conflict"
+    );
+    m.rotation_conflicts("app", 2);
+    m.rotation_conflicts("app", 1);
+    let text = m.render();
+    assert!(
+        text.contains("# TYPE secretsync_rotation_conflicts_total counter"),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "secretsync_rotation_conflicts_total{sync=\"app\"}"),
+        Some(3.0)
+    );
+    let status = Status {
+        agent: Default::default(),
+        syncs: vec![],
+    };
+    m.observe_status_for_test(&status);
+    assert!(!m.render().contains("sync=\"app\""));
+}
+
 /// One raw HTTP exchange with the endpoint; returns the whole response.
 fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
@@ -297,4 +328,20 @@ async fn only_loopback_is_served() {
         let err = server::bind(addr.parse().unwrap()).await.expect_err(addr);
         assert!(err.to_string().contains("not a loopback"), "{err}");
     }
+}
+
+#[test]
+fn identity_collisions_are_counted_per_sync() {
+    let m = Metrics::new();
+    m.identity_collisions("app", 0);
+    assert!(!m.render().contains("secretsync_identity_collisions_total{"));
+    m.identity_collisions("app", 2);
+    m.identity_collisions("app", 1);
+    assert_eq!(
+        sample(
+            &m.render(),
+            "secretsync_identity_collisions_total{sync=\"app\"}"
+        ),
+        Some(3.0)
+    );
 }

@@ -13,7 +13,7 @@ use sha2::Sha256;
 use crate::naming;
 use crate::reconcile::desired::{Desired, DesiredSecret, MappingSpec};
 use crate::secret::SecretValue;
-use crate::store::{CreateSecret, RemoteSecret, ReplicaStatus};
+use crate::store::{AWS_MANAGED_KMS_ALIAS, CreateSecret, KeyIdentity, RemoteSecret, ReplicaStatus};
 
 /// What AWS holds for the sync: metadata for every relevant secret, and the
 /// current value of those the planner must compare.
@@ -56,6 +56,35 @@ pub struct PlanOptions {
     pub managed_replicas: BTreeMap<String, BTreeSet<String>>,
     /// Key for idempotency tokens (from the state dir).
     pub token_key: TokenKey,
+    /// This install's id ([`TokenKey::install_id`]), written as a tag with
+    /// every create and checked before every write or delete; `None` turns
+    /// the install check off (pure planner tests).
+    pub install_id: Option<String>,
+    /// Secrets of this sync deleted within the guard's rolling window, and
+    /// the most it owned in that window (from the state dir).
+    pub window_deleted: usize,
+    /// See [`PlanOptions::window_deleted`].
+    pub window_owned_peak: usize,
+    /// Take over secrets another install with the same identity wrote
+    /// (`sync --take-over`, after a reinstall of the same host).
+    pub take_over: bool,
+    /// What the pass learnt about KMS keys before planning (the planner
+    /// itself makes no call).
+    pub kms: KmsFacts,
+}
+
+/// KMS key identities for [`kms_matches`], gathered by the pass before
+/// planning (see [`kms_spellings_to_resolve`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KmsFacts {
+    /// Keys KMS resolved, by the spelling asked (the configured key, and
+    /// aliases AWS reports); a spelling missing here could not be resolved.
+    pub identities: BTreeMap<String, KeyIdentity>,
+    /// Secrets whose key this agent set to a configured key it could not
+    /// resolve, with what AWS reported afterwards: `(configured, reported)`
+    /// counts as equal from then on, so an unresolvable spelling is written
+    /// once, not on every pass.
+    pub accepted: BTreeMap<String, (String, Option<String>)>,
 }
 
 impl Default for PlanOptions {
@@ -70,6 +99,11 @@ impl Default for PlanOptions {
             managed_tags: BTreeMap::new(),
             managed_replicas: BTreeMap::new(),
             token_key: TokenKey::default(),
+            install_id: None,
+            window_deleted: 0,
+            window_owned_peak: 0,
+            take_over: false,
+            kms: KmsFacts::default(),
         }
     }
 }
@@ -211,6 +245,14 @@ pub struct Plan {
     pub secrets: Vec<SecretPlan>,
     /// Set when the deletion guard held back deletions.
     pub guard_tripped: Option<String>,
+    /// Secrets left alone because another install with the same identity
+    /// wrote them (counted into a metric).
+    pub collisions: usize,
+    /// Live secrets the sync owned when the plan was made (guard window).
+    pub owned_live: usize,
+    /// Deletions were confirmed (`--allow-deletes`): the guard's window
+    /// starts afresh.
+    pub deletes_confirmed: bool,
     /// Desired secrets that need no call.
     pub unchanged: usize,
     /// Replicas of the secrets described this pass, for status.
@@ -219,6 +261,9 @@ pub struct Plan {
     /// secret (present and configured, or present and set up by it before);
     /// recorded into the state before the outcomes of this plan's calls.
     pub replica_tracking: BTreeMap<String, BTreeSet<String>>,
+    /// Secrets left untouched because AWS rotation is turned on for them
+    /// (CONFLICT, or RETAINED instead of deleted), for the metric.
+    pub rotation_conflicts: usize,
 }
 
 impl Plan {
@@ -250,6 +295,15 @@ impl TokenKey {
             .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
         mac.update(domain);
         mac
+    }
+}
+
+impl TokenKey {
+    /// A stable id for this install (this `state_dir`), derived from the
+    /// key so it needs no state of its own: 16 hex characters.
+    pub fn install_id(&self) -> String {
+        let digest = self.mac(b"secretsync/install\0").finalize().into_bytes();
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -318,20 +372,95 @@ pub fn ownership_of(
     }
 }
 
-/// Whether a configured KMS key id refers to the key AWS reports. AWS may
-/// report an ARN where the config names a key id or alias, so compare the
-/// trailing resource part.
-fn kms_matches(configured: &str, remote: Option<&str>) -> bool {
-    match remote {
-        None => false,
-        Some(r) if r == configured => true,
-        Some(r) => {
-            let tail = |s: &str| s.rsplit(':').next().unwrap_or(s).to_string();
-            let ct = tail(configured);
-            let rt = tail(r);
-            ct == rt || rt.ends_with(&format!("/{ct}")) || r.ends_with(&format!("/{configured}"))
+/// The CONFLICT message of a secret with AWS rotation turned on.
+pub const ROTATION_CONFLICT: &str = "rotation enabled: AWS owns this value";
+
+/// Whether two spellings name the same key by their text alone: equal, or
+/// one is the other's ARN (`alias/x` and `arn:…:alias/x`; a key id and
+/// `arn:…:key/ID`).
+fn kms_spelled_alike(configured: &str, reported: &str) -> bool {
+    if configured == reported {
+        return true;
+    }
+    let tail = |s: &str| s.rsplit(':').next().unwrap_or(s).to_string();
+    let ct = tail(configured);
+    let rt = tail(reported);
+    ct == rt || rt.ends_with(&format!("/{ct}")) || reported.ends_with(&format!("/{configured}"))
+}
+
+/// The key id a spelling names without asking KMS: a key ARN or a bare key
+/// id names itself; an alias only through `identities`.
+fn kms_key_id<'a>(
+    spelling: &'a str,
+    identities: &'a BTreeMap<String, KeyIdentity>,
+) -> Option<&'a str> {
+    if let Some(identity) = identities.get(spelling) {
+        return Some(&identity.key_id);
+    }
+    if let Some((_, id)) = spelling.rsplit_once(":key/") {
+        return Some(id);
+    }
+    (!spelling.starts_with("alias/") && !spelling.starts_with("arn:")).then_some(spelling)
+}
+
+/// Whether the configured KMS key is the one AWS reports for `secret`
+/// (`None`: omitted, which means the AWS-managed `aws/secretsmanager`).
+/// Same spelling (or its ARN) → equal; else both resolved to key ids →
+/// equal when the ids are; else equal only when this agent wrote the key
+/// while it could not be resolved and AWS still reports what it reported
+/// after that write ([`KmsFacts::accepted`]).
+pub fn kms_matches(secret: &str, configured: &str, remote: Option<&str>, facts: &KmsFacts) -> bool {
+    let reported = remote.unwrap_or(AWS_MANAGED_KMS_ALIAS);
+    if kms_spelled_alike(configured, reported) {
+        return true;
+    }
+    if let (Some(want), Some(have)) = (
+        kms_key_id(configured, &facts.identities),
+        kms_key_id(reported, &facts.identities),
+    ) {
+        return want == have;
+    }
+    facts
+        .accepted
+        .get(secret)
+        .is_some_and(|(key, seen)| key == configured && seen.as_deref() == remote)
+}
+
+/// The key spellings the pass should resolve (`resolve_kms_key`) before
+/// planning: for every desired secret whose KMS key the planner compares
+/// and whose reported key is not spelt like the configured one, the
+/// configured key and the reported one (the AWS-managed alias when AWS
+/// omits it) unless they name a key id by themselves. Empty when no key
+/// is configured or every spelling agrees: then no KMS call is made.
+pub fn kms_spellings_to_resolve(
+    spec: &MappingSpec,
+    desired: &Desired,
+    secrets: &BTreeMap<String, RemoteSecret>,
+    adopt_existing: bool,
+) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let Some(configured) = &spec.kms_key_id else {
+        return out;
+    };
+    let none = BTreeMap::new();
+    for r in desired.secrets.iter().filter_map(|d| secrets.get(&d.name)) {
+        let compared = !r.rotation_enabled
+            && match ownership(spec, r) {
+                Ownership::Ours => true,
+                Ownership::Unowned => adopt_existing,
+                Ownership::Foreign(_) => false,
+            };
+        let reported = r.kms_key_id.as_deref().unwrap_or(AWS_MANAGED_KMS_ALIAS);
+        if !compared || kms_spelled_alike(configured, reported) {
+            continue;
+        }
+        for spelling in [configured.as_str(), reported] {
+            if kms_key_id(spelling, &none).is_none() {
+                out.insert(spelling.to_owned());
+            }
         }
     }
+    out
 }
 
 /// Values equal for this mapping: exact for one-to-one, semantic JSON for
@@ -418,12 +547,38 @@ impl Planner<'_> {
         );
     }
 
+    /// The tags `d` should carry: its own plus, when the install check is
+    /// on, this install's id.
+    fn wanted_tags(&self, d: &DesiredSecret) -> BTreeMap<String, String> {
+        let mut tags = d.tags.clone();
+        if let Some(id) = &self.opts.install_id {
+            tags.insert(naming::TAG_INSTALL.to_string(), id.clone());
+        }
+        tags
+    }
+
+    /// Why `r` (owned by our agent id and sync) must not be touched: it was
+    /// written by another install that shares this identity.
+    fn other_install(&self, r: &RemoteSecret) -> Option<String> {
+        let mine = self.opts.install_id.as_deref()?;
+        let theirs = r.tags.get(naming::TAG_INSTALL)?;
+        (theirs != mine && !self.opts.take_over).then(|| {
+            format!(
+                "identity collision: written by another install (install id {theirs}) with the \
+                 same agent.id '{}' and sync '{}'; two hosts share this identity. Give each host \
+                 its own agent.id, or run `secretsync sync --take-over` on the host that should \
+                 own it",
+                self.spec.agent_id, self.spec.sync_name
+            )
+        })
+    }
+
     fn create(&mut self, d: &DesiredSecret) {
         let token = request_token(&self.opts.token_key, &d.name, &d.value, None);
         let req = CreateSecret {
             name: d.name.clone(),
             value: d.value.clone(),
-            tags: d.tags.clone(),
+            tags: self.wanted_tags(d),
             kms_key_id: self.spec.kms_key_id.clone(),
             description: Some(self.spec.effective_description()),
             token,
@@ -442,7 +597,13 @@ impl Planner<'_> {
     fn existing(&mut self, d: &DesiredSecret, r: &RemoteSecret, actual: &Actual) {
         let key = d.key.as_deref();
         let adopting = match ownership(self.spec, r) {
-            Ownership::Ours => false,
+            Ownership::Ours => {
+                if let Some(msg) = self.other_install(r) {
+                    self.plan.collisions += 1;
+                    return self.report_only(ActionKind::Conflict, key, &d.name, msg);
+                }
+                false
+            }
             Ownership::Unowned if self.opts.adopt_existing => true,
             Ownership::Unowned => {
                 let msg = "exists in AWS without secretsync ownership tags; set adopt_existing: true to take it over".to_string();
@@ -457,6 +618,13 @@ impl Planner<'_> {
                 );
             }
         };
+        // A rotation function writes this value: reverting it on every
+        // drift check would fight the rotation forever. No value, tag, KMS
+        // or restore call is made (chamber refuses to write these too).
+        if r.rotation_enabled {
+            self.plan.rotation_conflicts += 1;
+            return self.report_only(ActionKind::Conflict, key, &d.name, ROTATION_CONFLICT.into());
+        }
         let mut wrote_value = false;
         if r.pending_deletion {
             self.push(
@@ -543,8 +711,8 @@ impl Planner<'_> {
     }
 
     fn tags(&mut self, d: &DesiredSecret, r: &RemoteSecret, adopting: bool) {
-        let set: BTreeMap<String, String> = d
-            .tags
+        let wanted = self.wanted_tags(d);
+        let set: BTreeMap<String, String> = wanted
             .iter()
             .filter(|(k, v)| r.tags.get(*k) != Some(*v))
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -590,7 +758,7 @@ impl Planner<'_> {
 
     fn metadata(&mut self, d: &DesiredSecret, r: &RemoteSecret) {
         if let Some(kms) = &self.spec.kms_key_id {
-            if !kms_matches(kms, r.kms_key_id.as_deref()) {
+            if !kms_matches(&d.name, kms, r.kms_key_id.as_deref(), &self.opts.kms) {
                 self.push(
                     ActionKind::Kms,
                     d.key.as_deref(),
@@ -689,9 +857,33 @@ impl Planner<'_> {
             .filter(|r| ownership(self.spec, r) == Ownership::Ours)
             .collect();
         let live_owned = owned.iter().filter(|r| !r.pending_deletion).count();
+        self.plan.owned_live = live_owned;
+        self.plan.deletes_confirmed = self.opts.allow_deletes;
         let mut orphans = vec![];
         for r in &owned {
             if claimed.contains(r.name.as_str()) {
+                continue;
+            }
+            if !r.pending_deletion
+                && let Some(msg) = self.other_install(r)
+            {
+                self.plan.collisions += 1;
+                self.report_only(ActionKind::Conflict, None, &r.name, msg);
+                continue;
+            }
+            if r.rotation_enabled && !r.pending_deletion {
+                // Something depends on a rotated value: never deleted by
+                // the agent, whatever the files say.
+                self.plan.rotation_conflicts += 1;
+                self.secret(
+                    None,
+                    &r.name,
+                    SecretState::Retained,
+                    Some(format!(
+                        "not in the source, but not deleted: {ROTATION_CONFLICT}"
+                    )),
+                    None,
+                );
                 continue;
             }
             if r.pending_deletion {
@@ -714,11 +906,26 @@ impl Planner<'_> {
             ))
         } else {
             let n = orphans.len();
-            let limit = self.opts.max_delete_fraction * live_owned as f64;
-            if !self.opts.allow_deletes && n > 1 && n as f64 > limit {
+            let fraction = self.opts.max_delete_fraction;
+            let limit = fraction * live_owned as f64;
+            // Over the rolling window: what was deleted lately plus this
+            // pass, against the most the sync owned in the window, so steps
+            // of small deletions cannot walk past the guard.
+            let recent = self.opts.window_deleted;
+            let peak = self.opts.window_owned_peak.max(live_owned);
+            let window_total = recent + n;
+            let window_limit = fraction * peak as f64;
+            if self.opts.allow_deletes || n == 0 {
+                None
+            } else if n > 1 && n as f64 > limit {
                 let msg = format!(
-                    "deletion guard: this pass would delete {n} of {live_owned} owned secrets (max_delete_fraction {}); nothing deleted; run with --allow-deletes to confirm",
-                    self.opts.max_delete_fraction
+                    "deletion guard: this pass would delete {n} of {live_owned} owned secrets (max_delete_fraction {fraction}); nothing deleted; run with --allow-deletes to confirm"
+                );
+                self.plan.guard_tripped = Some(msg.clone());
+                Some(msg)
+            } else if recent > 0 && window_total > 1 && window_total as f64 > window_limit {
+                let msg = format!(
+                    "deletion guard: this pass would delete {n}, after {recent} deleted in the last hour, of at most {peak} owned secrets (max_delete_fraction {fraction}); nothing deleted; run with --allow-deletes to confirm"
                 );
                 self.plan.guard_tripped = Some(msg.clone());
                 Some(msg)

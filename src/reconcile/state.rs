@@ -42,6 +42,71 @@ pub struct SyncState {
     /// name; a secret without an entry has untracked replicas.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub managed_replicas: BTreeMap<String, BTreeSet<String>>,
+    /// Recent deletions and owned counts, so the deletion guard holds over
+    /// a rolling window ([`GUARD_WINDOW_SECS`]) and not just one pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guard_window: Vec<GuardMark>,
+}
+
+/// How long deletions count against the deletion guard: one hour.
+pub const GUARD_WINDOW_SECS: u64 = 3600;
+
+/// One pass's contribution to the guard's rolling window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardMark {
+    /// Unix time of the pass, in seconds.
+    pub at: u64,
+    /// Live secrets the sync owned before the pass.
+    pub owned: usize,
+    /// Secrets the pass scheduled for deletion.
+    pub deleted: usize,
+}
+
+impl SyncState {
+    /// Deletions in the window ending at `now`, and the most secrets owned
+    /// in it.
+    pub fn guard_totals(&self, now: u64) -> (usize, usize) {
+        let recent = self
+            .guard_window
+            .iter()
+            .filter(|m| now.saturating_sub(m.at) < GUARD_WINDOW_SECS);
+        recent.fold((0, 0), |(deleted, peak), m| {
+            (deleted + m.deleted, peak.max(m.owned))
+        })
+    }
+
+    /// Records a pass: drops marks older than the window, starts the window
+    /// afresh after deletions an operator confirmed, and adds a mark when
+    /// the pass deleted something or owned more than the window's peak (so
+    /// a quiet pass does not rewrite the state file).
+    pub fn record_guard(&mut self, now: u64, owned: usize, deleted: usize, confirmed: bool) {
+        self.guard_window
+            .retain(|m| now.saturating_sub(m.at) < GUARD_WINDOW_SECS);
+        if confirmed && deleted > 0 {
+            self.guard_window.clear();
+            self.guard_window.push(GuardMark {
+                at: now,
+                owned: owned.saturating_sub(deleted),
+                deleted: 0,
+            });
+            return;
+        }
+        let (_, peak) = self.guard_totals(now);
+        if deleted > 0 || owned > peak {
+            self.guard_window.push(GuardMark {
+                at: now,
+                owned,
+                deleted,
+            });
+        }
+    }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The whole state file.

@@ -7,6 +7,12 @@ use super::*;
 impl<F: StoreFactory> Engine<F> {
     pub(super) async fn start_due_passes(&mut self) {
         let now = Instant::now();
+        let debounce = self.config.agent.debounce;
+        for slot in self.slots.values_mut() {
+            if !slot.running && slot.due.is_some_and(|d| d <= now) {
+                let _ = debounce;
+            }
+        }
         let ready: Vec<String> = self
             .slots
             .iter()
@@ -38,6 +44,20 @@ impl<F: StoreFactory> Engine<F> {
             let force = std::mem::take(&mut slot.force) || !slot.riding.is_empty();
             let allow_deletes = std::mem::take(&mut slot.allow_deletes);
             let explicit = std::mem::take(&mut slot.explicit);
+            let settle_check = (false
+                && !explicit
+                && slot
+                    .settling_since
+                    .is_none_or(|since| now < since + MAX_SETTLE_WAIT))
+            .then(|| SettleCheck {
+                confirmed: slot.unconfirmed.clone(),
+            });
+            slot.resume = Some(Resume {
+                force,
+                allow_deletes,
+                describe_all: slot.describe_all,
+                status: slot.view.sync_status,
+            });
             if mode == Mode::Apply {
                 slot.view.sync_status = SyncStatus::Running;
                 if let Ok(store) = &store {
@@ -74,6 +94,7 @@ impl<F: StoreFactory> Engine<F> {
                         previous,
                         last_good,
                         sync_state,
+                        settle_check,
                     )
                     .await;
                     (name, done)
@@ -96,6 +117,44 @@ impl<F: StoreFactory> Engine<F> {
             return;
         };
         slot.running = false;
+        let resume = slot.resume.take();
+        if let Some(settle) = done.settle {
+            // Nothing was acted on: the pass is put back as it was and runs
+            // again after another quiet period.
+            let now = Instant::now();
+            if let Some(r) = resume {
+                slot.force |= r.force;
+                slot.allow_deletes |= r.allow_deletes;
+                slot.describe_all |= r.describe_all;
+                slot.view.sync_status = r.status;
+            }
+            let mut riders = std::mem::take(&mut slot.riding);
+            riders.append(&mut slot.waiting);
+            slot.waiting = riders;
+            slot.pass_started = None;
+            if let Some(at) = slot.pass_event_at.take() {
+                slot.event_at = Some(slot.event_at.map_or(at, |e| e.min(at)));
+            }
+            slot.settling_since.get_or_insert(now);
+            let why = match settle {
+                Settle::Changing => "a source file changed while it was read",
+                Settle::Dropped(stamps) => {
+                    slot.unconfirmed = Some(stamps);
+                    "keys left the source files; confirming after a quiet period before deleting"
+                }
+            };
+            let again = now + self.config.agent.debounce;
+            slot.due = Some(slot.due.map_or(again, |d| d.max(again)));
+            tracing::info!(
+                sync = name,
+                "{why}; reading again in {:?}",
+                self.config.agent.debounce
+            );
+            self.publish();
+            return;
+        }
+        slot.settling_since = None;
+        slot.unconfirmed = None;
         let riders = std::mem::take(&mut slot.riding);
         let started = slot.pass_started.take();
         let event_at = slot.pass_event_at.take();
@@ -115,6 +174,10 @@ impl<F: StoreFactory> Engine<F> {
             done.digests = after.iter().map(|f| (f.path.clone(), f.digest)).collect();
             done.files = after;
         }
+        // A glob match that is really gone leaves the view; every other
+        // path keeps its last good view while it fails.
+        slot.last_good
+            .retain(|path, _| done.files.iter().any(|f| &f.path == path));
         for f in &done.files {
             if let Ok(p) = &f.result {
                 slot.last_good.insert(f.path.clone(), p.clone());
@@ -133,6 +196,18 @@ impl<F: StoreFactory> Engine<F> {
             .as_ref()
             .and_then(|r| r.applied.as_ref())
             .is_some_and(|a| a.outcomes.contains(&crate::reconcile::apply::Outcome::Ok));
+        let identity_collisions = done
+            .result
+            .as_ref()
+            .filter(|_| done.mode == Mode::Apply)
+            .and_then(|r| r.plan.as_ref())
+            .map_or(0, |p| p.collisions);
+        let rotation_conflicts = done
+            .result
+            .as_ref()
+            .filter(|_| done.mode == Mode::Apply)
+            .and_then(|r| r.plan.as_ref())
+            .map_or(0, |p| p.rotation_conflicts);
         let (report, transient) = match (done.setup_error, done.result) {
             (Some(e), _) => (
                 failed_report(&slot.job, format!("cannot set up AWS client: {e}")),
@@ -176,6 +251,8 @@ impl<F: StoreFactory> Engine<F> {
             if let Some(started) = started {
                 m.pass_finished(name, report.sync_status.as_str(), finished - started);
             }
+            m.rotation_conflicts(name, rotation_conflicts);
+            m.identity_collisions(name, identity_collisions);
             if report.sync_status == SyncStatus::Synced && done.mode == Mode::Apply {
                 let unix = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -186,6 +263,7 @@ impl<F: StoreFactory> Engine<F> {
                 }
             }
         }
+        let mut retry_in = None;
         if transient {
             // The edit has not reached AWS yet: the retry carries its time.
             if let Some(at) = event_at {
@@ -197,12 +275,12 @@ impl<F: StoreFactory> Engine<F> {
             slot.force = true;
             slot.schedule(Instant::now() + delay);
             slot.digests = None;
-            tracing::warn!(sync = name, retry_in = ?delay, reason = report.last_sync_message.as_deref().unwrap_or(""), "pass incomplete; will retry");
+            retry_in = Some(delay);
         } else {
             slot.failures = 0;
             slot.digests = Some(done.digests);
         }
-        tracing::info!(sync = name, "{}", report::summary_line(&report));
+        log_pass(name, &report, retry_in);
         for r in riders {
             let _ = r.send(Ok(report.clone()));
         }
@@ -228,5 +306,33 @@ impl<F: StoreFactory> Engine<F> {
                 self.state_error = Some(e.to_string());
             }
         }
+    }
+}
+
+/// The one log line per pass. The reason is part of the message text, not
+/// only a field: the journal's MESSAGE and a text log line show it as is.
+/// FAILED is an ERROR (the operator must act: deletion guard, a file that
+/// does not parse); a pass that will be retried (AWS unreachable,
+/// throttled) is a WARN with its cause; anything else is INFO. The
+/// message is the status message, which names files, keys and secrets,
+/// never values.
+fn log_pass(name: &str, report: &report::SyncReport, retry_in: Option<Duration>) {
+    let line = report::summary_line(report);
+    let line = line.trim_end();
+    let reason = report
+        .last_sync_message
+        .as_deref()
+        .filter(|m| !m.is_empty());
+    match (report.sync_status, retry_in, reason) {
+        (SyncStatus::Failed, _, reason) => {
+            let reason = reason.unwrap_or("no reason recorded");
+            tracing::error!(sync = name, reason, "{line}: {reason}");
+        }
+        (_, Some(delay), reason) => {
+            let reason = reason.unwrap_or("no reason recorded");
+            tracing::warn!(sync = name, reason, retry_in = ?delay, "{line}: {reason}; will retry in {delay:?}");
+        }
+        (_, None, Some(reason)) => tracing::info!(sync = name, reason, "{line}: {reason}"),
+        (_, None, None) => tracing::info!(sync = name, "{line}"),
     }
 }

@@ -57,14 +57,22 @@ pub async fn read_actual<S: SecretStore>(
         }
     });
     if !to_read.is_empty() {
-        for (name, read) in store.get_values(&to_read).await? {
+        for (name, read) in read_values(store, &to_read).await? {
             // Reads may come back by ARN; map them to names.
             let name = actual
                 .secrets
                 .values()
                 .find(|r| r.arn == name)
                 .map_or(name, |r| r.name.clone());
+            let listed = actual
+                .secrets
+                .get(&name)
+                .is_some_and(|r| !r.pending_deletion);
             let entry = match read {
+                // A listed secret whose value cannot be found has no current
+                // version (created without a value): there is nothing to
+                // compare, and an owned one simply gets the file's value.
+                Err(StoreError::NotFound { .. }) if listed => Ok(None),
                 Ok(v) => {
                     if let (Some(version), Some(value)) = (&v.version_id, &v.value) {
                         known.record(key, &name, version, value);
@@ -236,6 +244,32 @@ pub(super) fn remember_applied(
                 known.record(key, &s.name, version, value);
             }
             _ => known.forget(&s.name),
+        }
+    }
+}
+
+/// Reads values in batches; when a whole batch is refused for a reason other
+/// than an outage (one unreadable secret can fail a batch in some
+/// implementations), reads its secrets one by one so that one secret never
+/// blocks the others. Outages still fail the read, to be retried.
+async fn read_values<S: SecretStore>(
+    store: &S,
+    ids: &[String],
+) -> Result<Vec<crate::store::ValueRead>, StoreError> {
+    match store.get_values(ids).await {
+        Ok(reads) => Ok(reads),
+        Err(e) if e.is_transient() => Err(e),
+        Err(e) if ids.len() == 1 => Ok(vec![(ids[0].clone(), Err(e))]),
+        Err(_) => {
+            let mut reads = Vec::with_capacity(ids.len());
+            for id in ids {
+                match store.get_values(std::slice::from_ref(id)).await {
+                    Ok(mut one) => reads.append(&mut one),
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(e) => reads.push((id.clone(), Err(e))),
+                }
+            }
+            Ok(reads)
         }
     }
 }

@@ -23,11 +23,13 @@ use crate::store::{Connection, RemoteSecret, SecretStore, StoreError};
 
 mod actual;
 mod import_step;
+mod kms;
 mod record;
 #[allow(unused_imports)]
 pub use actual::*;
 #[allow(unused_imports)]
 pub use import_step::*;
+pub use kms::{KmsWrites, kms_facts};
 #[allow(unused_imports)]
 pub use record::*;
 
@@ -72,6 +74,9 @@ pub struct SyncJob {
     pub known: KnownValues,
     /// How much of AWS this pass lists (set per pass by the caller).
     pub listing: Listing,
+    /// KMS key writes of earlier passes of this sync (runtime memory,
+    /// shared by clones; see [`KmsWrites`]).
+    pub kms_writes: KmsWrites,
 }
 
 /// How much of AWS a pass lists before planning.
@@ -97,6 +102,7 @@ impl SyncJob {
 
     /// Sets the idempotency-token key (kept in `state_dir`).
     pub fn with_token_key(mut self, key: crate::reconcile::plan::TokenKey) -> SyncJob {
+        self.options.install_id = Some(key.install_id());
         self.options.token_key = key;
         self
     }
@@ -141,6 +147,7 @@ impl SyncJob {
         };
         SyncJob {
             known: KnownValues::default(),
+            kms_writes: KmsWrites::default(),
             listing: Listing::Full,
             region: d.region.clone(),
             connection: aws_connection(
@@ -168,6 +175,11 @@ impl SyncJob {
                 managed_tags: BTreeMap::new(),
                 managed_replicas: BTreeMap::new(),
                 token_key: crate::reconcile::plan::TokenKey::default(),
+                install_id: None,
+                window_deleted: 0,
+                window_owned_peak: 0,
+                take_over: false,
+                kms: Default::default(),
             },
             import,
             state_unwritable: None,
@@ -387,6 +399,8 @@ pub async fn run_pass_with_files<S: SecretStore>(
     opts.deletes_blocked = blocked_reason(files);
     opts.managed_tags = state.managed_tags.clone();
     opts.managed_replicas = state.managed_replicas.clone();
+    (opts.window_deleted, opts.window_owned_peak) =
+        state.guard_totals(crate::reconcile::state::unix_now());
     let fail_early =
         |mut rep: SyncReport, status, message, transient, import: Option<ImportOutcome>| {
             rep.sync_status = status;
@@ -545,6 +559,15 @@ pub async fn run_pass_with_files<S: SecretStore>(
         });
     }
     let files: &[FileView] = files_after.as_deref().unwrap_or(files);
+    opts.kms = kms_facts(
+        store.as_ref(),
+        &job.spec,
+        &desired,
+        &actual,
+        opts.adopt_existing,
+        &job.kms_writes,
+    )
+    .await;
     let mut plan = plan::plan(&job.spec, &desired, &actual, &opts);
     if !import_actions.is_empty() {
         import_actions.append(&mut plan.actions);
@@ -556,6 +579,7 @@ pub async fn run_pass_with_files<S: SecretStore>(
         Mode::Apply => {
             let applied = apply::apply(Arc::clone(&store), &plan, apply::DEFAULT_CONCURRENCY).await;
             remember_applied(&job.known, &opts.token_key, &desired, &plan, &applied);
+            job.kms_writes.record(&plan, &applied);
             Some(applied)
         }
     };

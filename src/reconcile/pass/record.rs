@@ -8,6 +8,16 @@ use super::*;
 /// the same secret failed (the next pass sees those tags as already equal and
 /// would never record them); deleted secrets are forgotten.
 pub fn record_state(state: &mut SyncState, plan: &Plan, applied: &Applied) {
+    let deleted = applied
+        .succeeded(plan)
+        .filter(|a| matches!(a.op, plan::Op::Delete { .. }))
+        .count();
+    state.record_guard(
+        crate::reconcile::state::unix_now(),
+        plan.owned_live,
+        deleted,
+        plan.deletes_confirmed,
+    );
     let mut tags_by_name: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for a in applied.succeeded(plan) {
         if let plan::Op::Create(req) = &a.op {

@@ -54,6 +54,7 @@ fn remote(name: &str, owner: Owner, pending: bool) -> RemoteSecret {
         description: Some("d".into()),
         pending_deletion: pending,
         current_version: Some(format!("v-{name}")),
+        rotation_enabled: false,
     }
 }
 
@@ -558,6 +559,362 @@ fn kms_and_description() {
     );
 }
 
+/// Key ARN of key `id` in the test account.
+fn key_arn(id: &str) -> String {
+    format!("arn:aws:kms:us-east-1:123456789012:key/{id}")
+}
+
+fn identity(id: &str) -> KeyIdentity {
+    KeyIdentity {
+        key_id: id.into(),
+        arn: key_arn(id),
+    }
+}
+
+#[test]
+fn kms_keys_compare_by_identity() {
+    const MANAGED: &str = "aaaa-managed";
+    // (what, configured, reported (None = omitted), spellings KMS resolved,
+    //  accepted (configured, reported) for A, expect a kms action)
+    type Row = (
+        &'static str,
+        &'static str,
+        Option<String>,
+        Vec<(&'static str, &'static str)>,
+        Option<(&'static str, Option<&'static str>)>,
+        bool,
+    );
+    let cases: Vec<Row> = vec![
+        (
+            "same alias",
+            "alias/app",
+            Some("alias/app".into()),
+            vec![],
+            None,
+            false,
+        ),
+        (
+            "alias vs its alias ARN",
+            "alias/app",
+            Some("arn:aws:kms:us-east-1:123456789012:alias/app".into()),
+            vec![],
+            None,
+            false,
+        ),
+        (
+            "key id vs its key ARN",
+            "k1",
+            Some(key_arn("k1")),
+            vec![],
+            None,
+            false,
+        ),
+        (
+            "key ARN vs its key id",
+            &*key_arn("k1").leak(),
+            Some("k1".into()),
+            vec![],
+            None,
+            false,
+        ),
+        (
+            "alias resolved vs key ARN of that key",
+            "alias/app",
+            Some(key_arn("k1")),
+            vec![("alias/app", "k1")],
+            None,
+            false,
+        ),
+        (
+            "alias resolved vs key id of that key",
+            "alias/app",
+            Some("k1".into()),
+            vec![("alias/app", "k1")],
+            None,
+            false,
+        ),
+        (
+            "alias resolved vs another key",
+            "alias/app",
+            Some(key_arn("k2")),
+            vec![("alias/app", "k1")],
+            None,
+            true,
+        ),
+        (
+            "key ARN vs other alias of the same key",
+            &*key_arn("k1").leak(),
+            Some("alias/old-name".into()),
+            vec![("alias/old-name", "k1")],
+            None,
+            false,
+        ),
+        (
+            "two aliases of different keys",
+            "alias/app",
+            Some("alias/old".into()),
+            vec![("alias/app", "k1"), ("alias/old", "k2")],
+            None,
+            true,
+        ),
+        // DescribeSecret omits the AWS-managed key.
+        (
+            "managed alias named, omitted",
+            "alias/aws/secretsmanager",
+            None,
+            vec![],
+            None,
+            false,
+        ),
+        (
+            "managed alias ARN named, omitted",
+            "arn:aws:kms:us-east-1:123456789012:alias/aws/secretsmanager",
+            None,
+            vec![],
+            None,
+            false,
+        ),
+        (
+            "managed key's ARN named, omitted, resolved",
+            &*key_arn(MANAGED).leak(),
+            None,
+            vec![("alias/aws/secretsmanager", MANAGED)],
+            None,
+            false,
+        ),
+        (
+            "custom alias, omitted (managed key in use)",
+            "alias/app",
+            None,
+            vec![("alias/app", "k1"), ("alias/aws/secretsmanager", MANAGED)],
+            None,
+            true,
+        ),
+        // DescribeKey denied: nothing resolved.
+        (
+            "denied: custom alias, omitted -> write",
+            "alias/app",
+            None,
+            vec![],
+            None,
+            true,
+        ),
+        (
+            "denied: alias vs key ARN -> write",
+            "alias/app",
+            Some(key_arn("k1")),
+            vec![],
+            None,
+            true,
+        ),
+        (
+            "denied: written once, AWS reports the key ARN since",
+            "alias/app",
+            Some(key_arn("k1")),
+            vec![],
+            Some(("alias/app", Some(&*key_arn("k1").leak()))),
+            false,
+        ),
+        (
+            "denied: written once, AWS reports nothing since",
+            "alias/app",
+            None,
+            vec![],
+            Some(("alias/app", None)),
+            false,
+        ),
+        (
+            "denied: written once, then changed by hand",
+            "alias/app",
+            Some(key_arn("k9")),
+            vec![],
+            Some(("alias/app", Some(&*key_arn("k1").leak()))),
+            true,
+        ),
+        (
+            "denied: written for an older configured key",
+            "alias/new",
+            Some(key_arn("k1")),
+            vec![],
+            Some(("alias/app", Some(&*key_arn("k1").leak()))),
+            true,
+        ),
+    ];
+    for (what, configured, reported, ids, accepted, want_kms) in cases {
+        let mut s = spec();
+        s.kms_key_id = Some(configured.into());
+        let d = desired_one(&[("A", "1")]);
+        let mut a = actual(&[("A", Owner::Us, false, Some("1"))]);
+        a.secrets.get_mut("A").unwrap().kms_key_id = reported.clone();
+        let mut o = opts();
+        o.kms.identities = ids
+            .iter()
+            .map(|(spelling, id)| ((*spelling).to_string(), identity(id)))
+            .collect();
+        if let Some((k, r)) = accepted {
+            o.kms
+                .accepted
+                .insert("A".into(), (k.into(), r.map(str::to_string)));
+        }
+        let p = plan(&s, &d, &a, &o);
+        let want = if want_kms {
+            vec![(K::Kms, "A".to_string())]
+        } else {
+            vec![]
+        };
+        assert_eq!(kinds(&p), want, "{what}");
+        if want_kms {
+            assert!(
+                matches!(&p.actions[0].op, Op::UpdateMetadata { kms_key_id: Some(k), description: None } if k == configured),
+                "{what}: writes the configured spelling"
+            );
+        }
+    }
+}
+
+#[test]
+fn kms_spellings_to_resolve_only_when_spellings_differ() {
+    let mut s = spec();
+    let d = desired_one(&[("A", "1"), ("B", "1"), ("C", "1"), ("F", "1")]);
+    let mut a = actual(&[
+        ("A", Owner::Us, false, Some("1")),
+        ("B", Owner::Us, false, Some("1")),
+        ("C", Owner::Us, false, Some("1")),
+        ("F", Owner::OtherAgent, false, Some("1")),
+    ]);
+    assert!(
+        kms_spellings_to_resolve(&s, &d, &a.secrets, false).is_empty(),
+        "no key configured"
+    );
+    s.kms_key_id = Some("alias/app".into());
+    let set = |a: &mut Actual, n: &str, k: Option<&str>| {
+        a.secrets.get_mut(n).unwrap().kms_key_id = k.map(str::to_string);
+    };
+    set(&mut a, "A", Some("arn:aws:kms:us-east-1:1:alias/app"));
+    set(&mut a, "B", Some("arn:aws:kms:us-east-1:1:alias/app"));
+    set(&mut a, "C", Some("arn:aws:kms:us-east-1:1:alias/app"));
+    set(&mut a, "F", Some("alias/foreign"));
+    assert!(
+        kms_spellings_to_resolve(&s, &d, &a.secrets, false).is_empty(),
+        "spelt alike (the foreign secret is never compared): no KMS call"
+    );
+    set(&mut a, "A", Some(&key_arn("k1")));
+    set(&mut a, "B", None);
+    set(&mut a, "C", Some("alias/old"));
+    let got: Vec<String> = kms_spellings_to_resolve(&s, &d, &a.secrets, false)
+        .into_iter()
+        .collect();
+    assert_eq!(
+        got,
+        vec!["alias/app", "alias/aws/secretsmanager", "alias/old"]
+    );
+    // A rotated secret is not compared either.
+    a.secrets.get_mut("C").unwrap().rotation_enabled = true;
+    set(&mut a, "B", Some("alias/app"));
+    assert_eq!(
+        kms_spellings_to_resolve(&s, &d, &a.secrets, false)
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec!["alias/app"]
+    );
+}
+
+#[test]
+fn rotation_enabled_secrets_are_never_written_or_deleted() {
+    let mut s = spec();
+    s.kms_key_id = Some("alias/app".into());
+    s.tags.insert("team".into(), "pay".into());
+    let rotated = |a: &mut Actual, n: &str| {
+        a.secrets.get_mut(n).unwrap().rotation_enabled = true;
+    };
+    // (what, desired, actual, opts, actions, states)
+    let mut cases: Vec<(
+        &str,
+        Desired,
+        Actual,
+        PlanOptions,
+        Vec<(ActionKind, &str)>,
+        Vec<(&str, SecretState)>,
+    )> = vec![];
+    let mut a = actual(&[("A", Owner::Us, false, Some("rotated-by-aws"))]);
+    rotated(&mut a, "A");
+    cases.push((
+        "value, tags and key differ -> conflict only",
+        desired_one(&[("A", "1")]),
+        a,
+        opts(),
+        vec![(K::Conflict, "A")],
+        vec![("A", S::Conflict)],
+    ));
+    let mut a = actual(&[("A", Owner::Us, true, None)]);
+    rotated(&mut a, "A");
+    cases.push((
+        "pending deletion -> no restore",
+        desired_one(&[("A", "1")]),
+        a,
+        opts(),
+        vec![(K::Conflict, "A")],
+        vec![("A", S::Conflict)],
+    ));
+    let mut a = actual(&[("A", Owner::Nobody, false, Some("x"))]);
+    rotated(&mut a, "A");
+    cases.push((
+        "adoptable -> not adopted",
+        desired_one(&[("A", "1")]),
+        a,
+        PlanOptions {
+            adopt_existing: true,
+            ..opts()
+        },
+        vec![(K::Conflict, "A")],
+        vec![("A", S::Conflict)],
+    ));
+    let mut a = actual(&[
+        ("A", Owner::Us, false, Some("1")),
+        ("B", Owner::Us, false, Some("2")),
+    ]);
+    rotated(&mut a, "B");
+    cases.push((
+        "left the source -> retained, not deleted",
+        desired_one(&[("A", "1")]),
+        a,
+        PlanOptions {
+            max_delete_fraction: 1.0,
+            ..opts()
+        },
+        vec![(K::Kms, "A")],
+        vec![("A", S::Synced), ("B", S::Retained)],
+    ));
+    for (what, d, a, o, want_actions, want_states) in cases {
+        let p = plan(&s, &d, &a, &o);
+        let want: Vec<(ActionKind, String)> = want_actions
+            .iter()
+            .map(|(k, n)| (*k, (*n).to_string()))
+            .collect();
+        assert_eq!(kinds(&p), want, "{what}");
+        let want: Vec<(String, SecretState)> = want_states
+            .iter()
+            .map(|(n, st)| ((*n).to_string(), *st))
+            .collect();
+        assert_eq!(states(&p), want, "{what}");
+        assert_eq!(p.rotation_conflicts, 1, "{what}");
+        let rotated_name = if what.starts_with("left") { "B" } else { "A" };
+        let sp = p.secrets.iter().find(|x| x.name == rotated_name).unwrap();
+        assert!(
+            sp.message
+                .as_deref()
+                .unwrap_or("")
+                .contains("rotation enabled: AWS owns this value"),
+            "{what}: {sp:?}"
+        );
+    }
+    // Nothing to apply for a rotated secret: no op other than report-only.
+    let mut a = actual(&[("A", Owner::Us, false, Some("x"))]);
+    rotated(&mut a, "A");
+    let p = plan(&s, &desired_one(&[("A", "1")]), &a, &opts());
+    assert!(!p.has_changes());
+}
+
 #[test]
 fn desired_errors_are_reported_and_their_names_kept() {
     let mut d = desired_one(&[]);
@@ -855,4 +1212,107 @@ fn an_empty_value_is_a_skip_that_neither_writes_nor_deletes() {
     let a = actual(&[("B", Owner::Us, false, Some("2"))]);
     let p = plan(&spec(), &d, &a, &opts());
     assert_eq!(kinds(&p), vec![(K::Skip, "A".to_string())]);
+}
+
+#[test]
+fn another_install_with_our_identity_is_a_conflict_until_taken_over() {
+    let mine = Some("aaaaaaaaaaaaaaaa".to_string());
+    let theirs = |name: &str| {
+        let mut r = remote(name, Owner::Us, false);
+        r.tags
+            .insert(naming::TAG_INSTALL.into(), "bbbbbbbbbbbbbbbb".into());
+        r
+    };
+    let mut a = Actual::default();
+    // K0 is in the files with another value; K9 left the files.
+    a.secrets.insert("K0".into(), theirs("K0"));
+    a.values
+        .insert("K0".into(), Ok(Some(SecretValue::new("theirs"))));
+    a.secrets.insert("K9".into(), theirs("K9"));
+    let d = desired_one(&[("K0", "mine")]);
+    let o = PlanOptions {
+        install_id: mine.clone(),
+        allow_deletes: true,
+        ..opts()
+    };
+    let p = plan(&spec(), &d, &a, &o);
+    assert_eq!(
+        kinds(&p),
+        vec![
+            (K::Conflict, "K0".to_string()),
+            (K::Conflict, "K9".to_string())
+        ]
+    );
+    assert_eq!(p.collisions, 2);
+    assert!(p.actions[0].reason.contains("identity collision"));
+    assert!(p.actions.iter().all(|a| a.op == Op::None));
+
+    // Taken over on purpose: written, tagged with our install, orphan deleted.
+    let o = PlanOptions {
+        take_over: true,
+        ..o
+    };
+    let p = plan(&spec(), &d, &a, &o);
+    let k: Vec<K> = p.actions.iter().map(|a| a.kind).collect();
+    assert!(
+        k.contains(&K::Update) && k.contains(&K::Tag) && k.contains(&K::Delete),
+        "{k:?}"
+    );
+    assert_eq!(p.collisions, 0);
+
+    // A create carries our install id.
+    let p = plan(
+        &spec(),
+        &desired_one(&[("NEW", "v")]),
+        &Actual::default(),
+        &o,
+    );
+    let Op::Create(req) = &p.actions[0].op else {
+        panic!("not a create")
+    };
+    assert_eq!(req.tags.get(naming::TAG_INSTALL), mine.as_ref());
+}
+
+#[test]
+fn the_deletion_guard_holds_over_its_window() {
+    // The walk from the field: 100 keys cut to 60, 36, 22, 13, 8, 5, 3.
+    let mut state = crate::reconcile::state::SyncState::default();
+    let mut now = 1_000_000;
+    let mut owned: Vec<String> = (0..100).map(|i| format!("K{i:03}")).collect();
+    let mut tripped_at = None;
+    for (step, keep) in [60usize, 36, 22, 13, 8, 5, 3].into_iter().enumerate() {
+        let mut a = Actual::default();
+        for name in &owned {
+            a.secrets
+                .insert(name.clone(), remote(name, Owner::Us, false));
+            a.values
+                .insert(name.clone(), Ok(Some(SecretValue::new("v"))));
+        }
+        let pairs: Vec<(&str, &str)> = owned[..keep].iter().map(|n| (n.as_str(), "v")).collect();
+        let d = desired_one(&pairs);
+        let (window_deleted, window_owned_peak) = state.guard_totals(now);
+        let o = PlanOptions {
+            window_deleted,
+            window_owned_peak,
+            ..opts()
+        };
+        let p = plan(&spec(), &d, &a, &o);
+        if p.guard_tripped.is_some() {
+            tripped_at = Some(step);
+            assert!(p.actions.iter().all(|a| a.kind != K::Delete));
+            break;
+        }
+        let deleted = p.actions.iter().filter(|a| a.kind == K::Delete).count();
+        state.record_guard(now, p.owned_live, deleted, false);
+        owned.truncate(keep);
+        now += 60;
+    }
+    // 100 -> 60 passes (40 of 100); 60 -> 36 would make 64 of 100 in an hour.
+    assert_eq!(tripped_at, Some(1));
+
+    // An hour later the window is empty again, and --allow-deletes starts it
+    // afresh.
+    assert_eq!(state.guard_totals(now + 3600), (0, 0));
+    state.record_guard(now, 60, 24, true);
+    assert_eq!(state.guard_totals(now), (0, 36));
 }
