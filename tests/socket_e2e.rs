@@ -608,7 +608,7 @@ fn abuse_never_stops_the_agent() {
     // The CLI meets a full house too.
     let s = sock.to_str().unwrap();
     let out = w.cli(&["status", "--socket", s]);
-    assert_eq!(out.code, 1, "status while saturated: {out:?}");
+    assert_eq!(out.code, 3, "status while saturated: {out:?}");
     assert!(out.stderr.contains("too many"), "{}", out.stderr);
 
     drop(conns);
@@ -768,5 +768,390 @@ fn fuzz_random_byte_streams_never_stop_the_agent() {
     let st = w.status_cli().expect("status works after the streams");
     assert_eq!(st["syncs"][0]["sync_status"], "SYNCED");
     agent.check_canary();
+    agent.stop();
+}
+
+/// A client process run as another user: opens `n` connections to the
+/// socket at once, then on each sends `request` `repeat` times, reading the
+/// reply each time, and prints one JSON line of what came back:
+/// `{"replies": [[code, ...] per connection], "messages": [first error
+/// messages]}` where a code is `ok`, an error code, or `closed`. It then holds
+/// its connections until its stdin closes.
+const CLIENT_PY: &str = r#"
+import json, socket, sys
+path, n, repeat, request = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+conns = []
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    conns.append(s)
+replies, messages, readers = [], [], []
+for s in conns:
+    s.settimeout(10)
+    r = s.makefile("rb")
+    readers.append(r)
+    codes = []
+    for _ in range(repeat):
+        try:
+            s.sendall(request.encode())
+        except OSError:
+            pass
+        try:
+            line = r.readline()
+        except OSError:
+            line = b""
+        if not line:
+            codes.append("closed")
+            break
+        reply = json.loads(line)
+        if reply["ok"]:
+            codes.append("ok")
+        else:
+            codes.append(reply["error"]["code"])
+            if len(messages) < 3:
+                messages.append(reply["error"]["message"])
+    replies.append(codes)
+print(json.dumps({"replies": replies, "messages": messages}), flush=True)
+sys.stdin.read()
+"#;
+
+/// A [`CLIENT_PY`] run: its report, and the process holding its
+/// connections until this is dropped.
+struct Held {
+    child: std::process::Child,
+    replies: Vec<Vec<String>>,
+    messages: Vec<String>,
+}
+
+impl Held {
+    /// Runs the client as `uid` and waits for its report.
+    fn run(sock: &std::path::Path, uid: u32, conns: usize, repeat: usize, request: &Value) -> Held {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+        // The system interpreter: a per-user shim (pyenv under /root) is
+        // out of reach once the uid is dropped.
+        let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("python3");
+        let mut child = Command::new(python)
+            .args(["-c", CLIENT_PY])
+            .arg(sock)
+            .args([
+                conns.to_string(),
+                repeat.to_string(),
+                format!("{request}\n"),
+            ])
+            .uid(uid)
+            .gid(uid)
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run python3 as another user");
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).expect("client report");
+        let report: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("client (uid {uid}) report is not JSON ({e}): {line:?}"));
+        let replies = serde_json::from_value(report["replies"].clone()).unwrap();
+        let messages = serde_json::from_value(report["messages"].clone()).unwrap();
+        Held {
+            child,
+            replies,
+            messages,
+        }
+    }
+
+    /// How many replies had `code`.
+    fn count(&self, code: &str) -> usize {
+        self.replies.iter().flatten().filter(|c| *c == code).count()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A world whose socket other users can reach (mode 0666, directories 0755).
+fn open_world(extra: &'static str) -> (World, String) {
+    let w = World::new();
+    let file = w.write("app/app.env", &app_env());
+    let open = AgentOpts {
+        socket_mode: "0666",
+        extra,
+        ..AgentOpts::default()
+    };
+    w.config(&open, &[sync_entry("app", &[file], "")]);
+    for dir in [w.path(""), w.agent_path("")] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let sock = w.socket().to_str().unwrap().to_string();
+    (w, sock)
+}
+
+/// Returns false (test skipped) when not root, except under CI.
+fn need_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs root under CI"
+    );
+    eprintln!("SKIPPED {test}: needs root to run clients as other users");
+    false
+}
+
+#[test]
+fn per_uid_cap_and_reserved_slots_keep_root_served() {
+    if !need_root("per_uid_cap_and_reserved_slots_keep_root_served") {
+        return;
+    }
+    let (w, sock) = open_world("");
+    let agent = Agent::start(&w);
+    w.wait_synced("app");
+    let status = json!({"id": 1, "cmd": "status"});
+
+    // One user asks for 12 connections: 8 are served, 4 get `busy`.
+    let nobody = Held::run(sock.as_ref(), NOBODY, 12, 1, &status);
+    assert_eq!(nobody.count("ok"), 8, "{:?}", nobody.replies);
+    assert_eq!(nobody.count("busy"), 4, "{:?}", nobody.replies);
+    assert!(
+        nobody
+            .messages
+            .iter()
+            .all(|m| m.contains("65534") && m.contains('8')),
+        "{:?}",
+        nobody.messages
+    );
+    // That user's CLI is refused too: exit 3, "cannot reach the agent".
+    let out = w.cli_with(&["status", "--socket", &sock], Some(NOBODY));
+    assert_eq!(out.code, 3, "status over the per-uid cap: {out:?}");
+    assert!(out.stderr.contains("too many"), "{}", out.stderr);
+    // Root gets an answer at once.
+    let t = Instant::now();
+    let out = w.cli(&["status", "--socket", &sock]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+
+    // Six more users take 8 each: 56 unprivileged clients in all, which is
+    // every slot but the reserve. A seventh user finds the house full.
+    let others: Vec<Held> = (60001..=60006)
+        .map(|uid| {
+            let h = Held::run(sock.as_ref(), uid, 8, 1, &status);
+            assert_eq!(h.count("ok"), 8, "uid {uid}: {:?}", h.replies);
+            h
+        })
+        .collect();
+    let late = Held::run(sock.as_ref(), 60007, 1, 1, &status);
+    assert_eq!(late.replies, [["busy"]], "{:?}", late.messages);
+    assert!(late.messages[0].contains("too many"), "{:?}", late.messages);
+    // Root still finds a slot: the CLI, and 8 connections held at once.
+    let out = w.cli(&["status", "--socket", &sock]);
+    assert_eq!(
+        out.code, 0,
+        "root status with other users at their caps: {out:?}"
+    );
+    let mut mine: Vec<Conn> = (0..8).map(|_| Conn::open(w.socket().as_ref())).collect();
+    for (i, c) in mine.iter_mut().enumerate() {
+        let r = c.call(&json!({"id": i, "cmd": "status"}));
+        assert_eq!(r["ok"], true, "root connection {i}: {r}");
+    }
+    drop(mine);
+    drop(others);
+    drop(late);
+    drop(nobody);
+    agent.stop();
+}
+
+#[test]
+fn five_hundred_connections_from_one_user_do_not_block_root() {
+    if !need_root("five_hundred_connections_from_one_user_do_not_block_root") {
+        return;
+    }
+    let (w, sock) = open_world("");
+    let agent = Agent::start(&w);
+    w.wait_synced("app");
+    let socket = w.socket();
+
+    // Root asks for status in a loop while the flood runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let stop = std::sync::Arc::clone(&stop);
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            let mut slowest = Duration::ZERO;
+            let mut calls = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                let r = Conn::open(&socket).call(&json!({"id": calls, "cmd": "status"}));
+                assert_eq!(r["ok"], true, "root status during the flood: {r}");
+                slowest = slowest.max(t.elapsed());
+                calls += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (calls, slowest)
+        })
+    };
+    let flood = Held::run(
+        socket.as_ref(),
+        NOBODY,
+        500,
+        1,
+        &json!({"id": 1, "cmd": "status"}),
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (calls, slowest) = prober.join().expect("root prober");
+    eprintln!("500-connection flood: {calls} root status calls, slowest {slowest:?}");
+    assert_eq!(flood.count("ok"), 8, "{:?}", flood.messages);
+    assert_eq!(flood.count("busy"), 492, "{:?}", flood.messages);
+    assert!(calls > 0);
+    assert!(
+        slowest < Duration::from_secs(1),
+        "root waited {slowest:?} for status during the flood"
+    );
+    // With the 8 still held, root's CLI answers at once.
+    let t = Instant::now();
+    let out = w.cli(&["status", "--socket", &sock]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    drop(flood);
+    agent.stop();
+}
+
+/// Resident set size of `pid`, in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+#[test]
+fn a_client_that_never_reads_is_closed_within_the_timeout() {
+    use std::io::Write;
+    let w = World::new();
+    let file = w.write("app/app.env", &app_env());
+    w.config(&AgentOpts::default(), &[sync_entry("app", &[file], "")]);
+    let agent = Agent::start(&w);
+    w.wait_synced("app");
+    let sock = w.socket();
+    let before = rss_kib(agent.pid());
+
+    // Pipeline status requests as fast as the agent takes them; never read.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_nonblocking(true).unwrap();
+    let request = b"{\"id\":1,\"cmd\":\"status\"}\n";
+    let started = Instant::now();
+    let mut sent = 0usize;
+    let mut partial = 0usize;
+    let closed_after = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "a client that never reads was not closed after {:?} ({sent} requests sent)",
+            started.elapsed()
+        );
+        match s.write(&request[partial..]) {
+            Ok(n) => {
+                partial += n;
+                if partial == request.len() {
+                    partial = 0;
+                    sent += 1;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                    ),
+                    "{e}"
+                );
+                break started.elapsed();
+            }
+        }
+    };
+    // Closed about one idle timeout (10 s) after its replies stopped
+    // draining, which happens within a moment of the first request.
+    assert!(
+        closed_after < Duration::from_secs(15),
+        "closed after {closed_after:?}"
+    );
+    // What it gets when it finally reads is what the socket buffers held,
+    // not everything it asked for.
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(
+        rest.len() < 8 * 1024 * 1024,
+        "{} bytes of replies were buffered for a client that never read",
+        rest.len()
+    );
+    let after = rss_kib(agent.pid());
+    eprintln!(
+        "never-reading client: {sent} requests, closed after {closed_after:?}, {} bytes left to read, agent RSS {before} -> {after} KiB",
+        rest.len()
+    );
+    assert!(
+        after < before + 16 * 1024,
+        "agent RSS grew from {before} KiB to {after} KiB"
+    );
+    let r = Conn::open(&sock).call(&json!({"id": "after", "cmd": "status"}));
+    assert_eq!(r["ok"], true, "{r}");
+    agent.stop();
+}
+
+#[test]
+fn plan_from_unlisted_users_is_rate_limited() {
+    if !need_root("plan_from_unlisted_users_is_rate_limited") {
+        return;
+    }
+    let (w, _sock) = open_world("control:\n  allow_uids: [60001]\n");
+    let agent = Agent::start(&w);
+    w.wait_synced("app");
+    let socket = w.socket();
+    let plan = json!({"id": 1, "cmd": "plan"});
+
+    // A user outside control.allow_*: a burst of 2, then `busy`.
+    let nobody = Held::run(socket.as_ref(), NOBODY, 1, 6, &plan);
+    let codes = &nobody.replies[0];
+    assert_eq!(codes[..2], ["ok", "ok"], "{codes:?} {:?}", nobody.messages);
+    assert!(
+        codes[2..].iter().filter(|c| *c == "busy").count() >= 3,
+        "{codes:?}"
+    );
+    assert!(
+        nobody
+            .messages
+            .iter()
+            .any(|m| m.contains("plan") && m.contains("2 s")),
+        "{:?}",
+        nobody.messages
+    );
+    drop(nobody);
+    // Root, and a uid in control.allow_uids, are not limited.
+    let mut root = Conn::open(&socket);
+    for i in 0..5 {
+        let r = root.call(&json!({"id": i, "cmd": "plan"}));
+        assert_eq!(r["ok"], true, "root plan {i}: {r}");
+    }
+    let listed = Held::run(socket.as_ref(), 60001, 1, 5, &plan);
+    assert_eq!(listed.replies, [["ok"; 5]], "{:?}", listed.messages);
+    drop(listed);
+    // The bucket refills: one more plan after 2 s.
+    std::thread::sleep(Duration::from_millis(2100));
+    let again = Held::run(socket.as_ref(), NOBODY, 1, 1, &plan);
+    assert_eq!(again.replies, [["ok"]], "{:?}", again.messages);
+    drop(again);
     agent.stop();
 }

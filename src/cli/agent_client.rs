@@ -43,10 +43,18 @@ async fn ask(socket: &Path, req: &Request, timeout: Duration) -> Result<Value, E
         .map(|e| (e.code, e.message))
         .unwrap_or((ErrorCode::Internal, "no error message".into()));
     eprintln!("error: {message}");
-    Err(match code {
+    Err(exit_for(code))
+}
+
+/// Exit code for an error reply. `busy` (too many clients, the engine's
+/// queue full, shutting down) means the agent could not take the request:
+/// "cannot reach the agent" (3), like a socket that does not answer.
+fn exit_for(code: ErrorCode) -> Exit {
+    match code {
         ErrorCode::NotFound | ErrorCode::InvalidConfig | ErrorCode::BadRequest => Exit::Usage,
-        _ => Exit::Failed,
-    })
+        ErrorCode::Busy => Exit::Unreachable,
+        ErrorCode::Forbidden | ErrorCode::Internal => Exit::Failed,
+    }
 }
 
 fn print_json(v: &Value) {
@@ -225,6 +233,21 @@ pub async fn reload(socket: &Path) -> Exit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_codes_map_to_exit_codes() {
+        let cases = [
+            (ErrorCode::BadRequest, 2),
+            (ErrorCode::Forbidden, 1),
+            (ErrorCode::NotFound, 2),
+            (ErrorCode::InvalidConfig, 2),
+            (ErrorCode::Busy, 3),
+            (ErrorCode::Internal, 1),
+        ];
+        for (code, want) in cases {
+            assert_eq!(exit_for(code).code(), want, "{code:?}");
+        }
+    }
 
     #[test]
     fn ages() {

@@ -1,22 +1,29 @@
 //! The control socket server inside the agent.
 //!
-//! Limits keep a misbehaving client from hurting the agent: 64 KiB per
-//! request line, 10 s idle timeout, at most 64 clients at once (the 65th
-//! gets a `busy` reply). Handlers only read status and send requests to the
-//! engine handle; they never touch sync state.
+//! Limits keep a misbehaving client from hurting the agent or starving
+//! other users: 64 KiB per request line; 10 s idle timeout, and the same
+//! timeout on writing a reply; one request at a time per connection (the
+//! next line is not read while a reply is unwritten, so a client that never
+//! reads costs one reply of memory, then its slot after the timeout); at
+//! most 64 clients at once and 8 per unprivileged uid, with 8 slots only
+//! root and the agent's uid may take (see [`super::limits`]); and `plan`
+//! from users outside `control.allow_*` at 1 per 2 s (burst 2) per uid, so
+//! they cannot keep the AWS API busy. Refusals are `busy` replies.
+//! Handlers only read status and send requests to the engine handle; they
+//! never touch sync state.
 
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
 
 use super::auth::{self, Peer};
+use super::limits::{Rate, RateLimiter, SlotLimits, Slots};
 use super::proto::{ErrorCode, MAX_REQUEST_BYTES, Reply, Request, parse_request};
 use crate::agent::engine::{EngineError, EngineHandle, Request as EngineRequest};
 use crate::config::Config;
@@ -25,6 +32,18 @@ use crate::config::Config;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most concurrent clients.
 pub const MAX_CLIENTS: usize = 64;
+/// Most concurrent clients of one uid other than root and the agent's.
+pub const MAX_CLIENTS_PER_UID: usize = 8;
+/// Slots kept for root and the agent's uid: other users together hold at
+/// most `MAX_CLIENTS - RESERVED_CLIENTS`.
+pub const RESERVED_CLIENTS: usize = 8;
+/// `plan` rate per uid for users outside `control.allow_*`: a plan reads
+/// every destination from AWS, so an unlisted user looping on it could eat
+/// the account's API rate that event passes need.
+pub const PLAN_RATE: Rate = Rate {
+    burst: 2,
+    every: Duration::from_secs(2),
+};
 
 /// Socket settings from the config.
 #[derive(Debug, Clone)]
@@ -39,8 +58,10 @@ pub struct ServerSettings {
     pub allow_groups: Vec<String>,
     /// Idle timeout per connection.
     pub idle_timeout: Duration,
-    /// Concurrent client limit.
-    pub max_clients: usize,
+    /// Concurrent client limits.
+    pub slots: SlotLimits,
+    /// `plan` rate for uids that may not resync.
+    pub plan_rate: Rate,
 }
 
 impl ServerSettings {
@@ -52,7 +73,12 @@ impl ServerSettings {
             allow_uids: config.control.allow_uids.clone(),
             allow_groups: config.control.allow_groups.clone(),
             idle_timeout: IDLE_TIMEOUT,
-            max_clients: MAX_CLIENTS,
+            slots: SlotLimits {
+                total: MAX_CLIENTS,
+                per_uid: MAX_CLIENTS_PER_UID,
+                reserved: RESERVED_CLIENTS,
+            },
+            plan_rate: PLAN_RATE,
         }
     }
 }
@@ -120,7 +146,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let limit = Arc::new(Semaphore::new(settings.max_clients));
+    let slots = Slots::new(settings.slots);
+    let plans = Arc::new(RateLimiter::new(settings.plan_rate));
     let settings = Arc::new(settings);
     let allowed_gids: Arc<Vec<u32>> = Arc::new(auth::resolve_groups(&settings.allow_groups));
     let agent_uid = nix::unistd::Uid::current().as_raw();
@@ -129,19 +156,37 @@ pub async fn serve(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-                        tokio::spawn(reject_busy(stream));
-                        continue;
+                    let peer = match stream.peer_cred() {
+                        Ok(c) => Peer {
+                            uid: c.uid(),
+                            gid: c.gid(),
+                            pid: c.pid(),
+                        },
+                        Err(e) => {
+                            tracing::warn!(error = %e, "control connection without peer credentials; closing");
+                            continue;
+                        }
+                    };
+                    let privileged = peer.uid == 0 || peer.uid == agent_uid;
+                    let slot = match slots.acquire(peer.uid, privileged) {
+                        Ok(slot) => slot,
+                        Err(refusal) => {
+                            tracing::debug!(uid = peer.uid, pid = ?peer.pid, %refusal, "control connection refused");
+                            tokio::spawn(reject_busy(stream, refusal.to_string()));
+                            continue;
+                        }
                     };
                     let conn = Connection {
                         handle: handle.clone(),
                         settings: Arc::clone(&settings),
                         allowed_gids: Arc::clone(&allowed_gids),
                         agent_uid,
+                        plans: Arc::clone(&plans),
+                        peer,
                     };
                     tokio::spawn(async move {
                         conn.run(stream).await;
-                        drop(permit);
+                        drop(slot);
                     });
                 }
                 Err(e) => {
@@ -154,9 +199,22 @@ pub async fn serve(
     }
 }
 
-async fn reject_busy(mut stream: UnixStream) {
-    let reply = Reply::err(Value::Null, ErrorCode::Busy, "too many clients; try again");
+async fn reject_busy(mut stream: UnixStream, message: String) {
+    let reply = Reply::err(Value::Null, ErrorCode::Busy, message);
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&reply.to_line())).await;
+}
+
+/// Writes one reply within `timeout`; false when the connection is to be
+/// closed (write failed, or the client does not read).
+async fn write_reply<W: tokio::io::AsyncWrite + Unpin>(
+    write: &mut W,
+    reply: &Reply,
+    timeout: Duration,
+) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, write.write_all(&reply.to_line())).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Outcome of reading one request line.
@@ -202,21 +260,16 @@ struct Connection {
     settings: Arc<ServerSettings>,
     allowed_gids: Arc<Vec<u32>>,
     agent_uid: u32,
+    plans: Arc<RateLimiter>,
+    peer: Peer,
 }
 
 impl Connection {
+    /// Serves requests one at a time: the next line is read only once the
+    /// previous reply is written, so at most one reply is buffered here.
     async fn run(self, stream: UnixStream) {
-        let peer = match stream.peer_cred() {
-            Ok(c) => Peer {
-                uid: c.uid(),
-                gid: c.gid(),
-                pid: c.pid(),
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "control connection without peer credentials; closing");
-                return;
-            }
-        };
+        let peer = self.peer;
+        let timeout = self.settings.idle_timeout;
         let (read, mut write) = stream.into_split();
         let mut reader = BufReader::new(read);
         loop {
@@ -233,7 +286,7 @@ impl Connection {
                         ErrorCode::BadRequest,
                         format!("request larger than {MAX_REQUEST_BYTES} bytes"),
                     );
-                    let _ = write.write_all(&reply.to_line()).await;
+                    write_reply(&mut write, &reply, timeout).await;
                     return;
                 }
                 Ok(Ok(Line::Data(bytes))) => bytes,
@@ -242,7 +295,8 @@ impl Connection {
                 continue;
             }
             let reply = self.answer(&peer, &line).await;
-            if write.write_all(&reply.to_line()).await.is_err() {
+            if !write_reply(&mut write, &reply, timeout).await {
+                tracing::debug!(uid = peer.uid, pid = ?peer.pid, "control client does not read its replies; closing");
                 return;
             }
         }
@@ -254,6 +308,22 @@ impl Connection {
             Err(reply) => return *reply,
         };
         let id = request.id.clone();
+        if request.cmd == "plan" {
+            if let Err(retry) = self.plan_allowed(peer, Instant::now()) {
+                let rate = self.plans.rate();
+                return Reply::err(
+                    id,
+                    ErrorCode::Busy,
+                    format!(
+                        "plan rate limit for uid {}: {} at once, then 1 per {} s (root, the agent's user, control.allow_uids and control.allow_groups are exempt); retry in {:.1} s",
+                        peer.uid,
+                        rate.burst,
+                        rate.every.as_secs_f64(),
+                        retry.as_secs_f64()
+                    ),
+                );
+            }
+        }
         if !auth::is_read_only(&request.cmd) && !self.authorized(peer) {
             // Only command names the protocol knows reach the log: the rest
             // is whatever a client sent, possibly pasted data.
@@ -275,6 +345,15 @@ impl Connection {
             Ok(result) => Reply::ok(id, result),
             Err((code, message)) => Reply::err(id, code, message),
         }
+    }
+
+    /// `plan` is rate-limited per uid here, before it reaches the engine,
+    /// for peers that may not resync.
+    fn plan_allowed(&self, peer: &Peer, now: Instant) -> Result<(), Duration> {
+        if self.authorized(peer) {
+            return Ok(());
+        }
+        self.plans.take(peer.uid, now)
     }
 
     fn authorized(&self, peer: &Peer) -> bool {
