@@ -19,7 +19,7 @@
 //! - [`agent`]: the long-running part: daemon (composition root, signals,
 //!   sd_notify), engine (scheduling, debounce; the only writer of status),
 //!   directory watches, the status model.
-//! - `control`: the Unix socket (protocol, peer auth, server, client);
+//! - `control`: the Unix socket (protocol, peer auth, per-uid limits, server, client);
 //!   `metrics`: Prometheus registry and the loopback `/metrics` server.
 //! - [`secret`]: [`secret::SecretValue`], whose `Debug`/`Display` redact;
 //!   [`naming`]: name templates, key-schema inversion, AWS limits;
