@@ -15,7 +15,13 @@ use crate::config::{AgentSettings, LogFormat};
 /// `tracing` directives appended to its filter whatever the
 /// configured log level: at TRACE the SDK's orchestrator logs whole HTTP
 /// requests and responses, bodies (secret values) included.
+///
+/// `aws_config` is capped at ERROR: its credential chain logs a failing
+/// provider at WARN with the SDK's `Debug` dump of the HTTP response
+/// (kilobytes of `Response { .. }` structs); the error it returns reaches
+/// the user through the store's own, readable message instead.
 pub const SDK_LOG_DIRECTIVES: &[&str] = &[
+    "aws_config=error",
     "aws_smithy_runtime=debug",
     "aws_smithy_http_client=debug",
     "aws_sigv4=debug",
@@ -191,6 +197,22 @@ mod tests {
     fn sdk_wire_logs_stay_off_at_trace() {
         assert!(!enabled(Some("trace"), Level::TRACE).0);
         assert!(!enabled(Some("aws_smithy_runtime=trace"), Level::TRACE).0);
+    }
+
+    /// The credential chain's WARN carries a multi-KB `Debug` dump of the
+    /// SDK's HTTP response; it never shows, whatever the level.
+    #[test]
+    fn credential_chain_warnings_are_capped() {
+        for rust_log in [None, Some("info"), Some("debug"), Some("aws_config=trace")] {
+            let subscriber = tracing_subscriber::registry().with(filter_from(rust_log, "warn"));
+            let (warn, error) = tracing::subscriber::with_default(subscriber, || {
+                (
+                    tracing::enabled!(target: "aws_config::meta::credentials::chain", Level::WARN),
+                    tracing::enabled!(target: "aws_config::meta::credentials::chain", Level::ERROR),
+                )
+            });
+            assert!(!warn && error, "{rust_log:?}");
+        }
     }
 
     const CANARY: &str = "canary-panic-71c2-must-not-leak";

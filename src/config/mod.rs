@@ -458,8 +458,10 @@ macro_rules! display_as_str {
 display_as_str!(Mapping, FormatSetting, InitialSync, LogFormat, LogLevel);
 
 /// One config problem at one place in the file.
+///
+/// Shown as `PATH:LINE:COL: message`, or `PATH: message` for a problem
+/// with the file as a whole (no position to point at).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}:{}:{}: {}", path.display(), line, column, message)]
 pub struct ConfigError {
     /// The config file.
     pub path: PathBuf,
@@ -470,6 +472,23 @@ pub struct ConfigError {
     /// What is wrong and, where possible, how to fix it. Never contains a
     /// line break, so each error prints as exactly one line.
     pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.path.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.path.display(),
+                self.line,
+                self.column,
+                self.message
+            )
+        }
+    }
 }
 
 impl ConfigError {
@@ -549,10 +568,17 @@ fn too_large_message(len: usize) -> String {
 }
 
 /// Reads `path` (at most [`MAX_CONFIG_BYTES`]) and parses it with the real
-/// process environment. An unreadable file is one error at `PATH:0:0`.
+/// process environment. An unreadable file is one error about the file as
+/// a whole (`PATH: message`); a missing one says how to name another.
 pub fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| ConfigErrors::file_level(path, format!("cannot open config file: {e}")))?;
+    let file = std::fs::File::open(path).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+            " (pass another with --config PATH or SECRETSYNC_CONFIG)"
+        } else {
+            ""
+        };
+        ConfigErrors::file_level(path, format!("cannot open config file: {e}{hint}"))
+    })?;
     let mut bytes = Vec::new();
     // Read one byte past the limit to tell "exactly at the limit" from "over".
     let limit = u64::try_from(MAX_CONFIG_BYTES)

@@ -245,9 +245,26 @@ pub(super) fn credentials_error(op: &'static str, cred: &CredentialsError) -> St
             op,
             message: format!("loading AWS credentials failed: {text}"),
         }
+    } else if matches!(cred, CredentialsError::CredentialsNotLoaded(_)) {
+        StoreError::Config(format!("{op}: {}", no_credentials_text(None)))
+    } else if find_in_chain::<aws_config::imds::client::error::ImdsError>(cred).is_some() {
+        // IMDS is the default chain's last step: every provider before it
+        // found nothing, so its own failure says little on its own.
+        StoreError::Config(format!("{op}: {}", no_credentials_text(Some(&text))))
     } else {
         StoreError::Config(format!("{op}: could not load AWS credentials: {text}"))
     }
+}
+
+/// "No credentials anywhere": the whole default chain in one line, the
+/// last step's failure when it says something, and what to do.
+pub(super) fn no_credentials_text(last_step: Option<&str>) -> String {
+    let last = last_step
+        .map(|t| format!("; the last step (IMDS) said: {t}"))
+        .unwrap_or_default();
+    format!(
+        "no AWS credentials found (tried: environment variables, shared config and credentials files (profile, SSO, credential_process), web identity token, ECS container credentials, EC2 instance metadata (IMDS)){last}. Hint: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or aws.profile / aws.role_arn in the config; for a local emulator, set aws.endpoint_url and dummy credentials (AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test)"
+    )
 }
 
 /// An error and its sources as one line, `outer: inner: root`, without the
