@@ -4,11 +4,26 @@
 # run the agent, edit a file and watch the change arrive, then stop it.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
+
+# The slow steps come first (installing the emulator, building); each says
+# what it does and how long it usually takes, then how long it took.
+step_started=0
+step() {
+  echo "== $*"
+  step_started=$SECONDS
+}
+took() {
+  echo "   (took $((SECONDS - step_started)) s)"
+}
+
+step "installing the AWS emulator (moto) into a private virtualenv; first run up to a minute (download), then instant"
 moto_server="$(bash "$repo/scripts/setup-moto.sh")"
 venv_python="$(dirname "$moto_server")/python"
+took
 work="$(mktemp -d)"
 trap 'kill "${agent_pid:-}" "${moto_pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
+step "starting moto_server on a free local port; a few seconds"
 port="$("$venv_python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 "$moto_server" -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
 moto_pid=$!
@@ -16,6 +31,7 @@ for _ in $(seq 100); do
   if "$venv_python" -c "import socket; socket.create_connection(('127.0.0.1',$port),0.2)" 2>/dev/null; then break; fi
   sleep 0.1
 done
+took
 
 mkdir -p "$work/app" "$work/state"
 cat >"$work/app/prod.env" <<'ENV'
@@ -59,7 +75,9 @@ CFG
 export RUST_LOG=warn AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_EC2_METADATA_DISABLED=true
 export SECRETSYNC_CONFIG="$work/agent.yaml"
 cd "$repo"
+step "building secretsync (debug); a first build takes a minute or two, a rebuild seconds"
 cargo build -q
+took
 bin="${CARGO_TARGET_DIR:-$repo/target}/debug/secretsync"
 echo "== secretsync check"; "$bin" check
 echo "== secretsync plan";  "$bin" plan
