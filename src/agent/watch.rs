@@ -12,12 +12,14 @@ use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode};
 
 use crate::source::files::has_glob_chars;
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// Directories to watch for `patterns`: the parent of each literal file and
 /// of its symlink target, the static directory prefix of each glob (and
@@ -101,15 +103,87 @@ pub fn names_source_file(path: &Path, patterns: &[String]) -> bool {
     })
 }
 
-/// Whether a notify event kind can mean content changed. Opens, reads and
-/// read-only closes (our own reads among them) are ignored.
-fn is_relevant(kind: &EventKind) -> bool {
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        _ => true,
+/// What an event says about a path, for the engine's quiet period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// Content was written (`IN_MODIFY`): the writer may still hold the
+    /// file open and be only part way through.
+    Written,
+    /// A writer closed the file (`IN_CLOSE_WRITE`): that write is complete.
+    Closed,
+    /// The path went away (deleted, or renamed to another name).
+    Gone,
+    /// Anything else that can mean a change (created, renamed here,
+    /// attributes), or an event whose kind is not known.
+    Other,
+}
+
+impl Activity {
+    /// Whether the event can change which directories a sync watches
+    /// (writes and closes cannot, so an event storm of writes does not
+    /// recompute the watch set per event).
+    pub fn may_move_dirs(self) -> bool {
+        matches!(self, Activity::Gone | Activity::Other)
     }
 }
+
+/// What a notify event kind means for content, `None` when it cannot mean
+/// a change: opens, reads and read-only closes (our own reads among them).
+pub fn activity(kind: &EventKind) -> Option<Activity> {
+    use notify::event::{ModifyKind, RenameMode};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Activity::Closed),
+        EventKind::Access(_) => None,
+        EventKind::Modify(ModifyKind::Data(_)) => Some(Activity::Written),
+        EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+            Some(Activity::Gone)
+        }
+        _ => Some(Activity::Other),
+    }
+}
+
+/// One notify event as the engine sees it: what happened, and to which paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEvent {
+    /// What the event says about its paths.
+    pub activity: Activity,
+    /// The paths it concerns.
+    pub paths: Vec<PathBuf>,
+}
+
+/// At most one log line per period, counting the ones left out, for a
+/// warning that an event storm can trigger thousands of times a second.
+#[derive(Debug)]
+pub struct LogThrottle {
+    every: Duration,
+    next: Option<Instant>,
+    left_out: u64,
+}
+
+impl LogThrottle {
+    /// A throttle allowing one line per `every`.
+    pub fn new(every: Duration) -> LogThrottle {
+        LogThrottle {
+            every,
+            next: None,
+            left_out: 0,
+        }
+    }
+
+    /// Whether to log now; `Some(n)`: yes, and `n` lines were left out
+    /// since the last one logged.
+    pub fn hit(&mut self, now: Instant) -> Option<u64> {
+        if self.next.is_some_and(|next| now < next) {
+            self.left_out += 1;
+            return None;
+        }
+        self.next = Some(now + self.every);
+        Some(std::mem::take(&mut self.left_out))
+    }
+}
+
+/// How often the "file events were dropped" warning may be logged.
+pub const DROPPED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Errors setting up watches.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +205,7 @@ pub const EVENT_QUEUE: usize = 1024;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Change {
     /// These paths saw an event.
-    Paths(Vec<PathBuf>),
+    Files(FileEvent),
     /// Events were dropped (our queue or the kernel's overflowed): any
     /// watched file may have changed.
     Unknown,
@@ -140,14 +214,14 @@ pub enum Change {
 /// The sending half of the watch feed, moved into notify's callback.
 #[derive(Clone, Debug)]
 pub struct ChangeSender {
-    tx: mpsc::Sender<Vec<PathBuf>>,
+    tx: mpsc::Sender<Option<FileEvent>>,
     overflow: Arc<AtomicBool>,
 }
 
 impl ChangeSender {
-    /// Queues `paths`, or records an overflow when the queue is full.
-    pub fn send(&self, paths: Vec<PathBuf>) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(paths) {
+    /// Queues `event`, or records an overflow when the queue is full.
+    pub fn send(&self, event: FileEvent) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Some(event)) {
             self.overflow.store(true, Ordering::Release);
         }
     }
@@ -155,27 +229,27 @@ impl ChangeSender {
     /// Records that events were lost and wakes the engine if it can.
     pub fn lost_events(&self) {
         self.overflow.store(true, Ordering::Release);
-        // An empty batch only wakes the receiver; when the queue is full
+        // An empty message only wakes the receiver; when the queue is full
         // the receiver is awake anyway.
-        let _ = self.tx.try_send(Vec::new());
+        let _ = self.tx.try_send(None);
     }
 }
 
 /// The receiving half of the watch feed, owned by the engine.
 #[derive(Debug)]
 pub struct ChangeReceiver {
-    rx: mpsc::Receiver<Vec<PathBuf>>,
+    rx: mpsc::Receiver<Option<FileEvent>>,
     overflow: Arc<AtomicBool>,
 }
 
 impl ChangeReceiver {
     /// The next change; `None` once every sender is gone.
     pub async fn next(&mut self) -> Option<Change> {
-        let paths = self.rx.recv().await?;
-        Some(if self.overflow.swap(false, Ordering::AcqRel) {
-            Change::Unknown
-        } else {
-            Change::Paths(paths)
+        let event = self.rx.recv().await?;
+        Some(match event {
+            _ if self.overflow.swap(false, Ordering::AcqRel) => Change::Unknown,
+            Some(event) => Change::Files(event),
+            None => Change::Unknown,
         })
     }
 }
@@ -207,8 +281,14 @@ impl DirWatcher {
         let inner =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
                 Ok(event) if event.need_rescan() => feed.lost_events(),
-                Ok(event) if is_relevant(&event.kind) => feed.send(event.paths),
-                Ok(_) => {}
+                Ok(event) => {
+                    if let Some(activity) = activity(&event.kind) {
+                        feed.send(FileEvent {
+                            activity,
+                            paths: event.paths,
+                        });
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "file watch error"),
             })?;
         Ok(Self {
@@ -273,24 +353,25 @@ mod tests {
         }
     }
 
+    fn ev(path: &str) -> FileEvent {
+        FileEvent {
+            activity: Activity::Other,
+            paths: vec![PathBuf::from(path)],
+        }
+    }
+
     #[tokio::test]
     async fn a_full_feed_drops_batches_and_reports_one_unknown_change() {
         let (tx, mut rx) = change_feed(2);
         for i in 0..5 {
-            tx.send(vec![PathBuf::from(format!("/d/{i}"))]);
+            tx.send(ev(&format!("/d/{i}")));
         }
         // The queued batches come out; the first receive after the overflow
         // says "unknown" (any file may have changed), then it is cleared.
         assert_eq!(rx.next().await, Some(Change::Unknown));
-        assert_eq!(
-            rx.next().await,
-            Some(Change::Paths(vec![PathBuf::from("/d/1")]))
-        );
-        tx.send(vec![PathBuf::from("/d/9")]);
-        assert_eq!(
-            rx.next().await,
-            Some(Change::Paths(vec![PathBuf::from("/d/9")]))
-        );
+        assert_eq!(rx.next().await, Some(Change::Files(ev("/d/1"))));
+        tx.send(ev("/d/9"));
+        assert_eq!(rx.next().await, Some(Change::Files(ev("/d/9"))));
         drop(tx);
         assert_eq!(rx.next().await, None);
     }
@@ -362,18 +443,55 @@ mod tests {
     }
 
     #[test]
-    fn own_reads_are_not_events() {
-        assert!(!is_relevant(&EventKind::Access(AccessKind::Open(
-            AccessMode::Any
-        ))));
-        assert!(!is_relevant(&EventKind::Access(AccessKind::Close(
-            AccessMode::Read
-        ))));
-        assert!(is_relevant(&EventKind::Access(AccessKind::Close(
-            AccessMode::Write
-        ))));
-        assert!(is_relevant(&EventKind::Create(
-            notify::event::CreateKind::File
-        )));
+    fn event_kinds_table() {
+        use notify::event::{CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode};
+        let cases = [
+            (EventKind::Access(AccessKind::Open(AccessMode::Any)), None),
+            (EventKind::Access(AccessKind::Close(AccessMode::Read)), None),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                Some(Activity::Closed),
+            ),
+            (
+                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                Some(Activity::Written),
+            ),
+            (
+                EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+                Some(Activity::Gone),
+            ),
+            (EventKind::Remove(RemoveKind::File), Some(Activity::Gone)),
+            (
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                Some(Activity::Other),
+            ),
+            (EventKind::Create(CreateKind::File), Some(Activity::Other)),
+            (EventKind::Any, Some(Activity::Other)),
+        ];
+        for (kind, want) in cases {
+            assert_eq!(activity(&kind), want, "{kind:?}");
+        }
+    }
+
+    /// One line, then silence for the period while counting, then one line
+    /// carrying the count.
+    #[test]
+    fn log_throttle_table() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut t = LogThrottle::new(Duration::from_secs(10));
+        let cases = [
+            (0, Some(0)),
+            (1, None),
+            (5_000, None),
+            (9_999, None),
+            (10_000, Some(3)),
+            (10_001, None),
+            (30_000, Some(1)),
+            (30_001, None),
+        ];
+        for (at, want) in cases {
+            assert_eq!(t.hit(t0 + ms(at)), want, "at {at} ms");
+        }
     }
 }

@@ -15,6 +15,9 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
 pub enum Request {
     /// Paths that changed on disk (from the watcher).
     FilesChanged(Vec<PathBuf>),
+    /// One watcher event with its kind (writes and closes steer the quiet
+    /// period); what the watcher feeds, for tests without a watcher.
+    FileEvent(crate::agent::watch::FileEvent),
     /// Re-read and reconcile now (all enabled syncs if `syncs` is empty);
     /// the reply comes when those passes finish.
     Resync {

@@ -19,7 +19,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::agent::status::{AgentStatus, Status, SyncStatusView};
-use crate::agent::watch::{self as fswatch, Change, ChangeReceiver, DirWatcher};
+use crate::agent::watch::{
+    self as fswatch, Activity, Change, ChangeReceiver, DirWatcher, LogThrottle,
+};
 use crate::config::{self, Config};
 use crate::metrics::Metrics;
 use crate::reconcile::plan::{DescribeReplicas, SecretState, TokenKey};
@@ -50,6 +52,14 @@ pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(300);
 /// source file) still gets a pass this many debounce periods after its
 /// first event; otherwise every event would push the pass back forever.
 pub const MAX_DEBOUNCE_PERIODS: u32 = 10;
+
+/// The longest a due pass waits for its files to settle: for a writer that
+/// wrote a source file and has not closed it yet (no `IN_CLOSE_WRITE`), for
+/// a file that changes while it is read, and for a read that drops keys to
+/// be confirmed by a second read a quiet period later. Past it the files
+/// are read and applied as they are (the deletion guard still applies), so
+/// a file held open for writing forever cannot stop a sync.
+pub const MAX_SETTLE_WAIT: Duration = Duration::from_secs(30);
 
 /// While a pass runs, how often the engine asks its store whether calls are
 /// being retried, to show the reason in status before the pass ends (a pass
@@ -102,6 +112,8 @@ pub struct Engine<F: StoreFactory> {
     import_hold: Option<String>,
     token_key: TokenKey,
     metrics: Option<Arc<Metrics>>,
+    /// Keeps an event storm from logging one warning per lost batch.
+    dropped_log: LogThrottle,
 }
 
 impl<F: StoreFactory> Engine<F> {
@@ -162,6 +174,7 @@ impl<F: StoreFactory> Engine<F> {
             state_error: None,
             metrics: None,
             import_hold,
+            dropped_log: LogThrottle::new(fswatch::DROPPED_LOG_EVERY),
         };
         let config = Arc::clone(&engine.config);
         // Persist a new token key before any write uses it.
@@ -253,7 +266,7 @@ impl<F: StoreFactory> Engine<F> {
                     None => break,
                 },
                 Some(change) = self.fs_rx.next() => match change {
-                    Change::Paths(paths) => self.files_changed(&paths),
+                    Change::Files(event) => self.files_changed(&event.paths, event.activity),
                     Change::Unknown => self.all_files_changed(),
                 },
                 () = sleep_until_opt(wake) => self.on_timer(),
@@ -345,8 +358,16 @@ impl<F: StoreFactory> Engine<F> {
         }
     }
 
-    fn files_changed(&mut self, paths: &[PathBuf]) {
-        self.debounce_syncs(|slot| {
+    fn files_changed(&mut self, paths: &[PathBuf], activity: Activity) {
+        let now = Instant::now();
+        for slot in self.slots.values_mut().filter(|s| s.job.enabled) {
+            for path in paths {
+                if fswatch::names_source_file(path, &slot.job.files) {
+                    slot.note_writer(path, activity, now);
+                }
+            }
+        }
+        self.debounce_syncs(activity.may_move_dirs(), |slot| {
             if paths
                 .iter()
                 .any(|p| fswatch::names_source_file(p, &slot.job.files))
@@ -366,8 +387,14 @@ impl<F: StoreFactory> Engine<F> {
     /// File events were lost: every enabled sync re-reads its files (the
     /// content hashes keep unchanged ones from costing AWS calls).
     fn all_files_changed(&mut self) {
-        tracing::warn!("file events were dropped (event storm); re-reading every sync's files");
-        self.debounce_syncs(|_| Some(Event::Own));
+        if let Some(left_out) = self.dropped_log.hit(Instant::now()) {
+            tracing::warn!(
+                left_out,
+                "file events were dropped (event storm); re-reading every sync's files (logged at most once per {:?}; left_out counts the times since the last line)",
+                fswatch::DROPPED_LOG_EVERY
+            );
+        }
+        self.debounce_syncs(true, |_| Some(Event::Own));
     }
 
     /// Starts or extends the debounce of every enabled sync an event
@@ -375,7 +402,8 @@ impl<F: StoreFactory> Engine<F> {
     /// events in its directories (a Kubernetes `..data` swap, a neighbour's
     /// file) start one when none is pending but never extend it, so busy
     /// neighbours cannot delay a sync's pass.
-    fn debounce_syncs(&mut self, concerns: impl Fn(&Slot) -> Option<Event>) {
+    /// `refresh`: the events may have moved the watched directories.
+    fn debounce_syncs(&mut self, refresh: bool, concerns: impl Fn(&Slot) -> Option<Event>) {
         let now = Instant::now();
         let debounce = self.config.agent.debounce;
         let mut any = false;
@@ -397,14 +425,15 @@ impl<F: StoreFactory> Engine<F> {
             let due = (now + debounce).min(start + debounce * MAX_DEBOUNCE_PERIODS);
             slot.due = Some(slot.due.map_or(due, |d| d.max(due)));
         }
-        if any {
+        if any && refresh {
             self.refresh_watches();
         }
     }
 
     async fn handle(&mut self, request: Request) {
         match request {
-            Request::FilesChanged(paths) => self.files_changed(&paths),
+            Request::FilesChanged(paths) => self.files_changed(&paths, Activity::Other),
+            Request::FileEvent(event) => self.files_changed(&event.paths, event.activity),
             Request::Ping { reply } => {
                 let _ = reply.send(());
             }
@@ -571,7 +600,8 @@ impl<F: StoreFactory> Engine<F> {
                     None => job.disabled_report(),
                     Some(Err(e)) => failed_report(&job, format!("cannot set up AWS client: {e}")),
                     Some(Ok(store)) => {
-                        let files = read_files_blocking(job.clone()).await;
+                        let known = last_good.keys().cloned().collect();
+                        let files = read_files_blocking(job.clone(), known).await;
                         reconcile::run_pass_with_files(
                             store,
                             &job,

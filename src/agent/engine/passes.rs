@@ -10,7 +10,7 @@ impl<F: StoreFactory> Engine<F> {
         let debounce = self.config.agent.debounce;
         for slot in self.slots.values_mut() {
             if !slot.running && slot.due.is_some_and(|d| d <= now) {
-                let _ = debounce;
+                slot.hold_for_writers(now, debounce);
             }
         }
         let ready: Vec<String> = self
@@ -44,8 +44,7 @@ impl<F: StoreFactory> Engine<F> {
             let force = std::mem::take(&mut slot.force) || !slot.riding.is_empty();
             let allow_deletes = std::mem::take(&mut slot.allow_deletes);
             let explicit = std::mem::take(&mut slot.explicit);
-            let settle_check = (false
-                && !explicit
+            let settle_check = (!explicit
                 && slot
                     .settling_since
                     .is_none_or(|since| now < since + MAX_SETTLE_WAIT))
@@ -159,8 +158,11 @@ impl<F: StoreFactory> Engine<F> {
         let started = slot.pass_started.take();
         let event_at = slot.pass_event_at.take();
         if done.skipped {
+            // No pass ran: the sync keeps the status its last pass gave it
+            // (a FAILED sync never turns SYNCED on an event that changed
+            // no content).
             if slot.view.sync_status == SyncStatus::Running {
-                slot.view.sync_status = SyncStatus::Synced;
+                slot.view.sync_status = resume.map_or(SyncStatus::Pending, |r| r.status);
             }
             tracing::debug!(sync = name, "file events without content change; no pass");
             self.publish();

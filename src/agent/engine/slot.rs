@@ -45,6 +45,38 @@ pub(super) struct Slot {
     /// Last known replicas per secret name, shown in status.
     pub(super) replicas: BTreeMap<String, Vec<ReplicaStatus>>,
     pub(super) view: SyncStatusView,
+    /// Source files written and not closed since (a writer may be part way
+    /// through), with the first such write: a due pass waits for them.
+    pub(super) writers: BTreeMap<PathBuf, Instant>,
+    /// Since when passes have been put off for files to settle (bounded
+    /// by [`MAX_SETTLE_WAIT`]); `None` when the last pass ran.
+    pub(super) settling_since: Option<Instant>,
+    /// A read that dropped keys, to be confirmed by an identical read a
+    /// quiet period later before anything is deleted.
+    pub(super) unconfirmed: Option<Stamps>,
+    /// What the running pass took from the slot, given back if it settles.
+    pub(super) resume: Option<Resume>,
+}
+
+/// Per file, the stamp a read saw (`None`: it could not be read).
+pub(super) type Stamps = Vec<(PathBuf, Option<crate::source::files::FileStamp>)>;
+
+/// The flags a pass took when it started and the status before RUNNING.
+pub(super) struct Resume {
+    pub(super) force: bool,
+    pub(super) allow_deletes: bool,
+    pub(super) describe_all: bool,
+    pub(super) status: SyncStatus,
+}
+
+/// Why a pass read its files and then did nothing: they had not settled.
+#[derive(Debug)]
+pub(super) enum Settle {
+    /// A file changed while it was read.
+    Changing,
+    /// Keys disappeared from the files since the last pass; these stamps
+    /// must read the same after another quiet period.
+    Dropped(Stamps),
 }
 
 impl Slot {
@@ -94,7 +126,48 @@ impl Slot {
             pass_event_at: None,
             describe_all: true,
             replicas: BTreeMap::new(),
+            writers: BTreeMap::new(),
+            settling_since: None,
+            unconfirmed: None,
+            resume: None,
         }
+    }
+
+    /// Tracks writers of a source file: a write (`IN_MODIFY`) may be the
+    /// first part of a longer one, and only the writer's close says it is
+    /// done.
+    pub(super) fn note_writer(&mut self, path: &Path, activity: fswatch::Activity, now: Instant) {
+        match activity {
+            fswatch::Activity::Written => {
+                self.writers.entry(path.to_path_buf()).or_insert(now);
+            }
+            fswatch::Activity::Closed | fswatch::Activity::Gone => {
+                self.writers.remove(path);
+            }
+            fswatch::Activity::Other => {}
+        }
+    }
+
+    /// A due pass whose files are still open for writing waits another
+    /// quiet period (returns `true` and moves `due`), up to
+    /// [`MAX_SETTLE_WAIT`] after the first unfinished write; past that the
+    /// writers are forgotten and the pass reads what is there.
+    pub(super) fn hold_for_writers(&mut self, now: Instant, debounce: Duration) -> bool {
+        let Some(first) = self.writers.values().min().copied() else {
+            return false;
+        };
+        let limit = first + MAX_SETTLE_WAIT;
+        if now >= limit {
+            tracing::warn!(
+                sync = %self.job.spec.sync_name,
+                files = ?self.writers.keys().collect::<Vec<_>>(),
+                "source file written but not closed for {MAX_SETTLE_WAIT:?}; reading it as it is"
+            );
+            self.writers.clear();
+            return false;
+        }
+        self.due = Some((now + debounce).min(limit));
+        true
     }
 
     /// Takes over the runtime memory of the slot this one replaces.
@@ -109,6 +182,10 @@ impl Slot {
         self.pass_started = old.pass_started;
         self.pass_event_at = old.pass_event_at;
         self.replicas = old.replicas;
+        self.writers = old.writers;
+        self.settling_since = old.settling_since;
+        self.unconfirmed = old.unconfirmed;
+        self.resume = old.resume;
         self.riding = old.riding;
         self.waiting = old.waiting;
         self.view.last_synced_at = old.view.last_synced_at;
@@ -138,4 +215,6 @@ pub(super) struct PassDone {
     /// The store could not be created.
     pub(super) setup_error: Option<StoreError>,
     pub(super) mode: Mode,
+    /// The files had not settled: nothing was planned or applied.
+    pub(super) settle: Option<Settle>,
 }

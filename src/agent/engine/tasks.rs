@@ -84,9 +84,21 @@ pub(super) async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-pub(super) async fn read_files_blocking(job: SyncJob) -> Vec<FileView> {
+/// Reads `job`'s files on a blocking thread. `known`: the paths the sync
+/// holds a last good view of (a glob match among them that turned into a
+/// directory or FIFO is a file error, not gone).
+pub(super) async fn read_files_blocking(job: SyncJob, known: BTreeSet<PathBuf>) -> Vec<FileView> {
     let files = job.files.clone();
-    match tokio::task::spawn_blocking(move || job.read_files()).await {
+    let read = move || {
+        crate::source::files::read_sources_known(
+            &job.files,
+            job.format,
+            job.expand,
+            job.max_file_size,
+            &known,
+        )
+    };
+    match tokio::task::spawn_blocking(read).await {
         Ok(v) => v,
         Err(e) => {
             let e = crate::logging::join_error_text(e);
@@ -98,6 +110,7 @@ pub(super) async fn read_files_blocking(job: SyncJob) -> Vec<FileView> {
                         "reader task failed: {e}"
                     ))),
                     digest: None,
+                    stamp: None,
                 })
                 .collect()
         }
@@ -114,8 +127,9 @@ pub(super) async fn run_pass_task<S: SecretStore>(
     previous: Option<Digests>,
     last_good: BTreeMap<PathBuf, ParsedFile>,
     sync_state: crate::reconcile::state::SyncState,
+    settle_check: Option<SettleCheck>,
 ) -> PassDone {
-    let files = read_files_blocking(job.clone()).await;
+    let files = read_files_blocking(job.clone(), last_good.keys().cloned().collect()).await;
     let digests: Digests = files.iter().map(|f| (f.path.clone(), f.digest)).collect();
     if !force && previous.as_ref() == Some(&digests) {
         return PassDone {
@@ -125,6 +139,20 @@ pub(super) async fn run_pass_task<S: SecretStore>(
             result: None,
             setup_error: None,
             mode,
+            settle: None,
+        };
+    }
+    if let Some(settle) =
+        settle_check.and_then(|c| c.unsettled(&files, previous.as_ref(), &last_good))
+    {
+        return PassDone {
+            skipped: false,
+            files,
+            digests,
+            result: None,
+            setup_error: None,
+            mode,
+            settle: Some(settle),
         };
     }
     let store = match store {
@@ -137,6 +165,7 @@ pub(super) async fn run_pass_task<S: SecretStore>(
                 result: None,
                 setup_error: Some(e),
                 mode,
+                settle: None,
             };
         }
     };
@@ -157,6 +186,59 @@ pub(super) async fn run_pass_task<S: SecretStore>(
         result: Some(result),
         setup_error: None,
         mode,
+        settle: None,
+    }
+}
+
+/// Whether files just read are settled enough to act on (passes started
+/// by events, drift and reloads; an explicit resync acts on what it reads).
+pub(super) struct SettleCheck {
+    /// The read that dropped keys last time, if one is waiting to be
+    /// confirmed.
+    pub(super) confirmed: Option<Stamps>,
+}
+
+impl SettleCheck {
+    /// `Some` when the pass should wait another quiet period: a file
+    /// changed while it was read, or keys that the previous pass's files
+    /// had are gone (what a truncation part way through a rewrite looks
+    /// like) and this exact read (same inodes, sizes and times) has not
+    /// been seen a quiet period earlier.
+    pub(super) fn unsettled(
+        self,
+        files: &[FileView],
+        previous: Option<&Digests>,
+        last_good: &BTreeMap<PathBuf, ParsedFile>,
+    ) -> Option<Settle> {
+        use crate::source::files::FileError;
+        if files
+            .iter()
+            .any(|f| matches!(f.result, Err(FileError::Changing)))
+        {
+            return Some(Settle::Changing);
+        }
+        let previous = previous?;
+        let keys = |views: &mut dyn Iterator<Item = &ParsedFile>| -> BTreeSet<String> {
+            views
+                .flat_map(|p| p.entries.iter().map(|e| e.key.clone()))
+                .collect()
+        };
+        let before = keys(
+            &mut previous
+                .iter()
+                .filter(|(_, digest)| digest.is_some())
+                .filter_map(|(path, _)| last_good.get(path)),
+        );
+        let now = keys(
+            &mut files
+                .iter()
+                .filter_map(|f| f.result.as_ref().ok().or_else(|| last_good.get(&f.path))),
+        );
+        if before.is_subset(&now) {
+            return None;
+        }
+        let stamps: Stamps = files.iter().map(|f| (f.path.clone(), f.stamp)).collect();
+        (self.confirmed.as_ref() != Some(&stamps)).then_some(Settle::Dropped(stamps))
     }
 }
 

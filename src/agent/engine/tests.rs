@@ -311,6 +311,29 @@ async fn parse_error_keeps_last_good_view_and_deletes_nothing() {
     h.stop().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_failed_sync_stays_failed_on_events_that_change_no_content() {
+    let h = Harness::start_synced("A=1\nB=2\n", "", "").await;
+    h.write("A=1\nB=\"unterminated\n");
+    let reports = h.handle.resync(vec![], true).await.unwrap();
+    assert_eq!(reports[0].sync_status, SyncStatus::Failed);
+    assert_eq!(
+        h.status().syncs[0].sync_status,
+        SyncStatus::Failed,
+        "right after resync"
+    );
+    // Events whose content did not change (the same bytes, a touch, a new
+    // directory beside the file) run no pass and must not flip the status.
+    for _ in 0..3 {
+        h.touch();
+        std::fs::create_dir_all(h.dir.path().join("newdir")).unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        settle().await;
+        assert_eq!(h.status().syncs[0].sync_status, SyncStatus::Failed);
+    }
+    h.stop().await;
+}
+
 #[test]
 fn backoff_grows_and_is_capped() {
     assert!(backoff(1) >= Duration::from_millis(1600) && backoff(1) <= Duration::from_millis(2400));
@@ -695,4 +718,193 @@ async fn events_on_other_files_in_the_directory_do_not_postpone_a_pending_pass()
     settle().await;
     assert_eq!(h.value("A").as_deref(), Some("2"));
     h.stop().await;
+}
+
+/// Engine-level file events with their kinds, as the watcher sends them.
+impl Harness {
+    fn event(&self, activity: fswatch::Activity) {
+        let path = self.dir.path().join("app.env");
+        self.handle
+            .send(Request::FileEvent(fswatch::FileEvent {
+                activity,
+                paths: vec![path],
+            }))
+            .expect("engine takes the event");
+    }
+
+    fn deletes(&self) -> u64 {
+        self.store
+            .calls()
+            .get(crate::store::memory::OP_DELETE)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// A writer slower than the debounce (`{ head -c N; sleep 1.5; tail; } >
+/// app.env`): the half-written file is on disk, written and not closed,
+/// for three quiet periods. No pass reads it; the close brings one pass
+/// with the final content.
+#[tokio::test(start_paused = true)]
+async fn a_file_written_and_not_closed_is_not_read_until_the_writer_closes_it() {
+    use fswatch::Activity::{Closed, Written};
+    let h = Harness::start_synced("A=1\nB=old-value\nC=3\n", "", "").await;
+    let writes = h.writes();
+    // Truncated and half rewritten: B cut short, C not yet there.
+    h.write("A=1\nB=new-va");
+    h.event(Written);
+    h.event(Written);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    settle().await;
+    assert_eq!(h.value("B").as_deref(), Some("old-value"));
+    assert_eq!(h.writes(), writes, "a pass acted on the half-written file");
+    h.write("A=1\nB=new-value\nC=3\n");
+    h.event(Written);
+    h.event(Closed);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    settle().await;
+    assert_eq!(h.value("B").as_deref(), Some("new-value"));
+    assert_eq!(h.value("C").as_deref(), Some("3"));
+    assert_eq!(h.writes(), writes + 1);
+    assert_eq!(h.deletes(), 0);
+    assert_eq!(h.store.versions("B").len(), 2, "a cut value was written");
+    h.stop().await;
+}
+
+/// A writer that never closes holds the pass back only up to
+/// MAX_SETTLE_WAIT; then the file is read as it is.
+#[tokio::test(start_paused = true)]
+async fn a_writer_that_never_closes_delays_the_pass_at_most_max_settle_wait() {
+    let h = Harness::start_synced("A=1\n", "", "").await;
+    h.write("A=2\n");
+    h.event(fswatch::Activity::Written);
+    tokio::time::sleep(MAX_SETTLE_WAIT - Duration::from_secs(1)).await;
+    settle().await;
+    assert_eq!(h.value("A").as_deref(), Some("1"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(h.value("A").as_deref(), Some("2"));
+    h.stop().await;
+}
+
+/// A truncate-and-rewrite caught between its steps (the file closed with
+/// only its first line): the read that drops keys waits a quiet period to
+/// be confirmed; the rewrite completes in that time and nothing is deleted.
+#[tokio::test(start_paused = true)]
+async fn keys_dropped_by_a_rewrite_in_progress_are_not_deleted() {
+    use fswatch::Activity::Closed;
+    let h = Harness::start_synced("A=1\nB=2\nC=3\n", "", "").await;
+    // One key short: a single deletion, which the deletion guard allows.
+    h.write("A=1\nB=2\n");
+    h.event(Closed);
+    // The pass after the quiet period reads two keys and waits.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    settle().await;
+    assert_eq!(h.deletes(), 0);
+    h.write("A=1\nB=2\nC=3\n");
+    h.event(Closed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    settle().await;
+    assert_eq!(h.deletes(), 0, "{:?}", h.store.calls());
+    for k in ["A", "B", "C"] {
+        assert!(!h.store.get(k).unwrap().0.pending_deletion, "{k}");
+    }
+    h.stop().await;
+}
+
+/// A key really removed is deleted once an identical read a quiet period
+/// later confirms it.
+#[tokio::test(start_paused = true)]
+async fn a_removed_key_is_deleted_after_a_confirming_read() {
+    let h = Harness::start_synced("A=1\nB=2\nC=3\n", "", "").await;
+    h.write("A=1\nB=2\n");
+    h.event(fswatch::Activity::Closed);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    settle().await;
+    assert_eq!(h.deletes(), 0, "deleted on the first read");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    settle().await;
+    assert_eq!(h.deletes(), 1);
+    assert!(h.store.get("C").unwrap().0.pending_deletion);
+    assert!(
+        h.wait_status(SyncStatus::Synced, Duration::from_secs(2))
+            .await
+    );
+    h.stop().await;
+}
+
+/// A table of the settle rule on already-read files.
+#[test]
+fn settle_check_table() {
+    use crate::source::files::{FileError, FileView};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("a.env");
+    let read = |text: &str| {
+        std::fs::write(&p, text).unwrap();
+        crate::source::files::read_one(&p, None, false, 1024)
+    };
+    let abc = read("A=1\nB=2\nC=3\n");
+    let last_good = BTreeMap::from([(p.clone(), abc.result.clone().unwrap())]);
+    let previous: Digests = vec![(p.clone(), abc.digest)];
+    let a = read("A=1\n");
+    let abcd = read("A=1\nB=2\nC=3\nD=4\n");
+    let changing = FileView {
+        path: p.clone(),
+        result: Err(FileError::Changing),
+        digest: None,
+        stamp: None,
+    };
+    let broken = FileView {
+        path: p.clone(),
+        result: Err(FileError::Empty),
+        digest: None,
+        stamp: None,
+    };
+    let stamps_a: Stamps = vec![(p.clone(), a.stamp)];
+    let check = |files: &[FileView], confirmed: Option<Stamps>| {
+        SettleCheck { confirmed }
+            .unsettled(files, Some(&previous), &last_good)
+            .map(|s| match s {
+                Settle::Changing => "changing",
+                Settle::Dropped(_) => "dropped",
+            })
+    };
+    type Case<'a> = (&'a str, Vec<FileView>, Option<Stamps>, Option<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "changing while read",
+            vec![changing],
+            None,
+            Some("changing"),
+        ),
+        (
+            "keys dropped, first read",
+            vec![a.clone()],
+            None,
+            Some("dropped"),
+        ),
+        (
+            "keys dropped, confirmed",
+            vec![a.clone()],
+            Some(stamps_a),
+            None,
+        ),
+        (
+            "keys dropped, another read confirmed",
+            vec![a.clone()],
+            Some(vec![(p.clone(), abcd.stamp)]),
+            Some("dropped"),
+        ),
+        ("keys added", vec![abcd.clone()], None, None),
+        ("unchanged", vec![abc.clone()], None, None),
+        (
+            "file error keeps the last good view",
+            vec![broken],
+            None,
+            None,
+        ),
+    ];
+    for (what, files, confirmed, want) in cases {
+        assert_eq!(check(&files, confirmed), want, "{what}");
+    }
 }

@@ -134,9 +134,10 @@ pub(super) fn write_import(
         .format
         .or_else(|| SourceFormat::from_path(path))
         .ok_or_else(|| format!("{first}: cannot tell the format; set source.format"))?;
-    let text = match std::fs::read(path) {
-        Ok(bytes) => String::from_utf8(bytes).map_err(|_| format!("{first}: not UTF-8"))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+    // Never blocks on a FIFO put where the file was.
+    let text = match crate::source::files::read_regular(path) {
+        Ok(Some(bytes)) => String::from_utf8(bytes).map_err(|_| format!("{first}: not UTF-8"))?,
+        Ok(None) => String::new(),
         Err(e) => return Err(format!("{first}: cannot read: {e}")),
     };
     let edits: Vec<Edit> = plan
