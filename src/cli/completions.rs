@@ -52,7 +52,17 @@ mod tests {
             Shell::PowerShell,
         ] {
             let text = script(shell);
-            for word in ["secretsync", "check", "plan", "sync", "offline", "config"] {
+            for word in [
+                "secretsync",
+                "check",
+                "plan",
+                "sync",
+                "offline",
+                "config",
+                "get",
+                "reveal",
+                "any",
+            ] {
                 assert!(text.contains(word), "{shell}: no {word:?} in the script");
             }
         }
