@@ -24,6 +24,10 @@ pub struct AgentStatus {
     pub config_loaded_at: Option<String>,
     /// Errors of the last rejected reload (the old config keeps running).
     pub config_error: Option<String>,
+    /// Why the last save of `state_dir` failed (read-only, full), or null
+    /// when state is being persisted; while set, imports are held back and
+    /// tag bookkeeping survives only in memory.
+    pub state_error: Option<String>,
 }
 
 /// One sync's status.

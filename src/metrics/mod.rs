@@ -105,6 +105,7 @@ pub struct Metrics {
     reload_ok: Gauge,
     rotation_conflicts: Family<SyncLabel, Counter>,
     identity_collisions: Family<SyncLabel, Counter>,
+    state_persisted: Gauge,
     /// Syncs with series, so series of syncs removed from the config go too.
     known_syncs: Mutex<BTreeSet<String>>,
 }
@@ -194,9 +195,16 @@ impl Metrics {
             "Secrets a pass left untouched because another install sharing this agent.id and sync wrote them (counted every pass while it lasts)",
             identity_collisions.clone(),
         );
+        let state_persisted = Gauge::default();
+        registry.register(
+            "state_persisted",
+            "1 while state_dir saves succeed, 0 when the last save failed (read-only or full)",
+            state_persisted.clone(),
+        );
         Metrics {
             rotation_conflicts,
             identity_collisions,
+            state_persisted,
             registry,
             passes,
             pass_duration,
@@ -299,6 +307,11 @@ impl Metrics {
                 sync: sync.to_owned(),
             })
             .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
+    /// Whether the last save of `state_dir` succeeded.
+    pub fn state_persisted(&self, ok: bool) {
+        self.state_persisted.set(i64::from(ok));
     }
 
     /// A config reload succeeded or was rejected.

@@ -148,6 +148,7 @@ impl<F: StoreFactory> Engine<F> {
             config_path: config.path.display().to_string(),
             config_loaded_at: Some(now),
             config_error: None,
+            state_error: None,
         };
         let (status_tx, status_rx) = watch::channel(Arc::new(Status::default()));
         let mut state = State::load(&config.agent.state_dir);
@@ -232,11 +233,13 @@ impl<F: StoreFactory> Engine<F> {
     }
 
     fn publish(&mut self) {
+        self.agent.state_error = self.state_error.clone();
         let status = Status {
             agent: self.agent.clone(),
             syncs: self.slots.values().map(|s| s.view.clone()).collect(),
         };
         if let Some(m) = &self.metrics {
+            m.state_persisted(self.state_error.is_none());
             m.observe_secrets(
                 status
                     .syncs

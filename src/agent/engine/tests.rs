@@ -908,3 +908,34 @@ fn settle_check_table() {
         assert_eq!(check(&files, confirmed), want, "{what}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_state_dir_that_cannot_be_written_shows_in_status() {
+    let h = Harness::start_synced("A=1\n", "", "").await;
+    assert_eq!(h.status().agent.state_error, None);
+    // The state dir becomes something no save can write into.
+    let state = h.dir.path().join("state");
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::write(&state, "not a directory").unwrap();
+    h.write("A=2\n");
+    h.touch();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    let err = h.status().agent.state_error.clone();
+    assert!(err.is_some(), "status must say state is not persisted");
+    // No temp file is left beside it.
+    let leftovers: Vec<_> = std::fs::read_dir(h.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Once it can be written again, the error clears.
+    std::fs::remove_file(&state).unwrap();
+    h.write("A=3\n");
+    h.touch();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(h.status().agent.state_error, None);
+    h.stop().await;
+}
