@@ -19,8 +19,8 @@ use secretsync::reconcile::state::SyncState;
 use secretsync::reconcile::{self, Listing, Mode, PassResult, SyncJob};
 use secretsync::secret::SecretValue;
 use secretsync::store::memory::{
-    MemoryStore, OP_BATCH_GET, OP_CREATE, OP_DELETE, OP_DESCRIBE, OP_LIST, OP_PUT, OP_RESTORE,
-    OP_TAG, OP_UNTAG, OP_UPDATE,
+    MemoryStore, OP_BATCH_GET, OP_CREATE, OP_DELETE, OP_DESCRIBE, OP_DESCRIBE_KEY, OP_LIST, OP_PUT,
+    OP_RESTORE, OP_TAG, OP_UNTAG, OP_UPDATE,
 };
 use secretsync::store::{Connection, RemoteSecret, StoreError};
 
@@ -73,6 +73,7 @@ impl JobBuilder {
             options: PlanOptions::default(),
             import: None,
             known: Default::default(),
+            kms_writes: Default::default(),
             listing: Default::default(),
             state_unwritable: None,
             import_held: None,
@@ -102,6 +103,11 @@ impl JobBuilder {
 
     fn disable_deletion(mut self) -> Self {
         self.job.options.disable_deletion = true;
+        self
+    }
+
+    fn kms(mut self, key: &str) -> Self {
+        self.job.spec.kms_key_id = Some(key.into());
         self
     }
 
@@ -1321,4 +1327,183 @@ async fn apply_runs_at_most_concurrency_secrets_at_once_and_keeps_them_busy() {
     );
     assert_eq!(h.call(OP_CREATE), 40);
     assert_eq!(h.store.names().len(), 40);
+}
+
+// ------------------------------------------------------------ KMS keys
+
+#[tokio::test]
+async fn the_aws_managed_key_named_explicitly_is_not_rewritten() {
+    let mut h = Harness::new(
+        JobBuilder::new().kms("alias/aws/secretsmanager"),
+        &[("app.env", "A=1\nB=2\n")],
+    );
+    assert_synced(&h.pass().await);
+    assert_eq!(h.call(OP_CREATE), 2);
+    assert_eq!(
+        h.meta("prod/A").kms_key_id,
+        None,
+        "AWS omits the AWS-managed key"
+    );
+    for _ in 0..3 {
+        h.store.reset_calls();
+        let pass = h.pass().await;
+        assert_synced(&pass);
+        assert_eq!(h.store.write_calls(), 0, "{:?}", h.store.calls());
+        assert_eq!(
+            h.call(OP_DESCRIBE_KEY),
+            0,
+            "omitted = the managed key: no KMS call"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_key_reported_by_arn_is_resolved_once_per_store_and_not_rewritten() {
+    let mut h = Harness::new(
+        JobBuilder::new().kms("alias/app"),
+        &[("app.env", "A=1\nB=2\n")],
+    );
+    let key = h.store.add_kms_key("alias/app");
+    h.store.report_kms_as_key_arn(true);
+    assert_synced(&h.pass().await);
+    assert_eq!(
+        h.meta("prod/A").kms_key_id.as_deref(),
+        Some(key.arn.as_str())
+    );
+
+    h.store.reset_calls();
+    assert_synced(&h.pass().await);
+    assert_eq!(h.store.write_calls(), 0, "{:?}", h.store.calls());
+    assert_eq!(
+        h.call(OP_DESCRIBE_KEY),
+        1,
+        "one DescribeKey for both secrets"
+    );
+
+    h.store.reset_calls();
+    assert_synced(&h.pass().await);
+    assert_eq!(h.store.write_calls(), 0, "{:?}", h.store.calls());
+    assert_eq!(h.call(OP_DESCRIBE_KEY), 0, "cached per store");
+
+    // Another key put on one secret by hand is drift: re-encrypted once.
+    let other = h.store.add_kms_key("alias/other");
+    h.store.report_kms_as_key_arn(false);
+    let mut a = h.meta("prod/A");
+    a.kms_key_id = Some(other.arn.clone());
+    let value = SecretValue::new("1");
+    h.store.insert(a, Some(value));
+    h.store.reset_calls();
+    let pass = h.pass().await;
+    assert_synced(&pass);
+    assert_eq!(h.call(OP_UPDATE), 1, "{:?}", h.store.calls());
+    assert_eq!(h.store.write_calls(), 1);
+}
+
+#[tokio::test]
+async fn describe_key_denied_falls_back_to_spelling_and_writes_once() {
+    let mut h = Harness::new(JobBuilder::new().kms("alias/app"), &[("app.env", "A=1\n")]);
+    let key = h.store.add_kms_key("alias/app");
+    h.store.report_kms_as_key_arn(true);
+    h.store.deny_describe_key(true);
+    assert_synced(&h.pass().await);
+    assert_eq!(
+        h.meta("prod/A").kms_key_id.as_deref(),
+        Some(key.arn.as_str())
+    );
+
+    // The alias cannot be resolved and AWS reports the key ARN: written
+    // once (the agent cannot tell), then what AWS reports is remembered.
+    h.store.reset_calls();
+    let pass = h.pass().await;
+    assert_synced(&pass);
+    assert_eq!(h.call(OP_UPDATE), 1, "{:?}", h.store.calls());
+    assert_eq!(h.call(OP_DESCRIBE_KEY), 1);
+    for _ in 0..3 {
+        h.store.reset_calls();
+        assert_synced(&h.pass().await);
+        assert_eq!(h.store.write_calls(), 0, "{:?}", h.store.calls());
+        assert_eq!(h.call(OP_DESCRIBE_KEY), 0, "the denial is cached too");
+    }
+
+    // Changed by hand to another spelling: drift, written once more.
+    let mut a = h.meta("prod/A");
+    a.kms_key_id = Some("alias/someone-elses".into());
+    h.store.insert(a, Some(SecretValue::new("1")));
+    h.store.reset_calls();
+    assert_synced(&h.pass().await);
+    assert_eq!(h.call(OP_UPDATE), 1, "{:?}", h.store.calls());
+    h.store.reset_calls();
+    assert_synced(&h.pass().await);
+    assert_eq!(h.store.write_calls(), 0, "{:?}", h.store.calls());
+}
+
+#[tokio::test]
+async fn describe_key_denied_and_the_managed_key_omitted_is_equal() {
+    let mut h = Harness::new(
+        JobBuilder::new().kms("arn:aws:kms:us-east-1:123456789012:alias/aws/secretsmanager"),
+        &[("app.env", "A=1\n")],
+    );
+    h.store.deny_describe_key(true);
+    assert_synced(&h.pass().await);
+    h.store.reset_calls();
+    assert_synced(&h.pass().await);
+    assert_eq!(h.store.write_calls(), 0, "{:?}", h.store.calls());
+}
+
+// ------------------------------------------------------------ rotation
+
+#[tokio::test]
+async fn a_secret_with_rotation_enabled_is_a_conflict_never_written_or_deleted() {
+    let mut h = Harness::new(
+        JobBuilder::new().kms("alias/app"),
+        &[("app.env", "A=1\nB=2\nC=3\n")],
+    );
+    h.store.add_kms_key("alias/app");
+    assert_synced(&h.pass().await);
+
+    // AWS rotation turned on for A (the rotation function wrote a value).
+    assert!(h.store.set_rotation_enabled("prod/A", true));
+    let mut a = h.meta("prod/A");
+    a.current_version = Some("rotated-version-0001".into());
+    a.tags.insert("team".into(), "rotation-owners".into());
+    a.kms_key_id = Some("alias/rotation-key".into());
+    h.store.insert(a, Some(SecretValue::new("rotated")));
+    assert!(h.meta("prod/A").rotation_enabled);
+
+    for _ in 0..2 {
+        h.store.reset_calls();
+        let pass = h.pass().await;
+        assert_eq!(state(&pass, "prod/A"), SecretState::Conflict);
+        assert_eq!(
+            message(&pass, "prod/A"),
+            "rotation enabled: AWS owns this value"
+        );
+        assert_eq!(pass.report.sync_status, SyncStatus::Failed);
+        assert_eq!(h.store.write_calls(), 0, "{:?}", h.store.calls());
+        assert_eq!(h.value("prod/A"), "rotated");
+        assert_eq!(pass.plan.as_ref().unwrap().rotation_conflicts, 1);
+    }
+
+    // Its key leaves the files: still not deleted (the others' deletion is
+    // ordinary).
+    h.write("app.env", "B=2\nC=3\n");
+    h.store.reset_calls();
+    let pass = h.pass().await;
+    assert_synced(&pass);
+    assert_eq!(state(&pass, "prod/A"), SecretState::Retained);
+    assert!(
+        message(&pass, "prod/A").contains("rotation enabled"),
+        "{}",
+        message(&pass, "prod/A")
+    );
+    assert_eq!(h.call(OP_DELETE), 0);
+    assert!(!h.meta("prod/A").pending_deletion);
+
+    // Rotation turned off: the agent owns the value again.
+    h.write("app.env", "A=1\nB=2\nC=3\n");
+    assert!(h.store.set_rotation_enabled("prod/A", false));
+    h.store.reset_calls();
+    let pass = h.pass().await;
+    assert_synced(&pass);
+    assert_eq!(h.value("prod/A"), "1");
 }

@@ -9,8 +9,72 @@
 //! under the least-privilege policy we ship (KMS only via Secrets Manager)
 //! it would be denied even when writes work. That part shows up on the
 //! first write, as an ERROR naming the KMS key.
+//!
+//! [`KmsCache`] is the per-store memory of `DescribeKey` answers that lets
+//! the planner compare keys by identity (`SecretStore::resolve_kms_key`).
 
-use crate::store::{KmsKeyInfo, StoreError};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::store::{KeyIdentity, KmsKeyInfo, StoreError};
+
+/// How long a `DescribeKey` answer is trusted. An alias can be pointed at
+/// another key (`UpdateAlias`), so the answer is not kept forever; ten
+/// minutes is the default drift interval, so a drift check resolves each
+/// configured key at most once.
+pub const RESOLVE_TTL: Duration = Duration::from_secs(600);
+
+/// One cached answer.
+type Answer = Result<Option<KeyIdentity>, StoreError>;
+
+/// `DescribeKey` answers per key spelling, shared by every sync of one
+/// store (connection). Denied (`Ok(None)`) and permanent failures (a key
+/// that does not exist) are cached like successes, so a pass never asks
+/// twice within [`RESOLVE_TTL`]; transient failures are not cached.
+#[derive(Debug, Default)]
+pub struct KmsCache {
+    answers: Mutex<HashMap<String, (Instant, Answer)>>,
+}
+
+impl KmsCache {
+    /// The cached answer for `key`, or `describe`'s (then cached). An
+    /// `AccessDenied` from `describe` becomes `Ok(None)`: KMS will not say.
+    pub async fn resolve<Fut>(&self, key: &str, describe: impl FnOnce() -> Fut) -> Answer
+    where
+        Fut: std::future::Future<Output = Result<KeyIdentity, StoreError>>,
+    {
+        if let Some(answer) = self.cached(key) {
+            return answer;
+        }
+        let answer = match describe().await {
+            Ok(identity) => Ok(Some(identity)),
+            Err(StoreError::AccessDenied { op, message }) => {
+                tracing::warn!(key, op, %message, "kms:DescribeKey denied; KMS keys are compared by spelling (see docs/operations.md)");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        };
+        if !matches!(&answer, Err(e) if e.is_transient()) {
+            self.lock()
+                .insert(key.to_owned(), (Instant::now(), answer.clone()));
+        }
+        answer
+    }
+
+    fn cached(&self, key: &str) -> Option<Answer> {
+        let answers = self.lock();
+        let (at, answer) = answers.get(key)?;
+        (at.elapsed() < RESOLVE_TTL).then(|| answer.clone())
+    }
+
+    /// The map only caches: after a panic elsewhere, keep using it.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Answer)>> {
+        self.answers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// The verdict for one key.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,9 +22,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::pacing::Pacer;
+use super::kms::KmsCache;
 use super::{
-    BATCH_GET_MAX, CreateSecret, LIST_PAGE_MAX, NAME_FILTER_MAX, RemoteSecret, RemoteValue,
-    ReplicaStatus, RetryNote, SecretStore, StoreError, ValueRead, WriteResult,
+    AWS_MANAGED_KMS_ALIAS, BATCH_GET_MAX, CreateSecret, KeyIdentity, LIST_PAGE_MAX,
+    NAME_FILTER_MAX, RemoteSecret, RemoteValue, ReplicaStatus, RetryNote, SecretStore, StoreError,
+    ValueRead, WriteResult,
 };
 use crate::naming::{
     MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TAGS, MAX_VALUE_BYTES, TAG_SYNC, validate_secret_name,
@@ -55,6 +57,9 @@ pub const OP_DESCRIBE: &str = "DescribeSecret";
 pub const OP_REPLICATE: &str = "ReplicateSecretToRegions";
 /// `RemoveRegionsFromReplication`.
 pub const OP_REMOVE_REPLICAS: &str = "RemoveRegionsFromReplication";
+/// KMS `DescribeKey` (what [`SecretStore::resolve_kms_key`] asks; cached
+/// per store like the AWS store's).
+pub const OP_DESCRIBE_KEY: &str = "kms:DescribeKey";
 
 /// Operations that change AWS state, as counted by [`MemoryStore::write_calls`].
 pub const WRITE_OPS: [&str; 9] = [
@@ -69,7 +74,7 @@ pub const WRITE_OPS: [&str; 9] = [
     OP_REMOVE_REPLICAS,
 ];
 /// Every operation the store can be asked to count or fail.
-pub const ALL_OPS: [&str; 12] = [
+pub const ALL_OPS: [&str; 13] = [
     OP_CREATE,
     OP_PUT,
     OP_TAG,
@@ -82,6 +87,7 @@ pub const ALL_OPS: [&str; 12] = [
     OP_DESCRIBE,
     OP_REPLICATE,
     OP_REMOVE_REPLICAS,
+    OP_DESCRIBE_KEY,
 ];
 /// The region this store stands for (replicas must be elsewhere).
 pub const REGION: &str = "us-east-1";
@@ -109,7 +115,14 @@ const MSG_CREATE_SCHEDULED: &str = "You can't create this secret because a secre
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    /// `DescribeKey` answers, cached like the AWS store's.
+    kms_cache: KmsCache,
 }
+
+/// Account and region of generated KMS key ARNs.
+const KMS_ARN_PREFIX: &str = "arn:aws:kms:us-east-1:123456789012:";
+/// Key id of the AWS-managed `aws/secretsmanager` key in this store.
+const AWS_MANAGED_KEY_ID: &str = "aaaaaaaa-0000-4000-8000-5ec2e75aaaaa";
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -127,6 +140,12 @@ struct Inner {
     throttled: u64,
     /// When each call was sent, if [`MemoryStore::record_call_times`] is on.
     call_log: Option<Vec<(&'static str, Instant)>>,
+    /// Customer managed KMS keys: key id → aliases.
+    kms_keys: BTreeMap<String, Vec<String>>,
+    /// `DescribeKey` answers `AccessDeniedException`.
+    describe_key_denied: bool,
+    /// Secrets report their KMS key as the key ARN, whatever spelling set it.
+    kms_reported_as_arn: bool,
 }
 
 /// The AWS store's two pacers, reads and writes.
@@ -326,6 +345,45 @@ impl MemoryStore {
     /// The recorded calls, in the order they were sent (after pacing).
     pub fn call_times(&self) -> Vec<(&'static str, Instant)> {
         self.lock().call_log.clone().unwrap_or_default()
+    }
+
+    /// Creates a customer managed KMS key named by `alias` (`alias/…`)
+    /// and returns its identity. Not counted as a call.
+    pub fn add_kms_key(&self, alias: &str) -> KeyIdentity {
+        let key_id = make_uuid();
+        self.lock()
+            .kms_keys
+            .insert(key_id.clone(), vec![alias.to_owned()]);
+        KeyIdentity {
+            arn: format!("{KMS_ARN_PREFIX}key/{key_id}"),
+            key_id,
+        }
+    }
+
+    /// Makes `DescribeKey` answer `AccessDeniedException` (the credentials
+    /// lack `kms:DescribeKey`), or stops it.
+    pub fn deny_describe_key(&self, denied: bool) {
+        self.lock().describe_key_denied = denied;
+    }
+
+    /// With `on`, a secret's KMS key is reported as the key ARN whatever
+    /// spelling (alias, key id) set it, as AWS may do; the AWS-managed key
+    /// is still omitted.
+    pub fn report_kms_as_key_arn(&self, on: bool) {
+        self.lock().kms_reported_as_arn = on;
+    }
+
+    /// Turns AWS rotation on or off for a secret, as `RotateSecret` /
+    /// `CancelRotateSecret` by someone else would (not counted). Returns
+    /// whether the secret exists.
+    pub fn set_rotation_enabled(&self, name: &str, on: bool) -> bool {
+        match self.lock().secrets.get_mut(name) {
+            Some(e) => {
+                e.meta.rotation_enabled = on;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Seeds (or replaces) a secret directly, without counting a call.
@@ -646,6 +704,40 @@ fn check_metadata(
 
 impl Inner {
     /// Finds a secret by name or ARN, like `SecretId`.
+    /// The key id a KMS key spelling names, if this store knows the key.
+    fn kms_key_id_of(&self, key: &str) -> Option<String> {
+        let alias = key
+            .split_once(":alias/")
+            .map_or(key.to_owned(), |(_, a)| format!("alias/{a}"));
+        if alias == AWS_MANAGED_KMS_ALIAS {
+            return Some(AWS_MANAGED_KEY_ID.to_owned());
+        }
+        let id = key.rsplit_once(":key/").map_or(key, |(_, id)| id);
+        if id == AWS_MANAGED_KEY_ID || self.kms_keys.contains_key(id) {
+            return Some(id.to_owned());
+        }
+        self.kms_keys
+            .iter()
+            .find(|(_, aliases)| aliases.contains(&alias))
+            .map(|(id, _)| id.clone())
+    }
+
+    /// What `DescribeSecret` reports after a secret was set to `key`: like
+    /// AWS, nothing for the AWS-managed key (also set by an empty key id),
+    /// else the spelling used (or the key ARN, see
+    /// [`MemoryStore::report_kms_as_key_arn`]).
+    fn reported_kms(&self, key: Option<&str>) -> Option<String> {
+        let key = key.filter(|k| !k.is_empty())?;
+        let id = self.kms_key_id_of(key);
+        if id.as_deref() == Some(AWS_MANAGED_KEY_ID) {
+            return None;
+        }
+        match id {
+            Some(id) if self.kms_reported_as_arn => Some(format!("{KMS_ARN_PREFIX}key/{id}")),
+            _ => Some(key.to_owned()),
+        }
+    }
+
     fn find_mut(&mut self, id: &str) -> Option<&mut Entry> {
         if self.secrets.contains_key(id) {
             return self.secrets.get_mut(id);
@@ -784,10 +876,11 @@ impl SecretStore for MemoryStore {
             name: req.name.clone(),
             arn: make_arn(&req.name),
             tags: req.tags.clone(),
-            kms_key_id: req.kms_key_id.clone(),
+            kms_key_id: inner.reported_kms(req.kms_key_id.as_deref()),
             description: req.description.clone(),
             pending_deletion: false,
             current_version: Some(req.token.clone()),
+            rotation_enabled: false,
         };
         inner.secrets.insert(
             req.name.clone(),
@@ -894,9 +987,10 @@ impl SecretStore for MemoryStore {
         self.call(OP_UPDATE).await?;
         check_metadata(OP_UPDATE, kms_key_id, description)?;
         let mut inner = self.lock();
+        let reported = kms_key_id.map(|k| inner.reported_kms(Some(k)));
         let entry = inner.live_mut(OP_UPDATE, name)?;
-        if let Some(k) = kms_key_id {
-            entry.meta.kms_key_id = Some(k.to_owned());
+        if let Some(k) = reported {
+            entry.meta.kms_key_id = k;
         }
         if let Some(d) = description {
             entry.meta.description = Some(d.to_owned());
@@ -992,6 +1086,33 @@ impl SecretStore for MemoryStore {
 
     fn last_retry(&self) -> Option<RetryNote> {
         self.lock().retry_note.clone()
+    }
+
+    async fn resolve_kms_key(&self, key: &str) -> Result<Option<KeyIdentity>, StoreError> {
+        self.kms_cache
+            .resolve(key, || async {
+                self.call(OP_DESCRIBE_KEY).await?;
+                let inner = self.lock();
+                if inner.describe_key_denied {
+                    return Err(StoreError::AccessDenied {
+                        op: OP_DESCRIBE_KEY,
+                        message: format!(
+                            "AccessDeniedException: User is not authorized to perform: kms:DescribeKey on resource {key}"
+                        ),
+                    });
+                }
+                let id = inner.kms_key_id_of(key).ok_or_else(|| {
+                    rejected(
+                        OP_DESCRIBE_KEY,
+                        format!("NotFoundException: Key '{key}' does not exist"),
+                    )
+                })?;
+                Ok(KeyIdentity {
+                    arn: format!("{KMS_ARN_PREFIX}key/{id}"),
+                    key_id: id,
+                })
+            })
+            .await
     }
 
     async fn probe(&self) -> Result<(), StoreError> {

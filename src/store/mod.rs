@@ -41,6 +41,25 @@ pub struct RemoteSecret {
     pub pending_deletion: bool,
     /// Version id labelled `AWSCURRENT`, if known.
     pub current_version: Option<String>,
+    /// AWS rotation is turned on (`RotationEnabled`): a rotation function
+    /// writes the value, so the agent must not (the planner makes such a
+    /// secret a CONFLICT instead of fighting the rotation forever).
+    pub rotation_enabled: bool,
+}
+
+/// The alias of the AWS-managed key that Secrets Manager uses when a secret
+/// names none. `DescribeSecret` and `ListSecrets` omit `KmsKeyId` for a
+/// secret encrypted with it, so an omitted key *is* this key.
+pub const AWS_MANAGED_KMS_ALIAS: &str = "alias/aws/secretsmanager";
+
+/// A KMS key as KMS identifies it (`DescribeKey`'s `KeyId` and `Arn`), so
+/// that an alias, a key id and a key ARN of one key compare equal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyIdentity {
+    /// Key id (a UUID, or `mrk-…` for multi-Region keys).
+    pub key_id: String,
+    /// Key ARN (`arn:aws:kms:REGION:ACCOUNT:key/KEY_ID`).
+    pub arn: String,
 }
 
 /// The current value of one secret, as read from the store.
@@ -297,6 +316,17 @@ pub trait SecretStore: Send + Sync + 'static {
         name: &str,
         regions: &[String],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Resolves a KMS key spelling (alias, alias ARN, key id or key ARN)
+    /// to the key it names (`kms:DescribeKey`), so KMS keys compare by
+    /// identity. Answers are cached per store (one `DescribeKey` per
+    /// spelling and [`kms::RESOLVE_TTL`], transient failures not cached).
+    /// `Ok(None)`: KMS will not say (`kms:DescribeKey` denied, or no KMS
+    /// client): the caller falls back to comparing spellings.
+    fn resolve_kms_key(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<KeyIdentity>, StoreError>> + Send;
 
     /// Read-only permission probe for `check` (one cheap listing call).
     fn probe(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

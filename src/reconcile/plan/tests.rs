@@ -819,6 +819,16 @@ fn kms_spellings_to_resolve_only_when_spellings_differ() {
     );
 }
 
+/// (what, desired, actual, opts, actions, states)
+type RotationCase = (
+    &'static str,
+    Desired,
+    Actual,
+    PlanOptions,
+    Vec<(ActionKind, &'static str)>,
+    Vec<(&'static str, SecretState)>,
+);
+
 #[test]
 fn rotation_enabled_secrets_are_never_written_or_deleted() {
     let mut s = spec();
@@ -828,14 +838,7 @@ fn rotation_enabled_secrets_are_never_written_or_deleted() {
         a.secrets.get_mut(n).unwrap().rotation_enabled = true;
     };
     // (what, desired, actual, opts, actions, states)
-    let mut cases: Vec<(
-        &str,
-        Desired,
-        Actual,
-        PlanOptions,
-        Vec<(ActionKind, &str)>,
-        Vec<(&str, SecretState)>,
-    )> = vec![];
+    let mut cases: Vec<RotationCase> = vec![];
     let mut a = actual(&[("A", Owner::Us, false, Some("rotated-by-aws"))]);
     rotated(&mut a, "A");
     cases.push((

@@ -131,6 +131,7 @@ impl AwsStore {
             client: sm::Client::from_conf(conf),
             attempts,
             kms: None,
+            kms_cache: Default::default(),
             reads: Arc::new(Pacer::for_rate(max_read_tps)),
             writes: Pacer::for_rate(max_write_tps),
         }
@@ -190,5 +191,18 @@ impl AwsStore {
         filters: Vec<Filter>,
     ) -> Result<Vec<SecretListEntry>, StoreError> {
         self.reader().list_all(filters).await
+    }
+}
+
+/// The identity in a `DescribeKey` answer: the key id is the last part of
+/// the key ARN (`…:key/KEY_ID`); without an ARN the answer's id stands.
+pub(super) fn key_identity(info: &KmsKeyInfo) -> KeyIdentity {
+    let key_id = info
+        .arn
+        .rsplit_once(":key/")
+        .map_or(info.arn.as_str(), |(_, id)| id);
+    KeyIdentity {
+        key_id: key_id.to_owned(),
+        arn: info.arn.clone(),
     }
 }

@@ -49,8 +49,8 @@ use sm::types::{Filter, FilterNameStringType, ReplicaRegionType, SecretListEntry
 
 use super::pacing::Pacer;
 use super::{
-    BATCH_GET_MAX, Connection, CreateSecret, KmsKeyInfo, LIST_PAGE_MAX, NAME_FILTER_MAX,
-    RemoteSecret, RemoteValue, ReplicaStatus, RetryNote, SecretStore, StoreError, ValueRead,
+    BATCH_GET_MAX, Connection, CreateSecret, KeyIdentity, KmsKeyInfo, LIST_PAGE_MAX,
+    NAME_FILTER_MAX, RemoteSecret, RemoteValue, ReplicaStatus, RetryNote, SecretStore, StoreError, ValueRead,
     WriteResult,
 };
 use crate::metrics::Metrics;
@@ -103,6 +103,8 @@ pub struct AwsStore {
     /// KMS in the same region with the same credentials, for `check`'s
     /// key probe only (the agent never calls KMS itself).
     kms: Option<aws_sdk_kms::Client>,
+    /// `DescribeKey` answers for [`SecretStore::resolve_kms_key`].
+    kms_cache: super::kms::KmsCache,
     reads: Arc<Pacer>,
     writes: Pacer,
     attempts: AttemptObserver,
@@ -499,6 +501,17 @@ impl SecretStore for AwsStore {
 
     fn last_retry(&self) -> Option<RetryNote> {
         self.attempts.last()
+    }
+
+    async fn resolve_kms_key(&self, key: &str) -> Result<Option<KeyIdentity>, StoreError> {
+        if self.kms.is_none() {
+            return Ok(None);
+        }
+        self.kms_cache
+            .resolve(key, || async {
+                self.describe_kms_key(key).await.map(|info| key_identity(&info))
+            })
+            .await
     }
 
     async fn probe(&self) -> Result<(), StoreError> {
@@ -1490,6 +1503,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn resolve_kms_key_asks_once_per_spelling_and_denied_is_none() {
+        use aws_sdk_kms::operation::describe_key::DescribeKeyOutput;
+        use aws_sdk_kms::types::KeyMetadata;
+        let arn = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd";
+        let found = mock!(aws_sdk_kms::Client::describe_key)
+            .match_requests(|r| r.key_id() == Some("alias/app"))
+            .then_output(move || {
+                DescribeKeyOutput::builder()
+                    .key_metadata(
+                        KeyMetadata::builder()
+                            .key_id("1234abcd")
+                            .arn(arn)
+                            .build()
+                            .expect("metadata"),
+                    )
+                    .build()
+            });
+        let denied = mock!(aws_sdk_kms::Client::describe_key)
+            .match_requests(|r| r.key_id() == Some("alias/locked"))
+            .then_http_response(|| {
+                aws_error(
+                    400,
+                    "AccessDeniedException",
+                    "User is not authorized to perform kms:DescribeKey",
+                )
+            });
+        let store = mocked(&[]).with_kms_client(mocked_kms(&[&found, &denied]));
+        for _ in 0..3 {
+            assert_eq!(
+                store.resolve_kms_key("alias/app").await,
+                Ok(Some(KeyIdentity {
+                    key_id: "1234abcd".into(),
+                    arn: arn.into(),
+                }))
+            );
+            assert_eq!(store.resolve_kms_key("alias/locked").await, Ok(None));
+        }
+        assert_eq!(found.num_calls(), 1, "cached per store");
+        assert_eq!(denied.num_calls(), 1, "the denial is cached too");
+        // Without a KMS client there is nobody to ask.
+        assert_eq!(mocked(&[]).resolve_kms_key("alias/app").await, Ok(None));
+    }
+
+    #[tokio::test]
     async fn kms_failures_on_writes_say_the_key_is_the_problem() {
         for code in [
             "KMSAccessDeniedException",
@@ -1534,6 +1591,7 @@ mod tests {
                     .arn("arn:aws:secretsmanager:us-east-1:1:secret:app/A-x")
                     .description("d")
                     .kms_key_id("alias/k")
+                    .rotation_enabled(true)
                     .tags(Tag::builder().key("secretsync:sync").value("app").build())
                     .version_ids_to_stages("v-old", vec!["AWSPREVIOUS".to_owned()])
                     .version_ids_to_stages("v-cur", vec!["AWSCURRENT".to_owned()])
@@ -1563,6 +1621,7 @@ mod tests {
         assert_eq!(got.kms_key_id.as_deref(), Some("alias/k"));
         assert_eq!(got.description.as_deref(), Some("d"));
         assert!(!got.pending_deletion);
+        assert!(got.rotation_enabled, "RotationEnabled is read");
         assert_eq!(store.describe_secret("gone").await.expect("ok"), None);
     }
 

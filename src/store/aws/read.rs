@@ -150,6 +150,7 @@ pub(super) fn to_remote(entry: SecretListEntry) -> Option<RemoteSecret> {
         kms_key_id: entry.kms_key_id,
         description: entry.description,
         pending_deletion: entry.deleted_date.is_some(),
+        rotation_enabled: entry.rotation_enabled.unwrap_or(false),
     })
 }
 
@@ -165,6 +166,7 @@ pub(super) fn describe_to_remote(
         kms_key_id: out.kms_key_id,
         description: out.description,
         pending_deletion: out.deleted_date.is_some(),
+        rotation_enabled: out.rotation_enabled.unwrap_or(false),
     })
 }
 
