@@ -1,43 +1,60 @@
 //! `.env` parser (SPEC §4).
 //!
+//! The contract: the value pushed is the value the application reads from
+//! the same file with the loaders apps use (python-dotenv, Node dotenv,
+//! Docker Compose `env_file`, dotenvy). Where they agree we agree; where
+//! they disagree we follow the loaders that agree with each other, or, when
+//! they split evenly on something that changes a value or which keys exist,
+//! refuse the file with `LINE:COL` and a message saying how to write the line
+//! so every loader reads it the same way. `tests/dotenv_loaders.rs` checks
+//! this against the results of the real loaders (`tests/data/dotenv`), and
+//! `docs/config.md` ("Where the loaders disagree") lists every choice.
+//!
 //! Why not the `dotenvy` crate at run time: `dotenvy` substitutes `$VAR` from
-//! the agent's own process environment before the file's own keys (SPEC §4
-//! says values never come from there, and the agent's environment may hold
-//! credentials), and on success it reports no line numbers, which status,
-//! errors and write-back need. It is used as a test oracle instead: the
-//! differential tests below check that, on input without `$`, both parsers
-//! agree on the key/value pairs.
+//! the agent's own process environment (SPEC §4 says values never come from
+//! there, and the agent's environment may hold credentials), and on success
+//! it reports no line numbers, which status, errors and write-back need.
 //!
 //! Accepted syntax, line by line (lines end in `\n` or `\r\n`):
 //!
-//! * blank lines and full-line `#` comments (leading whitespace allowed);
-//! * `KEY=value` or `export KEY=value` (any run of spaces/tabs after
-//!   `export`; `export=x` defines a key named `export`). Spaces and tabs
-//!   around `=` are ignored. A key is the non-empty text before `=` with no
-//!   whitespace, quote or `=`; its charset is checked later, per secret.
-//! * An unquoted value runs to the end of the line, is trimmed of spaces and
-//!   tabs, and ends early at a `#` preceded by a space or tab (inline
-//!   comment); a value starting with `#` is empty (the rest is a comment).
-//!   Backslashes and quotes inside it are literal, except `\$`, which is
-//!   a literal `$` (so it never expands).
-//! * `'single quoted'`: literal text, may span lines, may not contain `'`.
-//! * `"double quoted"`: escapes `\n` `\t` `\r` `\"` `\\` `\$` `\'`; any other
-//!   escape is an error; may span lines (a literal line break is part of the
-//!   value, `\r\n` inside the quotes is read as `\n`).
-//! * After a closing quote only spaces/tabs and a `#` comment may follow.
+//! * blank lines and full-line `#` comments (leading blanks allowed).
+//!   "Blank" is space, tab, `\v`, `\f`, no-break space and the other Unicode
+//!   space separators ([`is_blank`]): all four loaders trim them. A `\r`
+//!   before the end of a line is trimmed too; a `\r` followed by more text on
+//!   the line (a "lone CR" line break) is an error: python-dotenv and Node
+//!   start a new line there, Compose and dotenvy keep it in the value.
+//! * `KEY=value` or `export KEY=value`. Blanks around `=` are ignored. A key
+//!   is the non-empty text before `=` with no whitespace, quote or `=`; its
+//!   charset is checked later, per key, with its position.
+//! * A line that is a single word (`KEY`, `export KEY`, optionally with a
+//!   `#` comment) defines nothing: python-dotenv lists the key without a
+//!   value and sets nothing, the others ignore it. On the last line without
+//!   a line break it is an error instead: that is what a file cut off in
+//!   the middle of a key looks like, and reading it would drop the keys
+//!   that were still to come.
+//! * An unquoted value runs to the end of the line, is trimmed of blanks, and
+//!   ends early at a `#` preceded by a blank (inline comment); `A= #c` is
+//!   empty. A `#` right after `=` (`A=#x`) is an error: python-dotenv and
+//!   Compose read `#x`, Node and dotenvy an empty value. Backslashes, quotes
+//!   and `$` inside an unquoted value are literal (`A=ab\$cd` is `ab\$cd`,
+//!   as python-dotenv and Node read it), unless `expand` is on.
+//! * `'single quoted'`: literal text, may span lines; a `'` after an odd
+//!   number of backslashes is part of the value and `\'` reads as `'` (as
+//!   python-dotenv and Compose read `'it\'s'`); other backslashes are
+//!   literal (`'C:\\x'` is `C:\\x`, as all but python-dotenv read it).
+//! * `"double quoted"`: escapes `\n` `\r` `\t` `\"` `\\` `\a` `\b` `\f` `\v`
+//!   (as python-dotenv, Compose and dotenvy decode them); a backslash before
+//!   anything else is kept (`"\d"` is `\d`, as every loader reads it). `\$`
+//!   is a `$` (as Compose and dotenvy read it; python-dotenv and Node keep
+//!   the backslash: a known split, see `docs/config.md`). May span lines: a literal line
+//!   break is part of the value, `\r\n` inside the quotes is read as `\n`.
+//! * After a closing quote only blanks and a `#` comment may follow.
 //! * With `expand`, `${NAME}` and `$NAME` in unquoted and double-quoted values
 //!   are replaced by the value of the key defined earlier in this file; an
-//!   undefined name is an error. Single-quoted values and `\$` never expand.
-//!   Without `expand`, `$` is an ordinary character.
-//!
-//! Deliberate differences from `dotenvy` 0.15 (which the differential tests
-//! steer around): unquoted values keep backslashes, quotes and inner
-//! whitespace literally (as Node's dotenv, python-dotenv and Docker Compose
-//! do; `dotenvy` treats them shell-style or rejects them); text glued to a
-//! closing quote (`A="x"y`) is an error rather than concatenated, except a
-//! `#` comment; `\t` and `\r` escapes are accepted; keys may contain `-`
-//! (checked later); a repeated key keeps its last value (`dotenvy`'s
-//! `load` keeps the first, `load_override` the last).
+//!   undefined name is an error; `\$` is a literal `$`. Single-quoted values
+//!   never expand. Without `expand`, `$` is an ordinary character.
+//! * A repeated key keeps its last value (python-dotenv, Node and Compose;
+//!   dotenvy keeps the first).
 
 use super::{
     EntriesBuilder, ExpandError, LineIndex, ParseError, ParsedFile, Reference, SourceEntry,
@@ -47,6 +64,48 @@ use crate::secret::SecretValue;
 
 /// How to write a literal `$` in a `.env` value, for expansion errors.
 const LITERAL_DOLLAR_HINT: &str = "write \\$ or single-quote the value for a literal '$'";
+
+/// Why a lone CR is refused (see the module docs).
+const LONE_CR: &str = "carriage return (CR) inside a line: python-dotenv and Node dotenv \
+     start a new line there, Docker Compose and dotenvy keep it in the value; save the file \
+     with LF or CRLF line endings";
+
+/// Whitespace that python-dotenv, Node dotenv, compose-go and dotenvy all
+/// trim around keys and unquoted values (checked against the loaders in
+/// `tests/dotenv_loaders.rs`). `\r` is handled separately.
+pub(crate) fn is_blank(c: char) -> bool {
+    matches!(
+        c,
+        ' ' | '\t' | '\u{b}' | '\u{c}' | '\u{a0}' | '\u{1680}' | '\u{2000}'
+            ..='\u{200a}' | '\u{202f}' | '\u{205f}' | '\u{3000}'
+    )
+}
+
+/// Characters some loaders trim as whitespace and others keep (NEL, the
+/// Unicode line and paragraph separators, a BOM inside the file, the ASCII
+/// information separators Python counts as whitespace). At the edge of a key
+/// or an unquoted value they are an error rather than a guess.
+fn is_ambiguous_space(c: char) -> bool {
+    (c.is_whitespace() && !is_blank(c) && c != '\r' && c != '\n')
+        || matches!(c, '\u{1c}'..='\u{1f}' | '\u{feff}')
+}
+
+/// Offset of the quote closing a single-quoted value opened at `open`: the
+/// first `'` after an even number (or none) of backslashes (Compose's rule;
+/// see [`Parser::single_quoted`]). For write-back, which must find the same
+/// end as the parser.
+pub(crate) fn single_quote_close(text: &str, open: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate().skip(open + 1) {
+        match b {
+            b'\\' => run += 1,
+            b'\'' if run % 2 == 0 => return Some(i),
+            _ => run = 0,
+        }
+    }
+    None
+}
 
 /// Parses `.env` text that [`super::parse_env`] has already stripped of a BOM
 /// and checked for NUL.
@@ -62,9 +121,9 @@ pub(crate) fn parse(text: &str, expand: bool) -> Result<ParsedFile, ParseError> 
     Ok(parser.out.finish())
 }
 
-/// Cursor state for one `.env` text. Offsets are byte offsets into `text`;
-/// every syntax character is ASCII, so offsets found by matching them are
-/// always char boundaries.
+/// Cursor state for one `.env` text. Offsets are byte offsets into `text`,
+/// always on char boundaries (they only move by whole chars or past ASCII
+/// syntax characters).
 struct Parser<'a> {
     text: &'a str,
     bytes: &'a [u8],
@@ -83,45 +142,62 @@ impl Parser<'_> {
         self.bytes.get(i).copied()
     }
 
-    /// Skips spaces and tabs.
+    fn char_at(&self, i: usize) -> Option<char> {
+        self.text.get(i..)?.chars().next()
+    }
+
+    /// Skips blanks ([`is_blank`]).
     fn skip_blanks(&self, mut i: usize) -> usize {
-        while matches!(self.byte(i), Some(b' ' | b'\t')) {
-            i += 1;
+        while let Some(c) = self.char_at(i).filter(|&c| is_blank(c)) {
+            i += c.len_utf8();
         }
         i
     }
 
-    /// Whether `i` is at the end of a line (`\n`, `\r\n` or end of text).
-    fn at_eol(&self, i: usize) -> bool {
-        match self.byte(i) {
-            None | Some(b'\n') => true,
-            Some(b'\r') => self.byte(i + 1) == Some(b'\n'),
-            _ => false,
-        }
-    }
-
-    /// Offset of the end of the line containing `i` (its `\n` / `\r\n`, or
-    /// the end of the text).
-    fn eol_from(&self, i: usize) -> usize {
+    /// Offset of the `\n` ending the line that contains `i`, or the end of
+    /// the text.
+    fn line_end(&self, i: usize) -> usize {
         let i = i.min(self.bytes.len());
-        let nl = self.bytes[i..]
+        self.bytes[i..]
             .iter()
             .position(|&b| b == b'\n')
-            .map_or(self.bytes.len(), |p| i + p);
-        if nl > i && self.bytes[nl - 1] == b'\r' && nl < self.bytes.len() {
-            nl - 1
-        } else {
-            nl
-        }
+            .map_or(self.bytes.len(), |p| i + p)
     }
 
-    /// Offset just past the line break at `eol` (an offset from `eol_from`).
-    fn after_eol(&self, eol: usize) -> usize {
-        match self.byte(eol) {
-            Some(b'\r') => eol + 2,
-            Some(b'\n') => eol + 1,
-            _ => eol,
+    /// Offset of the next line after the line end `eol`.
+    fn next_line(&self, eol: usize) -> usize {
+        (eol + 1).min(self.bytes.len())
+    }
+
+    /// Whether only blanks and `\r` remain on the line from `i`.
+    fn rest_blank(&self, i: usize) -> bool {
+        let end = self.line_end(i);
+        self.text[i.min(end)..end]
+            .chars()
+            .all(|c| is_blank(c) || c == '\r')
+    }
+
+    /// Fails on a lone CR in `from..to` (text outside quotes): a `\r` is
+    /// only allowed when nothing but blanks follows it on the line.
+    fn check_cr(&self, from: usize, to: usize, key: Option<&str>) -> Result<(), ParseError> {
+        if let Some(p) = self.text[from..to].find('\r') {
+            if !self.rest_blank(from + p) {
+                return Err(self.error(from + p, key, LONE_CR));
+            }
         }
+        Ok(())
+    }
+
+    fn odd_space_error(&self, at: usize, key: Option<&str>, c: char) -> ParseError {
+        self.error(
+            at,
+            key,
+            format!(
+                "whitespace character U+{:04X} next to a key or value: the dotenv loaders \
+                 disagree on whether it is whitespace; remove it or quote the value",
+                u32::from(c)
+            ),
+        )
     }
 
     /// Reads every line: blank lines and comments are skipped, anything else
@@ -130,37 +206,42 @@ impl Parser<'_> {
         let mut pos = 0;
         while pos < self.bytes.len() {
             let start = self.skip_blanks(pos);
-            if self.at_eol(start) || self.byte(start) == Some(b'#') {
-                pos = self.after_eol(self.eol_from(start));
+            let eol = self.line_end(start);
+            if self.rest_blank(start) {
+                pos = self.next_line(eol);
                 continue;
             }
-            pos = self.entry(start)?;
+            match self.char_at(start) {
+                Some('#') => {
+                    self.check_cr(start, eol, None)?;
+                    pos = self.next_line(eol);
+                }
+                Some('\r') => return Err(self.error(start, None, LONE_CR)),
+                Some(c) if is_ambiguous_space(c) => {
+                    return Err(self.odd_space_error(start, None, c));
+                }
+                _ => pos = self.entry(start)?,
+            }
         }
         Ok(())
     }
 
     /// End offset (exclusive) of a key starting at `i`.
     fn key_end(&self, i: usize) -> usize {
-        let mut j = i;
-        while let Some(b) = self.byte(j) {
-            if b == b'=' || b.is_ascii_whitespace() {
-                break;
-            }
-            j += 1;
-        }
-        j
+        let rest = &self.text[i..];
+        rest.find(|c: char| c == '=' || c.is_whitespace())
+            .map_or(self.text.len(), |p| i + p)
     }
 
-    /// Parses one `KEY=value` entry whose key starts at `start`; returns the
-    /// offset of the next line.
+    /// Parses one line (or multi-line entry) whose key starts at `start`;
+    /// returns the offset of the next line.
     fn entry(&mut self, start: usize) -> Result<usize, ParseError> {
         let mut key_start = start;
         let mut key_end = self.key_end(start);
-        if &self.text[key_start..key_end] == "export"
-            && matches!(self.byte(key_end), Some(b' ' | b'\t'))
+        if &self.text[key_start..key_end] == "export" && self.char_at(key_end).is_some_and(is_blank)
         {
             let next = self.skip_blanks(key_end);
-            if !self.at_eol(next) && self.byte(next) != Some(b'=') {
+            if !self.rest_blank(next) && !matches!(self.byte(next), Some(b'=' | b'#')) {
                 key_start = next;
                 key_end = self.key_end(next);
             }
@@ -182,19 +263,48 @@ impl Parser<'_> {
             ));
         }
         let eq = self.skip_blanks(key_end);
-        if self.byte(eq) != Some(b'=') {
-            return Err(self.error(
-                eq,
-                None,
-                "expected '=' after the key (a line must be KEY=VALUE, a # comment or blank)",
-            ));
+        let eol = self.line_end(eq);
+        match self.char_at(eq) {
+            Some('=') => {}
+            // The last line ends in a word with no line break: what a file
+            // cut off while being written looks like, so reading it as "no
+            // more keys" could delete secrets. Refused like a bad line.
+            _ if eol == self.bytes.len()
+                && (self.rest_blank(eq) || self.byte(eq) == Some(b'#')) =>
+            {
+                return Err(self.error(
+                    eq,
+                    None,
+                    "expected '=' after the key: the file ends in a word without a line break \
+                     (cut off while being written?); end the line with a line break if it is \
+                     meant to be a key without a value",
+                ));
+            }
+            // A lone word: a key without a value, which no loader sets.
+            _ if self.rest_blank(eq) => return Ok(self.next_line(eol)),
+            Some('#') => {
+                self.check_cr(eq, eol, None)?;
+                return Ok(self.next_line(eol));
+            }
+            Some('\r') => return Err(self.error(eq, None, LONE_CR)),
+            Some(c) if is_ambiguous_space(c) => return Err(self.odd_space_error(eq, None, c)),
+            _ => {
+                return Err(self.error(
+                    eq,
+                    None,
+                    "expected '=' after the key (a line must be KEY=VALUE, a # comment or blank)",
+                ));
+            }
         }
         let key = &self.text[key_start..key_end];
         let value_start = self.skip_blanks(eq + 1);
-        let (value, last) = match self.byte(value_start) {
-            Some(b'\'') => self.single_quoted(key, value_start)?,
-            Some(b'"') => self.double_quoted(key, value_start)?,
-            _ => self.unquoted(key, value_start)?,
+        let (value, last) = match self.char_at(value_start) {
+            Some('\'') => self.single_quoted(key, value_start)?,
+            Some('"') => self.double_quoted(key, value_start)?,
+            Some(c) if is_ambiguous_space(c) => {
+                return Err(self.odd_space_error(value_start, Some(key), c));
+            }
+            _ => self.unquoted(key, value_start, value_start == eq + 1)?,
         };
         let (line, column) = self.lines.position(key_start);
         let end_line = self.lines.line(last);
@@ -206,46 +316,73 @@ impl Parser<'_> {
             column,
             end_line,
         });
-        Ok(self.after_eol(last))
+        Ok(self.next_line(last))
     }
 
     /// After a closing quote at `close`: allows blanks and a `#` comment up to
     /// the end of the line. Returns the end-of-line offset.
     fn after_closing_quote(&self, key: &str, close: usize) -> Result<usize, ParseError> {
         let i = self.skip_blanks(close + 1);
-        if self.at_eol(i) {
-            return Ok(i);
+        let eol = self.line_end(i);
+        if self.rest_blank(i) {
+            return Ok(eol);
         }
-        if self.byte(i) == Some(b'#') {
-            return Ok(self.eol_from(i));
+        match self.byte(i) {
+            Some(b'#') => {
+                self.check_cr(i, eol, Some(key))?;
+                Ok(eol)
+            }
+            Some(b'\r') => Err(self.error(i, Some(key), LONE_CR)),
+            _ => Err(self.error(
+                i,
+                Some(key),
+                "unexpected text after the closing quote (only a # comment may follow)",
+            )),
         }
-        Err(self.error(
-            i,
-            Some(key),
-            "unexpected text after the closing quote (only a # comment may follow)",
-        ))
     }
 
     /// Value from `start` to the end of the line; returns it and the
-    /// end-of-line offset.
-    fn unquoted(&mut self, key: &str, start: usize) -> Result<(String, usize), ParseError> {
+    /// end-of-line offset. `glued` says the value starts right after `=`.
+    fn unquoted(
+        &mut self,
+        key: &str,
+        start: usize,
+        glued: bool,
+    ) -> Result<(String, usize), ParseError> {
         let text = self.text;
-        let eol = self.eol_from(start);
-        let line = &self.bytes[start..eol];
-        // An inline comment starts at a `#` preceded by a space or tab; a `#`
-        // at the very start means an empty value.
-        let mut end = line.len();
-        for (i, &b) in line.iter().enumerate() {
-            if b == b'#' && (i == 0 || matches!(line[i - 1], b' ' | b'\t')) {
-                end = i;
+        let eol = self.line_end(start);
+        let line = &text[start..eol];
+        // An inline comment starts at a `#` preceded by a blank, or at the
+        // start of the value when blanks separate it from `=`.
+        let mut cut = line.len();
+        let mut prev_blank = true;
+        for (i, c) in line.char_indices() {
+            if c == '#' && prev_blank {
+                cut = i;
                 break;
             }
+            prev_blank = is_blank(c);
         }
-        while end > 0 && matches!(line[end - 1], b' ' | b'\t') {
-            end -= 1;
+        if cut == 0 && glued && line.starts_with('#') {
+            return Err(self.error(
+                start,
+                Some(key),
+                "value starts with '#' right after '=': python-dotenv and Docker Compose read \
+                 it as the value, Node dotenv and dotenvy as a comment (an empty value); quote \
+                 the value, or put a blank before a comment",
+            ));
         }
-        // `end` is at an ASCII byte or the end of the line: a char boundary.
-        let raw = &text[start..start + end];
+        self.check_cr(start + cut, eol, Some(key))?;
+        let raw = line[..cut].trim_end_matches(|c: char| is_blank(c) || c == '\r');
+        if let Some(p) = raw.find('\r') {
+            return Err(self.error(start + p, Some(key), LONE_CR));
+        }
+        if let Some(c) = raw.chars().next_back().filter(|&c| is_ambiguous_space(c)) {
+            return Err(self.odd_space_error(start + raw.len() - c.len_utf8(), Some(key), c));
+        }
+        if !self.expand {
+            return Ok((raw.to_owned(), eol));
+        }
         let mut out = String::with_capacity(raw.len());
         let mut i = 0;
         while i < raw.len() {
@@ -306,13 +443,42 @@ impl Parser<'_> {
     /// `'...'` starting at `open`; returns the value and the end-of-line
     /// offset of the line holding the closing quote.
     fn single_quoted(&self, key: &str, open: usize) -> Result<(String, usize), ParseError> {
-        let Some(len) = self.bytes[open + 1..].iter().position(|&b| b == b'\'') else {
-            return Err(self.error(open, Some(key), "unterminated single-quoted value"));
-        };
-        let close = open + 1 + len;
-        let value = self.text[open + 1..close].replace("\r\n", "\n");
-        let eol = self.after_closing_quote(key, close)?;
-        Ok((value, eol))
+        let mut out = String::new();
+        let mut i = open + 1;
+        loop {
+            let Some(d) = self.bytes[i..]
+                .iter()
+                .position(|&b| matches!(b, b'\'' | b'\\' | b'\r'))
+            else {
+                return Err(self.error(open, Some(key), "unterminated single-quoted value"));
+            };
+            out.push_str(&self.text[i..i + d]);
+            i += d;
+            match (self.bytes[i], self.byte(i + 1)) {
+                (b'\'', _) => break,
+                (b'\\', _) => {
+                    // Compose's rule: a quote after an odd run of
+                    // backslashes is escaped and `\'` reads as `'`; an even
+                    // run is literal and the quote after it closes.
+                    let run = self.bytes[i..].iter().take_while(|&&b| b == b'\\').count();
+                    let escapes_quote = run % 2 == 1 && self.byte(i + run) == Some(b'\'');
+                    let kept = if escapes_quote { run - 1 } else { run };
+                    out.extend(std::iter::repeat_n('\\', kept));
+                    i += run;
+                    if escapes_quote {
+                        out.push('\'');
+                        i += 1;
+                    }
+                }
+                (_, Some(b'\n')) => {
+                    out.push('\n');
+                    i += 2;
+                }
+                _ => return Err(self.error(i, Some(key), LONE_CR)),
+            }
+        }
+        let eol = self.after_closing_quote(key, i)?;
+        Ok((out, eol))
     }
 
     /// `"..."` starting at `open`; returns the value and the end-of-line
@@ -334,12 +500,17 @@ impl Parser<'_> {
                 b'\\' => {
                     let c = match self.byte(i + 1) {
                         Some(b'n') => '\n',
-                        Some(b't') => '\t',
                         Some(b'r') => '\r',
+                        Some(b't') => '\t',
                         Some(b'"') => '"',
                         Some(b'\\') => '\\',
+                        Some(b'a') => '\u{7}',
+                        Some(b'b') => '\u{8}',
+                        Some(b'f') => '\u{c}',
+                        Some(b'v') => '\u{b}',
+                        // As Compose and dotenvy read it (python-dotenv and
+                        // Node keep the backslash); see docs/config.md.
                         Some(b'$') => '$',
-                        Some(b'\'') => '\'',
                         None => {
                             return Err(self.error(
                                 open,
@@ -347,26 +518,22 @@ impl Parser<'_> {
                                 "unterminated double-quoted value",
                             ));
                         }
+                        // Every loader keeps a backslash it does not know.
                         Some(_) => {
-                            return Err(self.error(
-                                i,
-                                Some(key),
-                                "unsupported escape sequence in double-quoted value \
-                                 (supported: \\n \\t \\r \\\" \\\\ \\$ \\'; write \\\\ for a backslash)",
-                            ));
+                            out.push('\\');
+                            i += 1;
+                            continue;
                         }
                     };
                     out.push(c);
                     i += 2;
                 }
                 b'\r' => {
-                    if self.byte(i + 1) == Some(b'\n') {
-                        out.push('\n');
-                        i += 2;
-                    } else {
-                        out.push('\r');
-                        i += 1;
+                    if self.byte(i + 1) != Some(b'\n') {
+                        return Err(self.error(i, Some(key), LONE_CR));
                     }
+                    out.push('\n');
+                    i += 2;
                 }
                 _ => {
                     let text = self.text;
@@ -470,13 +637,13 @@ mod tests {
             ("A=v # comment", O(&[("A", "v", 1, 1, 1)])),
             ("A=v\t# comment", O(&[("A", "v", 1, 1, 1)])),
             ("A=v#not-comment", O(&[("A", "v#not-comment", 1, 1, 1)])),
-            ("A=#comment", O(&[("A", "", 1, 1, 1)])),
+            ("A=#comment", E(1, 3, Some("A"), "starts with '#'")),
             ("A= # comment", O(&[("A", "", 1, 1, 1)])),
             ("A=a=b=c", O(&[("A", "a=b=c", 1, 1, 1)])),
             ("A=it's", O(&[("A", "it's", 1, 1, 1)])),
             ("A=a\"b", O(&[("A", "a\"b", 1, 1, 1)])),
             ("A=c:\\dir\\n", O(&[("A", "c:\\dir\\n", 1, 1, 1)])),
-            ("A=p\\$x", O(&[("A", "p$x", 1, 1, 1)])),
+            ("A=p\\$x", O(&[("A", "p\\$x", 1, 1, 1)])),
             ("A=p$x", O(&[("A", "p$x", 1, 1, 1)])),
             ("A=ünï €", O(&[("A", "ünï €", 1, 1, 1)])),
             // export
@@ -504,7 +671,7 @@ mod tests {
             ("A=\"x y # z\"", O(&[("A", "x y # z", 1, 1, 1)])),
             (
                 r#"A="a\nb\tc\rd\"e\\f\$g\'h""#,
-                O(&[("A", "a\nb\tc\rd\"e\\f$g'h", 1, 1, 1)]),
+                O(&[("A", "a\nb\tc\rd\"e\\f$g\\'h", 1, 1, 1)]),
             ),
             ("A=\"it's\"", O(&[("A", "it's", 1, 1, 1)])),
             ("A=  \"  padded  \"  ", O(&[("A", "  padded  ", 1, 1, 1)])),
@@ -538,7 +705,14 @@ mod tests {
             ("A='l1\r\nl2'\r\n", O(&[("A", "l1\nl2", 1, 1, 2)])),
             ("A=\r\n", O(&[("A", "", 1, 1, 1)])),
             // lone CR is not a line break
-            ("A=x\ry\n", O(&[("A", "x\ry", 1, 1, 1)])),
+            ("A=x\ry\n", E(1, 4, Some("A"), "carriage return")),
+            ("A=x\r\r\n", O(&[("A", "x", 1, 1, 1)])),
+            ("A=x\r", O(&[("A", "x", 1, 1, 1)])),
+            ("# c\rA=1\n", E(1, 4, None, "carriage return")),
+            ("A=\"x\ry\"", E(1, 5, Some("A"), "carriage return")),
+            ("A='x\ry'", E(1, 5, Some("A"), "carriage return")),
+            ("A=\"x\"\rB=1", E(1, 6, Some("A"), "carriage return")),
+            ("A\rB=1", E(1, 2, None, "carriage return")),
             // BOM
             ("\u{feff}A=1", O(&[("A", "1", 1, 1, 1)])),
             ("\u{feff}  A=1\n", O(&[("A", "1", 1, 3, 1)])),
@@ -551,13 +725,18 @@ mod tests {
             // columns count characters, not bytes
             ("ü=1\n  é=2", O(&[("ü", "1", 1, 1, 1), ("é", "2", 2, 3, 2)])),
             // errors
+            // a lone word defines nothing...
+            ("A\n", O(&[])),
+            ("A\nB=1", O(&[("B", "1", 2, 1, 2)])),
+            ("A # c\n", O(&[])),
+            ("export A\r\n", O(&[])),
+            ("export\n", O(&[])),
+            // ... except as a last line without a line break (cut off?)
             ("A", E(1, 2, None, "expected '='")),
-            ("A\nB=1", E(1, 2, None, "expected '='")),
+            ("B=1\nA", E(2, 2, None, "cut off")),
+            ("export A # c", E(1, 10, None, "cut off")),
             ("B=1\nA B=1", E(2, 3, None, "expected '='")),
             ("B=1\njust some text\n", E(2, 6, None, "expected '='")),
-            ("export A", E(1, 9, None, "expected '='")),
-            ("export", E(1, 7, None, "expected '='")),
-            ("A # c", E(1, 3, None, "expected '='")),
             ("=1", E(1, 1, None, "missing key")),
             ("  = 1", E(1, 3, None, "missing key")),
             ("\"A\"=1", E(1, 1, None, "quotes are not allowed")),
@@ -577,8 +756,13 @@ mod tests {
                 "A=\"a\nb\nc",
                 E(1, 3, Some("A"), "unterminated double-quoted"),
             ),
-            ("A=\"x\\qy\"", E(1, 5, Some("A"), "unsupported escape")),
-            ("A=\"ü\\x\"", E(1, 5, Some("A"), "unsupported escape")),
+            // unknown escapes keep their backslash; \a \b \f \v decode
+            ("A=\"x\\qy\"", O(&[("A", "x\\qy", 1, 1, 1)])),
+            ("A=\"ü\\x\\d\"", O(&[("A", "ü\\x\\d", 1, 1, 1)])),
+            (
+                "A=\"\\a\\b\\f\\v\"",
+                O(&[("A", "\u{7}\u{8}\u{c}\u{b}", 1, 1, 1)]),
+            ),
             (
                 "A=\"x\"y",
                 E(1, 6, Some("A"), "unexpected text after the closing quote"),
@@ -776,10 +960,11 @@ mod tests {
         let inputs = [
             "A=\"canary-secret",
             "A='canary-secret",
-            "A=\"canary\\qsecret\"",
+            "A=#canary-secret",
+            "A=canary\rsecret=1",
+            "A=\"canary\rsecret\"",
             "A=\"canary-secret\"canary",
             "A='canary' canary",
-            "A=first\ncanary-secret-line\n",
             "A=first\ncanary secret\n",
             "A=first\ncanary\"secret=1\n",
             "A=first\ncanary'secret=1\n",
@@ -811,8 +996,8 @@ mod tests {
             e.to_string(),
             "2:3: unterminated single-quoted value (key A)"
         );
-        let e = parse_env("X=1\nA", false).unwrap_err();
-        assert!(e.to_string().starts_with("2:2: expected '='"), "{e}");
+        let e = parse_env("X=1\nA B", false).unwrap_err();
+        assert!(e.to_string().starts_with("2:3: expected '='"), "{e}");
         assert!(!e.to_string().contains("(key"), "{e}");
         let e = ParseError::new(1, 2, Some("a\nb"), "m");
         assert_eq!(e.to_string(), "1:2: m (key a\\nb)");
@@ -852,7 +1037,6 @@ mod tests {
             // (dotenvy rejects trailing blanks at the very end of the input)
             "A=   \n",
             "A= # c",
-            "A=#c",
             "A=v # c",
             "A=v\t# c",
             "A=v#c",
@@ -877,7 +1061,6 @@ mod tests {
             "A=\"a\\nb\"",
             "A=\"q\\\"q\"",
             "A=\"b\\\\s\"",
-            "A=\"s\\'q\"",
             "A=\"multi\nline\"\nB=2",
             "A=\"multi\n\n  line  \n\" # c\nB=\"\"",
             "A=\"\"",
@@ -929,7 +1112,7 @@ mod tests {
             "a", "Z", "0", "9", "_", ".", "/", ":", "@", "+", ",", "-", "=", "ü", "€",
         ];
         const SINGLE: &[&str] = &["a", " ", "\"", "#", "=", "\\", "é", "\t"];
-        const DOUBLE: &[&str] = &["a", " ", "'", "#", "=", "é", "\\n", "\\\"", "\\\\", "\\'"];
+        const DOUBLE: &[&str] = &["a", " ", "'", "#", "=", "é", "\\n", "\\\"", "\\\\"];
         let crlf = rng.below(4) == 0;
         let nl = if crlf { "\r\n" } else { "\n" };
         let blank = |rng: &mut Rng| rng.pick(&["", " ", "  ", "\t"]).to_owned();

@@ -129,7 +129,7 @@ fn env_locate(
     let start = blanks(eq + 1);
     let (style, end, last) = match bytes.get(start) {
         Some(b'\'') => {
-            let close = start + 1 + body[start + 1..].find('\'')?;
+            let close = crate::source::dotenv::single_quote_close(body, start)?;
             (EnvStyle::Single, close + 1, close)
         }
         Some(b'"') => {

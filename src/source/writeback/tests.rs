@@ -133,8 +133,6 @@ fn env_quoting_choices() {
         ("A='x'", "ends\\", "A=\"ends\\\\\""),
         ("A=\"x\"", "plain", "A=\"plain\""),
         ("A=\"x\"", "", "A=\"\""),
-        ("A=#comment", "v", "A=v #comment"),
-        ("A=#comment", "", "A=#comment"),
         ("A= #comment", "v", "A= v #comment"),
         ("A=\"x\"#c", "v", "A=\"v\"#c"),
         ("A=   ", "v", "A=   v"),
@@ -195,7 +193,7 @@ fn no_edits_is_identity() {
 
 #[test]
 fn unparseable_files_are_refused() {
-    for text in ["A='unterminated", "not a line", "A=1\nB=\"x\\q\""] {
+    for text in ["A='unterminated", "not a line", "A=1\nB=\"x\ry\""] {
         let e = apply_env(text, &[set("A", "1")]).unwrap_err();
         assert!(matches!(e, WriteBackError::Parse(_)), "{e}");
     }
@@ -203,7 +201,7 @@ fn unparseable_files_are_refused() {
         let e = apply_yaml(text, &[set("A", "1")]).unwrap_err();
         assert!(matches!(e, WriteBackError::Parse(_)), "{e}");
     }
-    let e = apply("A=1\nB", SourceFormat::Env, &[set("A", "canary-secret")]).unwrap_err();
+    let e = apply("A=1\nB C", SourceFormat::Env, &[set("A", "canary-secret")]).unwrap_err();
     assert!(e.to_string().starts_with("the file does not parse"), "{e}");
 }
 
