@@ -60,6 +60,14 @@ pub struct GuardMark {
     pub owned: usize,
     /// Secrets the pass scheduled for deletion.
     pub deleted: usize,
+    /// Secrets the pass restored (a deletion that was undone no longer
+    /// counts against the guard).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restored: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl SyncState {
@@ -70,16 +78,24 @@ impl SyncState {
             .guard_window
             .iter()
             .filter(|m| now.saturating_sub(m.at) < GUARD_WINDOW_SECS);
-        recent.fold((0, 0), |(deleted, peak), m| {
-            (deleted + m.deleted, peak.max(m.owned))
-        })
+        let (deleted, restored, peak) = recent.fold((0, 0, 0), |(d, r, peak), m| {
+            (d + m.deleted, r + m.restored, peak.max(m.owned))
+        });
+        (deleted.saturating_sub(restored), peak)
     }
 
     /// Records a pass: drops marks older than the window, starts the window
     /// afresh after deletions an operator confirmed, and adds a mark when
     /// the pass deleted something or owned more than the window's peak (so
     /// a quiet pass does not rewrite the state file).
-    pub fn record_guard(&mut self, now: u64, owned: usize, deleted: usize, confirmed: bool) {
+    pub fn record_guard(
+        &mut self,
+        now: u64,
+        owned: usize,
+        deleted: usize,
+        restored: usize,
+        confirmed: bool,
+    ) {
         self.guard_window
             .retain(|m| now.saturating_sub(m.at) < GUARD_WINDOW_SECS);
         if confirmed && deleted > 0 {
@@ -88,15 +104,17 @@ impl SyncState {
                 at: now,
                 owned: owned.saturating_sub(deleted),
                 deleted: 0,
+                restored: 0,
             });
             return;
         }
         let (_, peak) = self.guard_totals(now);
-        if deleted > 0 || owned > peak {
+        if deleted > 0 || restored > 0 || owned > peak {
             self.guard_window.push(GuardMark {
                 at: now,
                 owned,
                 deleted,
+                restored,
             });
         }
     }

@@ -12,10 +12,21 @@ pub fn record_state(state: &mut SyncState, plan: &Plan, applied: &Applied) {
         .succeeded(plan)
         .filter(|a| matches!(a.op, plan::Op::Delete { .. }))
         .count();
+    let restored = applied
+        .succeeded(plan)
+        .filter(|a| matches!(a.op, plan::Op::Restore))
+        .count();
+    // The most this sync owned during the pass: what it had plus what it
+    // created (so the first pass, not the second, records the peak).
+    let created = applied
+        .succeeded(plan)
+        .filter(|a| matches!(a.op, plan::Op::Create(_)))
+        .count();
     state.record_guard(
         crate::reconcile::state::unix_now(),
-        plan.owned_live,
+        plan.owned_live + created,
         deleted,
+        restored,
         plan.deletes_confirmed,
     );
     let mut tags_by_name: BTreeMap<&str, Vec<String>> = BTreeMap::new();

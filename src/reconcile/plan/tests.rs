@@ -1306,7 +1306,7 @@ fn the_deletion_guard_holds_over_its_window() {
             break;
         }
         let deleted = p.actions.iter().filter(|a| a.kind == K::Delete).count();
-        state.record_guard(now, p.owned_live, deleted, false);
+        state.record_guard(now, p.owned_live, deleted, 0, false);
         owned.truncate(keep);
         now += 60;
     }
@@ -1316,6 +1316,10 @@ fn the_deletion_guard_holds_over_its_window() {
     // An hour later the window is empty again, and --allow-deletes starts it
     // afresh.
     assert_eq!(state.guard_totals(now + 3600), (0, 0));
-    state.record_guard(now, 60, 24, true);
+    state.record_guard(now, 60, 24, 0, true);
     assert_eq!(state.guard_totals(now), (0, 36));
+    // A deletion undone by a restore no longer counts.
+    state.record_guard(now + 1, 36, 2, 0, false);
+    state.record_guard(now + 2, 36, 0, 2, false);
+    assert_eq!(state.guard_totals(now + 3).0, 0);
 }
