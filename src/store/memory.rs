@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::pacing::Pacer;
 use super::kms::KmsCache;
+use super::pacing::Pacer;
 use super::{
     AWS_MANAGED_KMS_ALIAS, BATCH_GET_MAX, CreateSecret, KeyIdentity, LIST_PAGE_MAX,
     NAME_FILTER_MAX, RemoteSecret, RemoteValue, ReplicaStatus, RetryNote, SecretStore, StoreError,

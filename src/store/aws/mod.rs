@@ -50,8 +50,8 @@ use sm::types::{Filter, FilterNameStringType, ReplicaRegionType, SecretListEntry
 use super::pacing::Pacer;
 use super::{
     BATCH_GET_MAX, Connection, CreateSecret, KeyIdentity, KmsKeyInfo, LIST_PAGE_MAX,
-    NAME_FILTER_MAX, RemoteSecret, RemoteValue, ReplicaStatus, RetryNote, SecretStore, StoreError, ValueRead,
-    WriteResult,
+    NAME_FILTER_MAX, RemoteSecret, RemoteValue, ReplicaStatus, RetryNote, SecretStore, StoreError,
+    ValueRead, WriteResult,
 };
 use crate::metrics::Metrics;
 use crate::naming::TAG_SYNC;
@@ -509,7 +509,9 @@ impl SecretStore for AwsStore {
         }
         self.kms_cache
             .resolve(key, || async {
-                self.describe_kms_key(key).await.map(|info| key_identity(&info))
+                self.describe_kms_key(key)
+                    .await
+                    .map(|info| key_identity(&info))
             })
             .await
     }
