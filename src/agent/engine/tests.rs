@@ -917,7 +917,8 @@ async fn a_state_dir_that_cannot_be_written_shows_in_status() {
     let state = h.dir.path().join("state");
     std::fs::remove_dir_all(&state).unwrap();
     std::fs::write(&state, "not a directory").unwrap();
-    h.write("A=2\n");
+    // A new key brings new state (managed tags), so a save is attempted.
+    h.write("A=1\nB=2\n");
     h.touch();
     tokio::time::sleep(Duration::from_secs(2)).await;
     settle().await;
@@ -932,7 +933,7 @@ async fn a_state_dir_that_cannot_be_written_shows_in_status() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // Once it can be written again, the error clears.
     std::fs::remove_file(&state).unwrap();
-    h.write("A=3\n");
+    h.write("A=1\nB=2\nC=3\n");
     h.touch();
     tokio::time::sleep(Duration::from_secs(2)).await;
     settle().await;
