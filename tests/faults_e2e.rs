@@ -461,7 +461,7 @@ fn assert_state_dir_clean(w: &World, agent: &Agent) {
         .map(|e| e.unwrap().path())
         .filter(|p| {
             p.file_name()
-                .is_some_and(|n| n != "state.json" && n != "state.json.bak")
+                .is_some_and(|n| n != "state.json" && n != "state.json.bak" && n != "install-id")
         })
         .collect();
     assert!(

@@ -99,7 +99,8 @@ fn mode(p: &Path) -> u32 {
 }
 
 /// The state dir: only `state.json` and its backup (0600), whose fields are the known
-/// ones; the token key is 32 random bytes in hex, nothing value-derived.
+/// ones, and `install-id` (0600, 16 random hex characters); the token key is 32 random
+/// bytes in hex, nothing value-derived.
 fn check_state_dir(w: &World) {
     let dir = w.agent_path("state");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
@@ -109,10 +110,19 @@ fn check_state_dir(w: &World) {
     names.sort();
     assert_eq!(
         names,
-        ["state.json", "state.json.bak"],
+        ["install-id", "state.json", "state.json.bak"],
         "unexpected files in the state dir"
     );
-    for name in &names {
+    let id_file = dir.join("install-id");
+    assert_eq!(mode(&id_file), 0o600, "install-id mode");
+    let id = std::fs::read_to_string(&id_file).unwrap();
+    assert!(
+        id.len() == 17
+            && id.ends_with('\n')
+            && id.trim_end().bytes().all(|b| b.is_ascii_hexdigit()),
+        "install-id is 16 hex characters"
+    );
+    for name in names.iter().filter(|n| n.starts_with("state.json")) {
         check_state_file(&dir.join(name));
     }
 }
@@ -134,9 +144,21 @@ fn check_state_file(path: &std::path::Path) {
         fields.sort();
         assert_eq!(
             fields,
-            ["initial_sync_done", "managed_replicas", "managed_tags"],
+            [
+                "guard_window",
+                "initial_sync_done",
+                "managed_replicas",
+                "managed_tags"
+            ],
             "sync {name}: {sync}"
         );
+        // guard_window: deletion-guard marks, counts and times only.
+        for mark in sync["guard_window"].as_array().unwrap() {
+            assert!(
+                mark.as_object().unwrap().values().all(Value::is_u64),
+                "sync {name}: {mark}"
+            );
+        }
         // managed_tags: secret name -> tag keys; managed_replicas: secret
         // name -> regions; no values anywhere.
         for field in ["managed_tags", "managed_replicas"] {

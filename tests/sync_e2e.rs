@@ -704,3 +704,59 @@ fn an_owned_secret_without_a_value_never_blocks_the_others() {
     assert_eq!(env.value("prod/app/C").as_deref(), Some("3"));
     assert_eq!(env.run(&["sync"]).code, 0);
 }
+
+#[test]
+fn two_installs_sharing_an_identity_never_delete_each_other() {
+    let env = Env::new();
+    // Install 1: the usual config and state dir, keys K0 and K1.
+    env.write("app/prod.env", "K0=a\nK1=b\n");
+    one_to_one(&env, "");
+    assert_eq!(env.run(&["sync"]).code, 0);
+
+    // Install 2: a cloned host, same agent.id and sync name, its own state
+    // dir and file (Z0..Z9).
+    let zs: String = (0..10).map(|i| format!("Z{i}=z{i}\n")).collect();
+    let file2 = env.write("host2/prod.env", &zs);
+    let cfg1 = std::fs::read_to_string(env.path("agent.yaml")).unwrap();
+    let cfg2 = cfg1
+        .replace(
+            &env.path("state").display().to_string(),
+            &env.path("host2/state").display().to_string(),
+        )
+        .replace(
+            &env.path("app/prod.env").display().to_string(),
+            &file2.display().to_string(),
+        );
+    let cfg2 = env.write("host2/agent.yaml", &cfg2);
+    let cfg2 = cfg2.to_str().unwrap();
+    for _ in 0..2 {
+        let run = env.run(&["sync", "--config", cfg2, "--json"]);
+        assert_eq!(run.code, 1, "a collision is a CONFLICT: {}", run.stderr);
+        let j = run.json();
+        let msgs: Vec<String> = j["syncs"][0]["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["state"] == "CONFLICT")
+            .map(|s| s["message"].as_str().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(
+            msgs.iter().all(|m| m.contains("identity collision")),
+            "{msgs:?}"
+        );
+    }
+    assert_eq!(env.proxy.count("DeleteSecret"), 0);
+    assert_eq!(env.value("prod/app/K0").as_deref(), Some("a"));
+    assert!(!env.pending_deletion("prod/app/K1"));
+    // And install 1 leaves install 2's secrets alone in turn.
+    let run = env.run(&["sync"]);
+    assert_eq!(run.code, 1);
+    assert_eq!(env.proxy.count("DeleteSecret"), 0);
+    assert_eq!(env.value("prod/app/Z3").as_deref(), Some("z3"));
+
+    // Taking over on purpose works.
+    let run = env.run(&["sync", "--config", cfg2, "--take-over"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(env.pending_deletion("prod/app/K0"));
+}

@@ -147,6 +147,8 @@ async fn passes(
     let selected = select(&config, only)?;
     let mut state = State::load(&config.agent.state_dir);
     let token_key = state.ensure_token_key();
+    let install_id =
+        crate::reconcile::state::install_id(&config.agent.state_dir, mode == Mode::Apply);
     // Persist the token key before any write uses it; a state dir that
     // cannot be written blocks imports (see SyncJob::state_unwritable).
     let state_unwritable = match mode {
@@ -159,7 +161,9 @@ async fn passes(
     let jobs: Vec<SyncJob> = selected
         .iter()
         .map(|s| {
-            let mut job = SyncJob::from_config(&config, s).with_token_key(token_key);
+            let mut job = SyncJob::from_config(&config, s)
+                .with_token_key(token_key)
+                .with_install_id(install_id.clone());
             job.state_unwritable = state_unwritable.clone();
             job.options.take_over = take_over;
             // A one-shot pass is the operator looking: show replicas as AWS has them.

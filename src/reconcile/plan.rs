@@ -56,7 +56,7 @@ pub struct PlanOptions {
     pub managed_replicas: BTreeMap<String, BTreeSet<String>>,
     /// Key for idempotency tokens (from the state dir).
     pub token_key: TokenKey,
-    /// This install's id ([`TokenKey::install_id`]), written as a tag with
+    /// This install's id (`state_dir/install-id`), written as a tag with
     /// every create and checked before every write or delete; `None` turns
     /// the install check off (pure planner tests).
     pub install_id: Option<String>,
@@ -295,15 +295,6 @@ impl TokenKey {
             .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
         mac.update(domain);
         mac
-    }
-}
-
-impl TokenKey {
-    /// A stable id for this install (this `state_dir`), derived from the
-    /// key so it needs no state of its own: 16 hex characters.
-    pub fn install_id(&self) -> String {
-        let digest = self.mac(b"secretsync/install\0").finalize().into_bytes();
-        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -547,9 +538,9 @@ impl Planner<'_> {
         );
     }
 
-    /// The tags `d` should carry: its own plus, when the install check is
-    /// on, this install's id.
-    fn wanted_tags(&self, d: &DesiredSecret) -> BTreeMap<String, String> {
+    /// The tags a new secret for `d` gets: its own plus, when the install
+    /// check is on, this install's id.
+    fn create_tags(&self, d: &DesiredSecret) -> BTreeMap<String, String> {
         let mut tags = d.tags.clone();
         if let Some(id) = &self.opts.install_id {
             tags.insert(naming::TAG_INSTALL.to_string(), id.clone());
@@ -578,7 +569,7 @@ impl Planner<'_> {
         let req = CreateSecret {
             name: d.name.clone(),
             value: d.value.clone(),
-            tags: self.wanted_tags(d),
+            tags: self.create_tags(d),
             kms_key_id: self.spec.kms_key_id.clone(),
             description: Some(self.spec.effective_description()),
             token,
@@ -675,7 +666,7 @@ impl Planner<'_> {
                 }
             }
         }
-        self.tags(d, r, adopting);
+        self.tags(d, r, adopting, wrote_value);
         self.metadata(d, r);
         self.replicas(d, actual);
         let version = if wrote_value {
@@ -710,13 +701,25 @@ impl Planner<'_> {
         None
     }
 
-    fn tags(&mut self, d: &DesiredSecret, r: &RemoteSecret, adopting: bool) {
-        let wanted = self.wanted_tags(d);
-        let set: BTreeMap<String, String> = wanted
+    /// Tag changes for an existing secret. The install tag is set with any
+    /// other change to the secret (or when another install's id is being
+    /// taken over), never on its own: a secret in step written before
+    /// install ids existed costs no call, so an agent starting on secrets
+    /// already in step still writes nothing.
+    fn tags(&mut self, d: &DesiredSecret, r: &RemoteSecret, adopting: bool, wrote_value: bool) {
+        let mut set: BTreeMap<String, String> = d
+            .tags
             .iter()
             .filter(|(k, v)| r.tags.get(*k) != Some(*v))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        if let Some(id) = &self.opts.install_id {
+            let theirs = r.tags.get(naming::TAG_INSTALL);
+            let changing = wrote_value || !set.is_empty() || theirs.is_some();
+            if changing && theirs != Some(id) {
+                set.insert(naming::TAG_INSTALL.to_string(), id.clone());
+            }
+        }
         let remove: Vec<String> = self
             .opts
             .managed_tags

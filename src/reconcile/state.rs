@@ -26,6 +26,10 @@ use crate::source::writeback::WriteBackError;
 pub const STATE_FILE: &str = "state.json";
 /// Copy of [`STATE_FILE`] written after it; read only when it is unreadable.
 pub const BACKUP_FILE: &str = "state.json.bak";
+/// This install's id ([`install_id`]), kept apart from [`STATE_FILE`] so that
+/// a corrupt or lost state file does not make the agent a stranger to the
+/// secrets it wrote.
+pub const INSTALL_ID_FILE: &str = "install-id";
 /// Where an unreadable [`STATE_FILE`] is copied before it is replaced.
 pub const CORRUPT_FILE: &str = "state.json.corrupt";
 
@@ -162,17 +166,8 @@ impl State {
         if let Some(key) = self.token_key.as_deref().and_then(parse_key) {
             return key;
         }
-        let mut bytes = [0u8; 32];
-        if let Err(e) =
-            std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes))
-        {
-            // Never fall back to a predictable key silently: mix what we have
-            // and say so; tokens stay idempotent within this process.
-            tracing::warn!(error = %e, "cannot read /dev/urandom; token key derived from time and pid");
-            let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
-            bytes = Sha256::digest(seed.as_bytes()).into();
-        }
-        self.token_key = Some(bytes.iter().map(|b| format!("{b:02x}")).collect());
+        let bytes = random_bytes();
+        self.token_key = Some(hex(&bytes));
         TokenKey(bytes)
     }
 
@@ -253,6 +248,51 @@ fn write_atomic(dir: &Path, name: &str, body: &[u8]) -> Result<(), StateError> {
     }
 }
 
+/// 32 bytes from the OS random source. Never falls back to a predictable
+/// value silently: without `/dev/urandom` it mixes time and pid, and says so.
+fn random_bytes() -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)) {
+        tracing::warn!(error = %e, "cannot read /dev/urandom; random id derived from time and pid");
+        let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+        bytes = Sha256::digest(seed.as_bytes()).into();
+    }
+    bytes
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// This install's id: 16 hex characters kept in `dir/install-id`, written
+/// as a tag with every secret the agent creates so that two hosts sharing an
+/// `agent.id` never overwrite or delete each other's secrets. Created on
+/// first use when `create`; a plan (`create: false`) on a fresh install gets
+/// a throwaway id, as a first sync would. `None` when the id cannot be kept
+/// (the state dir cannot be written): the collision check is then off,
+/// since the next run would otherwise look like another install.
+pub fn install_id(dir: &Path, create: bool) -> Option<String> {
+    let path = dir.join(INSTALL_ID_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim();
+        if id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Some(id.to_ascii_lowercase());
+        }
+        tracing::warn!(path = %path.display(), "install id file is not 16 hex characters; making a new id");
+    }
+    let id = hex(&random_bytes()[..8]);
+    if !create {
+        return Some(id);
+    }
+    match write_atomic(dir, INSTALL_ID_FILE, format!("{id}\n").as_bytes()) {
+        Ok(()) => Some(id),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot keep an install id; the check for other installs sharing this agent.id is off");
+            None
+        }
+    }
+}
+
 fn parse_key(hex: &str) -> Option<TokenKey> {
     if hex.len() != 64 {
         return None;
@@ -267,6 +307,31 @@ fn parse_key(hex: &str) -> Option<TokenKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_install_id_is_kept_apart_from_the_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A plan on a fresh install creates nothing.
+        assert!(install_id(dir.path(), false).is_some());
+        assert!(!dir.path().join(INSTALL_ID_FILE).exists());
+        let id = install_id(dir.path(), true).expect("kept");
+        assert_eq!(id.len(), 16);
+        assert_eq!(install_id(dir.path(), true).as_deref(), Some(id.as_str()));
+        assert_eq!(install_id(dir.path(), false).as_deref(), Some(id.as_str()));
+        // Losing state.json does not change it.
+        std::fs::write(dir.path().join(STATE_FILE), b"{").unwrap();
+        let _ = State::load(dir.path());
+        assert_eq!(install_id(dir.path(), true).as_deref(), Some(id.as_str()));
+        // A damaged id file is replaced by a new, valid one.
+        std::fs::write(dir.path().join(INSTALL_ID_FILE), b"junk").unwrap();
+        let new = install_id(dir.path(), true).expect("new id");
+        assert_ne!(new, id);
+        assert_eq!(new.len(), 16);
+        // A state dir that cannot be written turns the check off.
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        assert_eq!(install_id(&file, true), None);
+    }
 
     #[test]
     fn round_trip_and_recover_from_corruption() {

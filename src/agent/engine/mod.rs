@@ -111,6 +111,9 @@ pub struct Engine<F: StoreFactory> {
     /// lost at start; see `SyncJob::import_held`).
     import_hold: Option<String>,
     token_key: TokenKey,
+    /// This install's id (`state_dir/install-id`), or `None` when it cannot
+    /// be kept.
+    install_id: Option<String>,
     metrics: Option<Arc<Metrics>>,
     /// Keeps an event storm from logging one warning per lost batch.
     dropped_log: LogThrottle,
@@ -154,8 +157,10 @@ impl<F: StoreFactory> Engine<F> {
         let mut state = State::load(&config.agent.state_dir);
         let import_hold = state.lost.take();
         let token_key = state.ensure_token_key();
+        let install_id = crate::reconcile::state::install_id(&config.agent.state_dir, true);
         let mut engine = Engine {
             token_key,
+            install_id,
             factory: Arc::new(factory),
             config: Arc::new(config),
             slots: BTreeMap::new(),
@@ -196,7 +201,7 @@ impl<F: StoreFactory> Engine<F> {
         let mut old = std::mem::take(&mut self.slots);
         let now = Instant::now();
         for sync in &config.syncs {
-            let mut slot = Slot::new(config, sync, self.token_key);
+            let mut slot = Slot::new(config, sync, self.token_key, self.install_id.clone());
             if let Some(prev) = old.remove(&sync.name) {
                 slot.inherit(prev);
             }

@@ -80,8 +80,15 @@ pub(super) enum Settle {
 }
 
 impl Slot {
-    pub(super) fn new(config: &Config, sync: &config::SyncConfig, key: TokenKey) -> Slot {
-        let job = SyncJob::from_config(config, sync).with_token_key(key);
+    pub(super) fn new(
+        config: &Config,
+        sync: &config::SyncConfig,
+        key: TokenKey,
+        install_id: Option<String>,
+    ) -> Slot {
+        let job = SyncJob::from_config(config, sync)
+            .with_token_key(key)
+            .with_install_id(install_id);
         let enabled = job.enabled;
         Slot {
             dirs: fswatch::dirs_for(&job.files),

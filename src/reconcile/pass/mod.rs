@@ -102,9 +102,13 @@ impl SyncJob {
 
     /// Sets the idempotency-token key (kept in `state_dir`).
     pub fn with_token_key(mut self, key: crate::reconcile::plan::TokenKey) -> SyncJob {
-        // Install-id collision checks stay off until a lost state_dir can keep its id (see note).
-        let _ = key.install_id();
         self.options.token_key = key;
+        self
+    }
+
+    /// Sets this install's id (see [`crate::reconcile::state::install_id`]).
+    pub fn with_install_id(mut self, id: Option<String>) -> SyncJob {
+        self.options.install_id = id;
         self
     }
 

@@ -1323,3 +1323,28 @@ fn the_deletion_guard_holds_over_its_window() {
     state.record_guard(now + 2, 36, 0, 2, false);
     assert_eq!(state.guard_totals(now + 3).0, 0);
 }
+
+#[test]
+fn a_secret_from_before_install_ids_gets_the_tag_only_with_another_write() {
+    let o = PlanOptions {
+        install_id: Some("aaaaaaaaaaaaaaaa".into()),
+        ..opts()
+    };
+    // In step: no call at all (an agent starting on such secrets writes nothing).
+    let a = actual(&[("K", Owner::Us, false, Some("v"))]);
+    let p = plan(&spec(), &desired_one(&[("K", "v")]), &a, &o);
+    assert!(p.actions.is_empty(), "{:?}", kinds(&p));
+    // A value change also claims it for this install.
+    let p = plan(&spec(), &desired_one(&[("K", "new")]), &a, &o);
+    assert_eq!(
+        kinds(&p),
+        vec![(K::Update, "K".to_string()), (K::Tag, "K".to_string())]
+    );
+    let Op::Tag { set, .. } = &p.actions[1].op else {
+        panic!("not a tag op")
+    };
+    assert_eq!(
+        set.get(naming::TAG_INSTALL).map(String::as_str),
+        Some("aaaaaaaaaaaaaaaa")
+    );
+}
