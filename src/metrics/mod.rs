@@ -25,8 +25,8 @@ use prometheus_client::registry::Registry;
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Secret states as they appear in the `state` label (and in status).
-const STATES: [&str; 6] = [
-    "PENDING", "SYNCED", "CONFLICT", "ERROR", "DELETED", "RETAINED",
+const STATES: [&str; 7] = [
+    "PENDING", "SYNCED", "CONFLICT", "ERROR", "DELETED", "RETAINED", "SKIPPED",
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -86,6 +86,8 @@ pub struct SecretCounts {
     pub deleted: usize,
     /// Kept although their key left the files.
     pub retained: usize,
+    /// Skipped on purpose (one-to-one keys with an empty value).
+    pub skipped: usize,
 }
 
 /// The agent's metrics: cheap to update from any task (atomics and a
@@ -346,10 +348,11 @@ impl Metrics {
             let label = SyncLabel { sync: gone.clone() };
             self.last_success.remove(&label);
             self.rotation_conflicts.remove(&label);
+            self.identity_collisions.remove(&label);
         }
         for (name, c) in &syncs {
             let values = [
-                c.pending, c.synced, c.conflict, c.error, c.deleted, c.retained,
+                c.pending, c.synced, c.conflict, c.error, c.deleted, c.retained, c.skipped,
             ];
             for (state, n) in STATES.iter().zip(values) {
                 self.secrets

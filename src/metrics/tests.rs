@@ -3,48 +3,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::agent::status::Status;
-use crate::agent::status::SyncStatusView;
-use crate::reconcile::report::{StateCounts, SyncStatus};
-
-impl Metrics {
-    fn observe_status_for_test(&self, status: &Status) {
-        self.observe_secrets(status.syncs.iter().map(|s| {
-            let c = &s.counts;
-            let counts = SecretCounts {
-                pending: c.pending,
-                synced: c.synced,
-                conflict: c.conflict,
-                error: c.error,
-                deleted: c.deleted,
-                retained: c.retained,
-            };
-            (s.name.as_str(), counts)
-        }));
-    }
-}
-
-fn view(name: &str, counts: StateCounts) -> SyncStatusView {
-    SyncStatusView {
-        name: name.into(),
-        enabled: true,
-        auto_sync: true,
-        sync_status: SyncStatus::Synced,
-        last_sync_message: None,
-        last_synced_at: None,
-        import_status: None,
-        last_import_message: None,
-        last_imported_at: None,
-        remove_status: None,
-        last_remove_message: None,
-        last_removed_at: None,
-        region: "us-east-1".into(),
-        mapping: "one-to-one".into(),
-        files: vec![],
-        counts,
-        secrets: vec![],
-    }
-}
 
 /// The value of the sample `line_prefix` (metric name with labels).
 fn sample(text: &str, line_prefix: &str) -> Option<f64> {
@@ -69,19 +27,16 @@ fn renders_every_family_with_help_type_and_values() {
     m.sync_succeeded("app", 1_700_000_000.5);
     m.config_reload(true);
     m.config_reload(false);
-    m.observe_status_for_test(&Status {
-        agent: Default::default(),
-        syncs: vec![view(
-            "app",
-            StateCounts {
-                secrets: 4,
-                synced: 2,
-                error: 1,
-                retained: 1,
-                ..Default::default()
-            },
-        )],
-    });
+    m.observe_secrets([(
+        "app",
+        SecretCounts {
+            synced: 2,
+            error: 1,
+            retained: 1,
+            skipped: 1,
+            ..Default::default()
+        },
+    )]);
     let text = m.render();
     for family in [
         "secretsync_passes_total",
@@ -154,32 +109,21 @@ fn renders_every_family_with_help_type_and_values() {
         1.0
     );
     assert_eq!(v("secretsync_config_last_reload_successful"), 0.0);
+    assert_eq!(v("secretsync_secrets{sync=\"app\",state=\"SKIPPED\"}"), 1.0);
     assert!(!text.contains("# EOF"), "Prometheus text, not OpenMetrics");
 }
 
 #[test]
 fn syncs_that_leave_the_config_lose_their_series() {
     let m = Metrics::new();
-    let status = |names: &[&str]| Status {
-        agent: Default::default(),
-        syncs: names
-            .iter()
-            .map(|n| {
-                view(
-                    n,
-                    StateCounts {
-                        secrets: 1,
-                        synced: 1,
-                        ..Default::default()
-                    },
-                )
-            })
-            .collect(),
+    let one_synced = SecretCounts {
+        synced: 1,
+        ..Default::default()
     };
-    m.observe_status_for_test(&status(&["a", "b"]));
+    m.observe_secrets([("a", one_synced), ("b", one_synced)]);
     m.sync_succeeded("b", 1.0);
     assert!(m.render().contains("sync=\"b\""));
-    m.observe_status_for_test(&status(&["a"]));
+    m.observe_secrets([("a", one_synced)]);
     let text = m.render();
     assert!(!text.contains("sync=\"b\""), "{text}");
     assert_eq!(
@@ -191,10 +135,7 @@ fn syncs_that_leave_the_config_lose_their_series() {
 #[test]
 fn rotation_conflicts_are_counted_per_sync_and_leave_with_it() {
     let m = Metrics::new();
-    m.observe_status_for_test(&Status {
-        agent: Default::default(),
-        syncs: vec![view("app", StateCounts::default())],
-    });
+    m.observe_secrets([("app", SecretCounts::default())]);
     m.rotation_conflicts("app", 0);
     assert!(
         !m.render().contains("secretsync_rotation_conflicts_total{"),
@@ -211,11 +152,7 @@ fn rotation_conflicts_are_counted_per_sync_and_leave_with_it() {
         sample(&text, "secretsync_rotation_conflicts_total{sync=\"app\"}"),
         Some(3.0)
     );
-    let status = Status {
-        agent: Default::default(),
-        syncs: vec![],
-    };
-    m.observe_status_for_test(&status);
+    m.observe_secrets([]);
     assert!(!m.render().contains("sync=\"app\""));
 }
 

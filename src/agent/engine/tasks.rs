@@ -253,5 +253,6 @@ pub(super) fn secret_counts(
         error: c.error,
         deleted: c.deleted,
         retained: c.retained,
+        skipped: c.skipped,
     }
 }

@@ -8,20 +8,17 @@ use super::*;
 /// the same secret failed (the next pass sees those tags as already equal and
 /// would never record them); deleted secrets are forgotten.
 pub fn record_state(state: &mut SyncState, plan: &Plan, applied: &Applied) {
-    let deleted = applied
-        .succeeded(plan)
-        .filter(|a| matches!(a.op, plan::Op::Delete { .. }))
-        .count();
-    let restored = applied
-        .succeeded(plan)
-        .filter(|a| matches!(a.op, plan::Op::Restore))
-        .count();
-    // The most this sync owned during the pass: what it had plus what it
+    let (mut created, mut deleted, mut restored) = (0, 0, 0);
+    for a in applied.succeeded(plan) {
+        match a.op {
+            plan::Op::Create(_) => created += 1,
+            plan::Op::Delete { .. } => deleted += 1,
+            plan::Op::Restore => restored += 1,
+            _ => {}
+        }
+    }
+    // The most this sync owned during the pass is what it had plus what it
     // created (so the first pass, not the second, records the peak).
-    let created = applied
-        .succeeded(plan)
-        .filter(|a| matches!(a.op, plan::Op::Create(_)))
-        .count();
     state.record_guard(
         crate::reconcile::state::unix_now(),
         plan.owned_live + created,
