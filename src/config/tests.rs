@@ -2050,3 +2050,29 @@ fn an_importing_sync_needs_a_plain_first_file() {
     let text = format!("{HEADER}  - name: a\n    source: {{files: [/g/*.env]}}\n");
     assert!(parse(&text).is_ok());
 }
+
+#[test]
+fn region_names_follow_the_service_model_pattern() {
+    use super::validate::validate_region;
+    for good in [
+        "us-east-1",
+        "us-gov-west-1",
+        "ap-southeast-2",
+        "eu-central-12",
+    ] {
+        assert!(validate_region(good).is_ok(), "{good}");
+    }
+    for bad in [
+        "us-west2",
+        "eu-west1",
+        "useast1",
+        "us-east-",
+        "-us-1",
+        "us--east-1",
+        "US-EAST-1",
+        "us-east-1a",
+        "",
+    ] {
+        assert!(validate_region(bad).is_err(), "{bad}");
+    }
+}

@@ -59,16 +59,20 @@ pub(crate) fn validate_slug(name: &str) -> Result<(), String> {
 }
 
 /// AWS region names such as `us-east-1`, `us-gov-west-1`, `eu-central-2`.
+/// The service model's pattern for region names, `^([a-z]+-)+\d+$` (with
+/// its 1..128 length bound kept tighter at 32): letter groups joined by
+/// dashes, then a dash and digits. `us-west2` passes a looser check, and
+/// AWS then rejects the replica request.
 pub(crate) fn validate_region(region: &str) -> Result<(), String> {
-    let ok = !region.is_empty()
-        && region.len() <= 32
-        && region
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && region.starts_with(|c: char| c.is_ascii_lowercase())
-        && region.ends_with(|c: char| c.is_ascii_digit())
-        && region.contains('-')
-        && !region.contains("--");
+    let mut parts: Vec<&str> = region.split('-').collect();
+    let number = parts.pop().unwrap_or_default();
+    let ok = region.len() <= 32
+        && !parts.is_empty()
+        && !number.is_empty()
+        && number.bytes().all(|b| b.is_ascii_digit())
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()));
     if ok {
         Ok(())
     } else {

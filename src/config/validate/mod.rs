@@ -28,7 +28,7 @@ mod syncs;
 #[allow(unused_imports)]
 use fields::*;
 #[cfg(test)]
-pub(super) use fields::{parse_duration, parse_size, parse_socket_mode};
+pub(super) use fields::{parse_duration, parse_size, parse_socket_mode, validate_region};
 #[allow(unused_imports)]
 use overlaps::*;
 #[allow(unused_imports)]
