@@ -760,3 +760,50 @@ fn two_installs_sharing_an_identity_never_delete_each_other() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(env.pending_deletion("prod/app/K0"));
 }
+
+#[test]
+fn invalid_keys_are_reported_with_their_position_in_both_mappings() {
+    let env = Env::new();
+    let file = env.write("app/prod.env", "OK=1\n1KEY=x\n");
+    let json_file = env.write("app/json.env", "A=1\n  9BAD=y\n");
+    env.config(&format!(
+        "  - name: app\n    source: {{files: [{}], environment: prod}}\n    destination: {{key_schema: \"{{{{environment}}}}/app/{{{{secretKey}}}}\"}}\n  - name: blob\n    source: {{files: [{}]}}\n    destination: {{mapping: many-to-one, secret_name: prod/blob}}\n",
+        file.display(),
+        json_file.display()
+    ));
+    let run = env.run(&["sync", "--json"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let j = run.json();
+    let message = |sync: usize, key: &str| {
+        j["syncs"][sync]["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == key)
+            .unwrap_or_else(|| panic!("no {key}: {j}"))["message"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let app = j["syncs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|s| s["name"] == "app")
+        .unwrap();
+    let blob = 1 - app;
+    assert!(
+        message(app, "1KEY").starts_with(&format!("{}:2:1: ", file.display())),
+        "{}",
+        message(app, "1KEY")
+    );
+    assert!(
+        message(blob, "9BAD").starts_with(&format!("{}:2:3: ", json_file.display())),
+        "{}",
+        message(blob, "9BAD")
+    );
+    // The valid one-to-one key synced; the JSON secret was not written
+    // without its bad key.
+    assert_eq!(env.value("prod/app/OK").as_deref(), Some("1"));
+    assert!(env.value("prod/blob").is_none());
+}

@@ -179,13 +179,7 @@ fn one_to_one(spec: &MappingSpec, merged: &BTreeMap<&str, MergedEntry<'_>>) -> D
             message,
         };
         if !naming::is_valid_key(key) {
-            out.errors.push(key_err(
-                None,
-                format!(
-                    "key '{}' is not a valid key ([A-Za-z_][A-Za-z0-9_.-]*)",
-                    key.escape_default()
-                ),
-            ));
+            out.errors.push(key_err(None, invalid_key_message(key)));
             continue;
         }
         let vars = TemplateVars {
@@ -247,6 +241,15 @@ fn one_to_one(spec: &MappingSpec, merged: &BTreeMap<&str, MergedEntry<'_>>) -> D
     out
 }
 
+/// The per-key error for a key outside `[A-Za-z_][A-Za-z0-9_.-]*`; the pass
+/// prefixes the key's `PATH:LINE:COL`.
+fn invalid_key_message(key: &str) -> String {
+    format!(
+        "key '{}' is not a valid key ([A-Za-z_][A-Za-z0-9_.-]*)",
+        key.escape_default()
+    )
+}
+
 fn many_to_one(spec: &MappingSpec, merged: &BTreeMap<&str, MergedEntry<'_>>) -> Desired {
     let mut out = Desired::default();
     let template = spec.secret_name.as_deref().unwrap_or_default();
@@ -269,6 +272,19 @@ fn many_to_one(spec: &MappingSpec, merged: &BTreeMap<&str, MergedEntry<'_>>) -> 
             return out;
         }
     };
+    // A key outside the key charset puts the whole secret in ERROR: writing
+    // the JSON without it would drop that key from AWS.
+    let invalid: Vec<&&str> = merged.keys().filter(|k| !naming::is_valid_key(k)).collect();
+    if !invalid.is_empty() {
+        for key in invalid {
+            out.errors.push(DesiredError {
+                key: Some((*key).to_string()),
+                name: Some(name.clone()),
+                message: invalid_key_message(key),
+            });
+        }
+        return out;
+    }
     // BTreeMap iteration gives the sorted key order the contract asks for.
     let object: serde_json::Map<String, serde_json::Value> = merged
         .iter()
@@ -400,6 +416,21 @@ mod tests {
             serde_json::from_str(d.secrets[0].value.expose()).expect("json");
         assert_eq!(json["A"], "");
         assert_eq!(json["B"], "2");
+    }
+
+    #[test]
+    fn an_invalid_key_in_many_to_one_puts_the_secret_in_error() {
+        let f = file(&[("1KEY", "a", &[]), ("OK", "b", &[]), ("CLÉ", "c", &[])]);
+        let d = build_desired(&spec(MappingKind::ManyToOne), &[&f]);
+        // Nothing is written: the JSON without those keys would drop them.
+        assert!(d.secrets.is_empty());
+        let keys: Vec<&str> = d.errors.iter().filter_map(|e| e.key.as_deref()).collect();
+        assert_eq!(keys, ["1KEY", "CLÉ"]);
+        assert!(
+            d.errors.iter().all(|e| e.name.is_some()),
+            "the secret stays claimed"
+        );
+        assert!(d.errors[0].message.contains("is not a valid key"));
     }
 
     #[test]

@@ -398,6 +398,7 @@ pub async fn run_pass_with_files<S: SecretStore>(
         .filter_map(|f| f.result.as_ref().ok().or_else(|| last_good.get(&f.path)))
         .collect();
     let mut desired = desired::build_desired(&job.spec, &parsed);
+    locate_key_errors(&mut desired, files, last_good);
     hold_back_shadowed(&mut desired, files, last_good);
     let mut opts = job.options.clone();
     opts.allow_deletes = allow_deletes;
@@ -637,5 +638,28 @@ pub async fn run_pass_with_files<S: SecretStore>(
         transient,
         import: import_outcome,
         files_after,
+    }
+}
+
+/// Prefixes each per-key error with where the key is written
+/// (`PATH:LINE:COL`, of the last file that holds it: the one that wins), so
+/// an operator can go straight to the line.
+fn locate_key_errors(
+    desired: &mut desired::Desired,
+    files: &[FileView],
+    last_good: &BTreeMap<std::path::PathBuf, crate::source::ParsedFile>,
+) {
+    for error in &mut desired.errors {
+        let Some(key) = &error.key else {
+            continue;
+        };
+        let found = files.iter().rev().find_map(|f| {
+            let parsed = f.result.as_ref().ok().or_else(|| last_good.get(&f.path))?;
+            let entry = parsed.entries.iter().rev().find(|e| &e.key == key)?;
+            Some((&f.path, entry.line, entry.column))
+        });
+        if let Some((path, line, column)) = found {
+            error.message = format!("{}:{line}:{column}: {}", path.display(), error.message);
+        }
     }
 }
