@@ -514,6 +514,48 @@ async fn reading_1000_owned_secrets_is_paged_and_batched() {
     assert!(lists >= 1 && batches >= 1, "the pass did read AWS");
 }
 
+/// The issue-16 goal: a first sync costs at most 1.01 calls per key. Names
+/// not owned yet are found by one listing of their common prefix, not one
+/// lookup per 10 names; a foreign secret under the prefix is still seen.
+#[tokio::test]
+async fn first_sync_of_1000_keys_lists_the_prefix_once() {
+    let body: String = (0..1000).map(|i| format!("K{i:04}=v{i}\n")).collect();
+    let mut h = Harness::new(JobBuilder::new(), &[("big.env", &body)]);
+    seed(&h.store, "prod/K0007", tags(&[("team", "other")]), "theirs");
+    seed(&h.store, "prod-other/K0001", tags(&[]), "elsewhere");
+    h.store.reset_calls();
+    let pass = h.pass().await;
+    assert_eq!(pass.report.counts.create, 999, "{:?}", pass.report.counts);
+    assert_eq!(state(&pass, "prod/K0007"), SecretState::Conflict);
+    let total: u64 = h.store.calls().values().sum();
+    // One listing by tag, one by the names' prefix, 999 creates.
+    assert_eq!(h.call(OP_LIST), 2, "{:?}", h.store.calls());
+    assert!(
+        total as f64 / 1000.0 <= 1.01,
+        "{total} calls for 1,000 keys"
+    );
+    assert_eq!(h.value("prod-other/K0001"), "elsewhere");
+}
+
+/// A prefix shared with many foreign secrets (the names' common prefix is
+/// `prod/K00`): the capped listing gives up after half the lookups' cost
+/// and the names are looked up 10 per call.
+#[tokio::test]
+async fn first_sync_falls_back_to_lookups_when_the_prefix_is_crowded() {
+    let body: String = (0..100).map(|i| format!("K{i:04}=v{i}\n")).collect();
+    let mut h = Harness::new(JobBuilder::new(), &[("app.env", &body)]);
+    for i in 0..1000 {
+        seed(&h.store, &format!("prod/K00-other-{i:04}"), tags(&[]), "x");
+    }
+    seed(&h.store, "prod/K0042", tags(&[]), "theirs");
+    h.store.reset_calls();
+    let pass = h.pass().await;
+    assert_eq!(state(&pass, "prod/K0042"), SecretState::Conflict);
+    assert_eq!(pass.report.counts.create, 99);
+    // 1 by tag + 5 capped prefix pages (half of 10 lookups) + 10 lookups.
+    assert_eq!(h.call(OP_LIST), 16, "{:?}", h.store.calls());
+}
+
 // --------------------------------------------------- transient failures
 
 #[tokio::test]

@@ -530,10 +530,28 @@ impl MemoryStore {
         server: impl Fn(&RemoteSecret) -> bool,
         exact: impl Fn(&RemoteSecret) -> bool,
     ) -> Result<Vec<RemoteSecret>, StoreError> {
+        // usize::MAX pages: the listing always ends.
+        Ok(self
+            .list_pages(server, exact, usize::MAX)
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// [`Self::list_paged`] stopped after `max_pages` pages; `None` when
+    /// more remained.
+    async fn list_pages(
+        &self,
+        server: impl Fn(&RemoteSecret) -> bool,
+        exact: impl Fn(&RemoteSecret) -> bool,
+        max_pages: usize,
+    ) -> Result<Option<Vec<RemoteSecret>>, StoreError> {
         let page_size = usize::try_from(LIST_PAGE_MAX).unwrap_or(100);
         let mut out = Vec::new();
         let mut page = 0usize;
         loop {
+            if page >= max_pages {
+                return Ok(None);
+            }
             self.call(OP_LIST).await?;
             let inner = self.lock();
             let matching: Vec<&Entry> =
@@ -548,7 +566,7 @@ impl MemoryStore {
                     .map(|e| e.meta.clone()),
             );
             if start + page_size >= matching.len() {
-                return Ok(out);
+                return Ok(Some(out));
             }
             page += 1;
         }
@@ -799,6 +817,22 @@ impl SecretStore for MemoryStore {
         self.list_paged(
             |s| s.name.starts_with(prefix),
             |s| s.name.starts_with(prefix),
+        )
+        .await
+    }
+
+    async fn list_by_prefix_capped(
+        &self,
+        prefix: &str,
+        max_pages: usize,
+    ) -> Result<Option<Vec<RemoteSecret>>, StoreError> {
+        if prefix.is_empty() {
+            return Err(StoreError::Config("empty prefix".into()));
+        }
+        self.list_pages(
+            |s| s.name.starts_with(prefix),
+            |s| s.name.starts_with(prefix),
+            max_pages,
         )
         .await
     }

@@ -228,6 +228,16 @@ pub trait SecretStore: Send + Sync + 'static {
         prefix: &str,
     ) -> impl Future<Output = Result<Vec<RemoteSecret>, StoreError>> + Send;
 
+    /// Like [`Self::list_by_prefix`], but stops after `max_pages` pages:
+    /// `None` when the listing did not end within them (the caller then
+    /// looks names up one batch at a time). Used on a first sync, where one
+    /// listing of the names' common prefix replaces a lookup per 10 names.
+    fn list_by_prefix_capped(
+        &self,
+        prefix: &str,
+        max_pages: usize,
+    ) -> impl Future<Output = Result<Option<Vec<RemoteSecret>>, StoreError>> + Send;
+
     /// Current values of the given secrets (names or ARNs), batched.
     /// Per-secret failures are reported per entry; the outer error means the
     /// whole read failed.

@@ -34,6 +34,19 @@ pub(super) fn timeout_config(call_timeout: Duration) -> TimeoutConfig {
         .build()
 }
 
+/// The one HTTPS client every SDK client here uses (Secrets Manager, KMS,
+/// and aws-config's STS/SSO/IMDS providers): rustls on ring with the
+/// system's root certificates. Chosen here, not by SDK features, so the
+/// binary carries one TLS stack (see the `Cargo.toml` comment).
+fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
+}
+
 impl AwsStore {
     /// Builds a client for `conn` without making any network call (the agent
     /// must start while AWS is unreachable; credential problems surface on the
@@ -73,6 +86,7 @@ impl AwsStore {
         }
         let region = Region::new(conn.region.clone());
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(https_client())
             .region(region.clone())
             .retry_config(retry_config())
             .timeout_config(timeout_config(conn.call_timeout));

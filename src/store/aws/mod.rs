@@ -226,23 +226,39 @@ impl SecretStore for AwsStore {
     }
 
     async fn list_by_prefix(&self, prefix: &str) -> Result<Vec<RemoteSecret>, StoreError> {
+        self.list_by_prefix_capped(prefix, MAX_PAGES)
+            .await?
+            .ok_or_else(|| StoreError::Unavailable {
+                op: OP_LIST,
+                message: format!("listing did not end after {MAX_PAGES} pages"),
+            })
+    }
+
+    async fn list_by_prefix_capped(
+        &self,
+        prefix: &str,
+        max_pages: usize,
+    ) -> Result<Option<Vec<RemoteSecret>>, StoreError> {
         if prefix.is_empty() {
             return Err(StoreError::Config(
                 "refusing to list every secret in the account (empty prefix)".into(),
             ));
         }
         let entries = self
-            .list_all(vec![filter(
-                FilterNameStringType::Name,
-                vec![prefix.to_string()],
-            )])
+            .reader()
+            .list_pages(
+                vec![filter(FilterNameStringType::Name, vec![prefix.to_string()])],
+                max_pages,
+            )
             .await;
         log_call(OP_LIST, "name prefix", &entries);
-        Ok(entries?
-            .into_iter()
-            .filter_map(to_remote)
-            .filter(|s| s.name.starts_with(prefix))
-            .collect())
+        Ok(entries?.map(|entries| {
+            entries
+                .into_iter()
+                .filter_map(to_remote)
+                .filter(|s| s.name.starts_with(prefix))
+                .collect()
+        }))
     }
 
     async fn get_values(&self, ids: &[String]) -> Result<Vec<ValueRead>, StoreError> {
@@ -958,6 +974,45 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(rule.num_calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn capped_prefix_listing_stops_after_its_pages() {
+        let rule = mock!(sm::Client::list_secrets).then_compute_output(|req| {
+            let f = req.filters();
+            assert_eq!(f[0].key(), Some(&FilterNameStringType::Name));
+            assert_eq!(f[0].values(), ["prod/"]);
+            let n = req.next_token().map_or(0, |t| t.len());
+            ListSecretsOutput::builder()
+                .secret_list(entry(&format!("prod/K{n}"), "app"))
+                .secret_list(entry("prodx/K", "app")) // server-side prefix match is coarse
+                .next_token("x".repeat(n + 1))
+                .build()
+        });
+        let store = mocked(&[&rule]);
+        assert!(
+            store
+                .list_by_prefix_capped("prod/", 3)
+                .await
+                .expect("list")
+                .is_none()
+        );
+        assert_eq!(rule.num_calls(), 3);
+
+        let last = mock!(sm::Client::list_secrets).then_output(|| {
+            ListSecretsOutput::builder()
+                .secret_list(entry("prod/A", "app"))
+                .secret_list(entry("prodx/K", "app"))
+                .build()
+        });
+        let store = mocked(&[&last]);
+        let got = store
+            .list_by_prefix_capped("prod/", 1)
+            .await
+            .expect("list")
+            .expect("ended within one page");
+        let names: Vec<&str> = got.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["prod/A"]);
     }
 
     #[tokio::test]

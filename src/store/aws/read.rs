@@ -9,10 +9,25 @@ impl Reader {
         &self,
         filters: Vec<Filter>,
     ) -> Result<Vec<SecretListEntry>, StoreError> {
+        match self.list_pages(filters, MAX_PAGES).await? {
+            Some(out) => Ok(out),
+            None => Err(StoreError::Unavailable {
+                op: OP_LIST,
+                message: format!("listing did not end after {MAX_PAGES} pages"),
+            }),
+        }
+    }
+
+    /// Up to `max_pages` pages of a listing; `None` when more remained.
+    pub(super) async fn list_pages(
+        &self,
+        filters: Vec<Filter>,
+        max_pages: usize,
+    ) -> Result<Option<Vec<SecretListEntry>>, StoreError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         let mut seen_tokens = HashSet::new();
-        for _ in 0..MAX_PAGES {
+        for _ in 0..max_pages {
             self.reads.acquire().await;
             let page = self
                 .client
@@ -35,13 +50,10 @@ impl Reader {
                     }
                     token = Some(next);
                 }
-                _ => return Ok(out),
+                _ => return Ok(Some(out)),
             }
         }
-        Err(StoreError::Unavailable {
-            op: OP_LIST,
-            message: format!("listing did not end after {MAX_PAGES} pages"),
-        })
+        Ok(None)
     }
 
     /// One `BatchGetSecretValue` round (≤ [`BATCH_GET_MAX`] ids), every id
