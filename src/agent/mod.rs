@@ -4,5 +4,6 @@
 
 pub mod daemon;
 pub mod engine;
+pub mod schedule;
 pub(crate) mod status;
 pub(crate) mod watch;

@@ -133,6 +133,10 @@ pub struct AgentSettings {
     pub debounce: Duration,
     /// Drift check period against AWS; `None` when configured as `0`.
     pub reconcile_interval: Option<Duration>,
+    /// The startup pass waits a random time up to this, so a fleet
+    /// restarted at once spreads its first reads over the account's quota
+    /// (docs/fleet.md); zero for a single host.
+    pub start_jitter: Duration,
     /// How long SIGTERM waits for in-flight calls.
     pub shutdown_timeout: Duration,
     /// Log output format.

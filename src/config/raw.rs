@@ -59,6 +59,7 @@ pub(crate) struct RawAgent {
     pub state_dir: Field<SStr>,
     pub debounce: Field<SStr>,
     pub reconcile_interval: Field<SStr>,
+    pub start_jitter: Field<SStr>,
     pub shutdown_timeout: Field<SStr>,
     pub log_format: Field<SStr>,
     pub log_level: Field<SStr>,

@@ -270,6 +270,7 @@ fn defaults_match_spec() {
     assert_eq!(a.state_dir, PathBuf::from("/var/lib/secretsync"));
     assert_eq!(a.debounce, Duration::from_millis(500));
     assert_eq!(a.reconcile_interval, Some(Duration::from_secs(600)));
+    assert_eq!(a.start_jitter, Duration::ZERO);
     assert_eq!(a.shutdown_timeout, Duration::from_secs(10));
     assert_eq!(a.log_format, LogFormat::Auto);
     assert_eq!(a.log_level, LogLevel::Info);
@@ -683,6 +684,12 @@ fn semantic_validation_table() {
             "aws: {call_timeout: 0s}\n".to_string(),
             ("0s", 0),
             "aws.call_timeout must be greater than 0",
+        ),
+        (
+            "start_jitter too long",
+            "agent: {start_jitter: 2h}\n".to_string(),
+            ("2h", 0),
+            "agent.start_jitter",
         ),
         (
             "debounce too long",
@@ -1304,7 +1311,7 @@ fn unknown_keys_list_the_keys_of_their_mapping() {
         (
             "agent: {id: web-01, zz: 1}\naws: {region: us-east-1}\n".to_string(),
             "id, socket, socket_mode, state_dir, debounce, reconcile_interval, \
-             shutdown_timeout, log_format, log_level, max_file_size, metrics_listen",
+             start_jitter, shutdown_timeout, log_format, log_level, max_file_size, metrics_listen",
         ),
         (
             format!("{HEADER}control: {{zz: 1}}\n"),
@@ -1434,6 +1441,7 @@ fn errors_never_echo_a_value_pasted_into_the_wrong_key() {
         "agent: {socket_mode: V}",
         "agent: {debounce: V}",
         "agent: {reconcile_interval: V}",
+        "agent: {start_jitter: V}",
         "agent: {shutdown_timeout: V}",
         "agent: {log_format: V}",
         "agent: {log_level: V}",

@@ -45,4 +45,11 @@ impl Applied {
             .iter()
             .any(|o| matches!(o, Outcome::Failed(e) if e.is_transient()))
     }
+
+    /// Whether any call failed because AWS throttled it.
+    pub fn was_throttled(&self) -> bool {
+        self.outcomes
+            .iter()
+            .any(|o| matches!(o, Outcome::Failed(e) if e.is_throttled()))
+    }
 }

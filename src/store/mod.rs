@@ -189,6 +189,11 @@ impl StoreError {
         matches!(self, Self::Throttled { .. } | Self::Unavailable { .. })
     }
 
+    /// AWS refused the call for its rate (quota), not for an outage.
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, Self::Throttled { .. })
+    }
+
     /// A short class name for metrics labels (bounded set, no message).
     pub fn kind(&self) -> &'static str {
         match self {

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::agent::schedule::{self, DriftSchedule};
 use crate::agent::status::{AgentStatus, Status, SyncStatusView};
 use crate::agent::watch::{
     self as fswatch, Activity, Change, ChangeReceiver, DirWatcher, LogThrottle,
@@ -101,7 +102,13 @@ pub struct Engine<F: StoreFactory> {
     /// [`Engine::show_progress`].
     progress: BTreeMap<String, (Arc<F::Store>, std::time::Instant)>,
     next_progress: Option<Instant>,
-    next_drift: Option<Instant>,
+    /// When the engine started: the drift schedule's anchor.
+    started: Instant,
+    /// The next drift check: its index in the schedule and when it runs.
+    next_drift: Option<(u64, Instant)>,
+    /// The startup passes are not scheduled yet (`agent.start_jitter`
+    /// applies to them only, not to reloads).
+    starting: bool,
     rx: mpsc::Receiver<Request>,
     fs_rx: ChangeReceiver,
     state_warned: bool,
@@ -173,7 +180,9 @@ impl<F: StoreFactory> Engine<F> {
             inflight: JoinSet::new(),
             progress: BTreeMap::new(),
             next_progress: None,
+            started: Instant::now(),
             next_drift: None,
+            starting: true,
             rx,
             fs_rx,
             state_warned: false,
@@ -200,13 +209,25 @@ impl<F: StoreFactory> Engine<F> {
     fn install_config(&mut self, config: &Config) {
         let mut old = std::mem::take(&mut self.slots);
         let now = Instant::now();
+        // A fleet restarted at once spreads its startup reads (file events
+        // still run a pass at once: `schedule` keeps the earliest time).
+        let first_pass = if std::mem::take(&mut self.starting) {
+            let delay = schedule::start_delay(config.agent.start_jitter, fastrand::f64());
+            if !delay.is_zero() {
+                tracing::info!(delay = ?delay, "startup pass waits agent.start_jitter's random delay");
+            }
+            now + delay
+        } else {
+            now
+        };
         for sync in &config.syncs {
             let mut slot = Slot::new(config, sync, self.token_key, self.install_id.clone());
             if let Some(prev) = old.remove(&sync.name) {
                 slot.inherit(prev);
             }
             slot.force = true;
-            slot.schedule(now);
+            slot.schedule(first_pass);
+            slot.startup_hold = first_pass > now;
             self.slots.insert(sync.name.clone(), slot);
         }
         for (name, slot) in old {
@@ -214,7 +235,13 @@ impl<F: StoreFactory> Engine<F> {
                 let _ = w.send(Err(EngineError::UnknownSync(name.clone())));
             }
         }
-        self.next_drift = config.agent.reconcile_interval.map(|d| now + d);
+        // A reload keeps the schedule's anchor: reloading a fleet together
+        // must not line its drift checks up again.
+        let drift = self.drift_schedule(&config.agent.id);
+        self.next_drift = config.agent.reconcile_interval.map(|interval| {
+            let k = drift.index_after(now, interval);
+            (k, drift.at(k, interval, jitter_unit()))
+        });
         self.refresh_watches();
         self.publish();
     }
@@ -316,7 +343,7 @@ impl<F: StoreFactory> Engine<F> {
             .values()
             .filter(|s| !s.running)
             .filter_map(|s| s.due)
-            .chain(self.next_drift)
+            .chain(self.next_drift.map(|(_, at)| at))
             .chain(self.next_progress)
             .min()
     }
@@ -327,19 +354,26 @@ impl<F: StoreFactory> Engine<F> {
             self.show_progress();
             self.next_progress = (!self.progress.is_empty()).then(|| now + PROGRESS_TICK);
         }
-        if let Some(drift) = self.next_drift.filter(|d| *d <= now) {
+        if let Some((fired, _)) = self.next_drift.filter(|(_, at)| *at <= now) {
             tracing::debug!("drift check");
             for slot in self.slots.values_mut() {
                 slot.force = true;
                 slot.describe_all = true;
                 slot.schedule(now);
             }
-            self.next_drift = self
-                .config
-                .agent
-                .reconcile_interval
-                .map(|d| drift.max(now) + d);
+            let drift = self.drift_schedule(&self.config.agent.id);
+            self.next_drift = self.config.agent.reconcile_interval.map(|interval| {
+                let k = drift.next(fired, now, interval);
+                (k, drift.at(k, interval, jitter_unit()))
+            });
         }
+    }
+
+    /// Drift checks spread over the interval by this agent's stable phase
+    /// (docs/fleet.md), anchored at the engine's start.
+    fn drift_schedule(&self, agent_id: &str) -> DriftSchedule {
+        let phase = schedule::drift_phase(agent_id, self.install_id.as_deref());
+        DriftSchedule::new(self.started, phase)
     }
 
     /// Puts the reason a running pass is slow into its sync's status: the
@@ -423,6 +457,11 @@ impl<F: StoreFactory> Engine<F> {
                 continue;
             };
             any = true;
+            // A startup pass held back by `agent.start_jitter` gives way to
+            // the edit's own debounce.
+            if std::mem::take(&mut slot.startup_hold) {
+                slot.due = None;
+            }
             if event == Event::Nearby && slot.due.is_some() {
                 continue;
             }

@@ -31,6 +31,7 @@ impl<F: StoreFactory> Engine<F> {
                 continue;
             };
             slot.due = None;
+            slot.startup_hold = false;
             slot.burst_start = None;
             slot.pass_started = Some(Instant::now());
             slot.pass_event_at = slot.event_at.take();
@@ -210,10 +211,11 @@ impl<F: StoreFactory> Engine<F> {
             .filter(|_| done.mode == Mode::Apply)
             .and_then(|r| r.plan.as_ref())
             .map_or(0, |p| p.rotation_conflicts);
-        let (report, transient) = match (done.setup_error, done.result) {
+        let (report, transient, throttled) = match (done.setup_error, done.result) {
             (Some(e), _) => (
                 failed_report(&slot.job, format!("cannot set up AWS client: {e}")),
                 true,
+                false,
             ),
             (None, Some(result)) => {
                 if let (Some(plan), Some(applied)) = (&result.plan, &result.applied) {
@@ -235,10 +237,11 @@ impl<F: StoreFactory> Engine<F> {
                     v.replicas = slot.replicas.get(&v.name).cloned().unwrap_or_default();
                 }
                 slot.view.secrets = secrets;
-                (result.report, result.transient)
+                (result.report, result.transient, result.throttled)
             }
             (None, None) => (
                 failed_report(&slot.job, "pass produced no result".into()),
+                false,
                 false,
             ),
         };
@@ -273,13 +276,20 @@ impl<F: StoreFactory> Engine<F> {
             }
             slot.failures = slot.failures.saturating_add(1);
             slot.describe_all = true;
-            let delay = backoff(slot.failures);
+            // A throttled startup: the fleet may have restarted together,
+            // so the retry is spread over a window, not in lockstep.
+            let delay = if throttled && !slot.settled_since_start {
+                schedule::first_pass_retry(slot.failures, fastrand::f64())
+            } else {
+                backoff(slot.failures)
+            };
             slot.force = true;
             slot.schedule(Instant::now() + delay);
             slot.digests = None;
             retry_in = Some(delay);
         } else {
             slot.failures = 0;
+            slot.settled_since_start = true;
             slot.digests = Some(done.digests);
         }
         log_pass(name, &report, retry_in);

@@ -32,6 +32,12 @@ pub(super) struct Slot {
     pub(super) digests: Option<Digests>,
     pub(super) last_good: BTreeMap<PathBuf, ParsedFile>,
     pub(super) failures: u32,
+    /// A pass has ended without a transient failure since the agent
+    /// started: a throttled retry before that is spread by full jitter.
+    pub(super) settled_since_start: bool,
+    /// `due` is the startup pass held back by `agent.start_jitter`: a file
+    /// event replaces it with its own debounce instead of waiting longer.
+    pub(super) startup_hold: bool,
     /// First file event since the last pass started.
     pub(super) burst_start: Option<Instant>,
     /// First file event not yet carried to AWS (propagation latency).
@@ -127,6 +133,8 @@ impl Slot {
             digests: None,
             last_good: BTreeMap::new(),
             failures: 0,
+            settled_since_start: false,
+            startup_hold: false,
             burst_start: None,
             event_at: None,
             pass_started: None,
@@ -183,6 +191,7 @@ impl Slot {
         // true under a new config.
         self.job.known = old.job.known;
         self.digests = old.digests;
+        self.settled_since_start = old.settled_since_start;
         self.last_good = old.last_good;
         self.running = old.running;
         self.event_at = old.event_at;

@@ -77,6 +77,11 @@ pub(super) fn backoff(failures: u32) -> Duration {
     base.mul_f64(0.8 + 0.4 * fastrand::f64())
 }
 
+/// Uniform in `[-1, 1]`: a drift check's jitter (see `schedule`).
+pub(super) fn jitter_unit() -> f64 {
+    fastrand::f64() * 2.0 - 1.0
+}
+
 pub(super) async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,

@@ -245,18 +245,119 @@ async fn resync_waits_for_its_pass_and_unknown_is_an_error() {
     h.stop().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn drift_is_repaired_on_the_interval() {
-    let h = Harness::start_synced("A=1\n", "", "  reconcile_interval: 1m\n").await;
+/// The first drift check after start, by the agent's stable phase:
+/// start + (1 + phase) × interval, within the ±5 % jitter.
+fn first_drift_window(h: &Harness, t0: Instant, interval: Duration) -> (Instant, Instant) {
+    let install = std::fs::read_to_string(h.dir.path().join("state/install-id")).unwrap();
+    let phase = schedule::drift_phase("t1", Some(install.trim()));
+    let at = |slots: f64| t0 + interval.mul_f64(slots);
+    (
+        at(1.0 + phase - schedule::DRIFT_JITTER),
+        at(1.0 + phase + schedule::DRIFT_JITTER),
+    )
+}
+
+fn change_behind_our_back(h: &Harness) {
     let (mut meta, _) = h.store.get("A").unwrap();
     // Someone else writes a new version (AWS never changes an existing
     // version's value, so the new value comes with a new version id).
     meta.current_version = None;
     h.store
         .insert(meta, Some(SecretValue::new("changed-behind-our-back")));
-    tokio::time::sleep(Duration::from_secs(61)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn drift_is_repaired_at_the_agents_phase_of_the_interval() {
+    let interval = Duration::from_secs(60);
+    let t0 = Instant::now();
+    let h = Harness::start_synced("A=1\n", "", "  reconcile_interval: 1m\n").await;
+    let (earliest, latest) = first_drift_window(&h, t0, interval);
+    change_behind_our_back(&h);
+    tokio::time::sleep_until(earliest - Duration::from_millis(100)).await;
+    settle().await;
+    assert_eq!(h.value("A").as_deref(), Some("changed-behind-our-back"));
+    tokio::time::sleep_until(latest + Duration::from_millis(100)).await;
     settle().await;
     assert_eq!(h.value("A").as_deref(), Some("1"));
+    h.stop().await;
+}
+
+/// A reload (a config rollout reaches every host at once) keeps the drift
+/// schedule: the check does not move to reload + interval.
+#[tokio::test(start_paused = true)]
+async fn reload_keeps_the_drift_schedule() {
+    let interval = Duration::from_secs(60);
+    let t0 = Instant::now();
+    let h = Harness::start_synced("A=1\n", "", "  reconcile_interval: 1m\n").await;
+    let (earliest, latest) = first_drift_window(&h, t0, interval);
+    tokio::time::sleep_until(earliest - Duration::from_secs(2)).await;
+    h.handle.reload().await.unwrap();
+    change_behind_our_back(&h);
+    tokio::time::sleep_until(latest + Duration::from_millis(100)).await;
+    settle().await;
+    assert_eq!(h.value("A").as_deref(), Some("1"), "checked on schedule");
+    h.stop().await;
+}
+
+/// A startup pass AWS throttles is retried after a full-jitter delay in
+/// [0, 30 s), not in the ±20 % band around 2 s of the usual backoff, so a
+/// fleet restarted together does not come back in lockstep.
+#[tokio::test(start_paused = true)]
+async fn throttled_startup_retries_with_full_jitter() {
+    use crate::store::memory::OP_LIST;
+    let mut delays = vec![];
+    for seed in 1..=8u64 {
+        fastrand::seed(seed);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.env"), "A=1\n").unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, config_text(dir.path(), "", "")).unwrap();
+        let config = config::load_config(&path).unwrap();
+        let store = Arc::new(MemoryStore::new());
+        store.record_call_times(true);
+        let throttled = StoreError::Throttled {
+            op: OP_LIST,
+            message: "Rate exceeded".into(),
+        };
+        store.fail_next(OP_LIST, throttled, 1);
+        let (engine, handle) = Engine::new(config, MemFactory(Arc::clone(&store)), false).unwrap();
+        let h = Harness::launch(dir, store, engine, handle);
+        assert!(
+            h.wait_status(SyncStatus::Synced, Duration::from_secs(60))
+                .await
+        );
+        let lists: Vec<Instant> = h
+            .store
+            .call_times()
+            .into_iter()
+            .filter(|(op, _)| *op == OP_LIST)
+            .map(|(_, at)| at)
+            .collect();
+        delays.push(lists[1] - lists[0]);
+        h.stop().await;
+    }
+    let (min, max) = (delays.iter().min().unwrap(), delays.iter().max().unwrap());
+    assert!(*max < schedule::FIRST_PASS_WINDOW, "{delays:?}");
+    assert!(*max - *min > Duration::from_secs(10), "spread: {delays:?}");
+}
+
+/// `agent.start_jitter` delays the startup pass by a random time within
+/// it; a file event in the meantime runs the pass at once.
+#[tokio::test(start_paused = true)]
+async fn start_jitter_delays_the_startup_pass_but_not_an_edit() {
+    fastrand::seed(7);
+    let h = Harness::start("A=1\n", "", "  reconcile_interval: 0\n  start_jitter: 1h\n").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    settle().await;
+    assert_eq!(h.store.calls().values().sum::<u64>(), 0, "still waiting");
+    assert_eq!(h.status().syncs[0].sync_status, SyncStatus::Pending);
+    h.write("A=2\n");
+    h.touch();
+    assert!(
+        h.wait_status(SyncStatus::Synced, Duration::from_secs(10))
+            .await
+    );
+    assert_eq!(h.value("A").as_deref(), Some("2"));
     h.stop().await;
 }
 

@@ -214,6 +214,9 @@ fn resolve_agent(
             Ok((!d.is_zero()).then_some(d))
         },
     );
+    let start_jitter = report.value(raw.start_jitter.get(), Duration::ZERO, |s| {
+        parse_duration_in("agent.start_jitter", s, Duration::ZERO, HOUR)
+    });
     let shutdown_timeout = report.value(raw.shutdown_timeout.get(), Duration::from_secs(10), |s| {
         parse_duration_in("agent.shutdown_timeout", s, Duration::ZERO, HOUR)
     });
@@ -270,6 +273,7 @@ fn resolve_agent(
         state_dir,
         debounce,
         reconcile_interval,
+        start_jitter,
         shutdown_timeout,
         log_format,
         log_level,

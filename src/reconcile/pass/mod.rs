@@ -256,6 +256,9 @@ pub struct PassResult {
     pub applied: Option<Applied>,
     /// The pass could not reach AWS (or was throttled): retry later.
     pub transient: bool,
+    /// Among the transient failures, AWS answered with throttling (the
+    /// agent spreads a throttled first pass with full jitter).
+    pub throttled: bool,
     /// Outcome of the initial-sync import, when one ran.
     pub import: Option<ImportOutcome>,
     /// The files as re-read after an import wrote into them (the agent
@@ -407,22 +410,26 @@ pub async fn run_pass_with_files<S: SecretStore>(
     opts.managed_replicas = state.managed_replicas.clone();
     (opts.window_deleted, opts.window_owned_peak) =
         state.guard_totals(crate::reconcile::state::unix_now());
-    let fail_early =
-        |mut rep: SyncReport, status, message, transient, import: Option<ImportOutcome>| {
-            rep.sync_status = status;
-            rep.last_sync_message = Some(message);
-            if let Some(outcome) = &import {
-                outcome.record(&mut rep);
-            }
-            PassResult {
-                report: rep,
-                plan: None,
-                applied: None,
-                transient,
-                import,
-                files_after: None,
-            }
-        };
+    let fail_early = |mut rep: SyncReport,
+                      status,
+                      message,
+                      cause: Option<&StoreError>,
+                      import: Option<ImportOutcome>| {
+        rep.sync_status = status;
+        rep.last_sync_message = Some(message);
+        if let Some(outcome) = &import {
+            outcome.record(&mut rep);
+        }
+        PassResult {
+            report: rep,
+            plan: None,
+            applied: None,
+            transient: cause.is_some_and(StoreError::is_transient),
+            throttled: cause.is_some_and(StoreError::is_throttled),
+            import,
+            files_after: None,
+        }
+    };
     // An initial-sync import compares AWS values with the files: it reads
     // them all rather than rely on what earlier passes saw.
     let import_due = job.import.is_some() && !state.initial_sync_done;
@@ -451,7 +458,7 @@ pub async fn run_pass_with_files<S: SecretStore>(
                 SyncStatus::Failed
             };
             let msg = format!("cannot read AWS state: {e}");
-            return fail_early(rep, status, msg, e.is_transient(), None);
+            return fail_early(rep, status, msg, Some(&e), None);
         }
     };
     // Initial-sync import: bring in-scope AWS secrets into the first file
@@ -468,7 +475,7 @@ pub async fn run_pass_with_files<S: SecretStore>(
                 ),
             };
             let msg = format!("import failed, nothing written: {}", outcome.message);
-            return fail_early(rep, SyncStatus::Failed, msg, false, Some(outcome));
+            return fail_early(rep, SyncStatus::Failed, msg, None, Some(outcome));
         }
         if let (Mode::Apply, Some(why)) = (mode, &job.import_held) {
             let outcome = ImportOutcome {
@@ -479,7 +486,7 @@ pub async fn run_pass_with_files<S: SecretStore>(
                 ),
             };
             let msg = format!("nothing written: {}", outcome.message);
-            return fail_early(rep, SyncStatus::Failed, msg, false, Some(outcome));
+            return fail_early(rep, SyncStatus::Failed, msg, None, Some(outcome));
         }
         let local = merged_local(&job.spec, &parsed);
         let decision =
@@ -492,7 +499,7 @@ pub async fn run_pass_with_files<S: SecretStore>(
                     } else {
                         SyncStatus::Failed
                     };
-                    return fail_early(rep, status, msg, e.is_transient(), None);
+                    return fail_early(rep, status, msg, Some(&e), None);
                 }
                 Err(ImportFailure::Invalid(msg)) => {
                     let outcome = ImportOutcome {
@@ -500,7 +507,7 @@ pub async fn run_pass_with_files<S: SecretStore>(
                         message: msg.clone(),
                     };
                     let msg = format!("import failed, nothing written: {msg}");
-                    return fail_early(rep, SyncStatus::Failed, msg, false, Some(outcome));
+                    return fail_early(rep, SyncStatus::Failed, msg, None, Some(outcome));
                 }
             };
         import_actions = decision
@@ -544,7 +551,7 @@ pub async fn run_pass_with_files<S: SecretStore>(
                             message: msg.clone(),
                         };
                         let msg = format!("import failed, nothing written: {msg}");
-                        return fail_early(rep, SyncStatus::Failed, msg, false, Some(outcome));
+                        return fail_early(rep, SyncStatus::Failed, msg, None, Some(outcome));
                     }
                     let reread = job.read_files();
                     let parsed_after: Vec<_> = reread
@@ -598,6 +605,7 @@ pub async fn run_pass_with_files<S: SecretStore>(
         }
     }
     let transient = applied.as_ref().is_some_and(Applied::has_transient_failure);
+    let throttled = applied.as_ref().is_some_and(Applied::was_throttled);
     let mut problems: Vec<String> = vec![];
     if let Some(g) = &plan.guard_tripped {
         problems.push(g.clone());
@@ -636,6 +644,7 @@ pub async fn run_pass_with_files<S: SecretStore>(
         plan: Some(plan),
         applied,
         transient,
+        throttled,
         import: import_outcome,
         files_after,
     }
