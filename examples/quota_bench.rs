@@ -231,10 +231,12 @@ struct Sample {
 async fn store_only(store: &MemoryStore, names: &[String], scenario: usize, keys: usize) {
     use secretsync::secret::SecretValue;
     use secretsync::store::{CreateSecret, SecretStore};
-    let _ = store.list_by_sync("bench").await;
+    let _ = store.list_owned("bench", "bench").await;
     match scenario {
         0 => {
-            let _ = store.lookup_names(names).await;
+            let _ = store
+                .list_by_prefix_capped("bench/", names.len() / 20)
+                .await;
             for (i, name) in names.iter().enumerate() {
                 let _ = store
                     .create_secret(&CreateSecret {

@@ -407,7 +407,8 @@ async fn event_passes_describe_only_what_they_write() {
     let pass = h.pass().await;
     assert_eq!(state(&pass, "prod/K008"), SecretState::Conflict);
     assert_eq!(h.store.write_calls(), 0, "{:?}", h.store.calls());
-    assert_eq!(h.call(OP_LIST), 1, "fell back to the full listing");
+    // The full listing (ours only) and a lookup of the name that left it.
+    assert_eq!(h.call(OP_LIST), 2, "fell back to the full listing");
     assert_eq!(h.value("prod/K008"), "v8");
 
     // A new key means a create: full listing (names differ: one page by
@@ -535,6 +536,27 @@ async fn first_sync_of_1000_keys_lists_the_prefix_once() {
         "{total} calls for 1,000 keys"
     );
     assert_eq!(h.value("prod-other/K0001"), "elsewhere");
+}
+
+/// A fleet runs the same sync name on every host: one host's listing
+/// carries its own secrets, not the 500 of its neighbours.
+#[tokio::test]
+async fn listing_is_per_agent_in_a_fleet_with_one_sync_name() {
+    let mut h = Harness::new(JobBuilder::new(), &[("app.env", "A=1\nB=2\n")]);
+    for i in 0..500 {
+        let mut t = owned(&[]);
+        t.insert(TAG_AGENT.into(), "web-02".into());
+        seed(&h.store, &format!("web-02/K{i:03}"), t, "theirs");
+    }
+    assert_synced(&h.pass().await);
+    h.job.known = Default::default();
+    h.store.reset_calls();
+    assert_synced(&h.pass().await);
+    assert_eq!(
+        h.store.calls(),
+        BTreeMap::from([(OP_LIST, 1), (OP_BATCH_GET, 1)]),
+        "one page of our own two secrets"
+    );
 }
 
 /// A prefix shared with many foreign secrets (the names' common prefix is

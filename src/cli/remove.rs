@@ -121,7 +121,7 @@ pub async fn remove(config_path: &Path, name: &str, yes: bool) -> Exit {
             return Exit::Unreachable;
         }
     };
-    let found = match store.list_by_sync(name).await {
+    let found = match store.list_owned(&config.agent.id, name).await {
         Ok(f) => owned_live(f, &config.agent.id, name),
         Err(e) => {
             eprintln!("error: cannot list secrets: {e}");

@@ -29,7 +29,8 @@ use super::{
     ValueRead, WriteResult,
 };
 use crate::naming::{
-    MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TAGS, MAX_VALUE_BYTES, TAG_SYNC, validate_secret_name,
+    MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TAGS, MAX_VALUE_BYTES, TAG_AGENT, TAG_SYNC,
+    validate_secret_name,
 };
 use crate::secret::SecretValue;
 
@@ -783,14 +784,17 @@ impl Inner {
 }
 
 impl SecretStore for MemoryStore {
-    async fn list_by_sync(&self, sync: &str) -> Result<Vec<RemoteSecret>, StoreError> {
+    async fn list_owned(&self, agent: &str, sync: &str) -> Result<Vec<RemoteSecret>, StoreError> {
         // AWS: tag-key and tag-value are independent prefix filters.
         self.list_paged(
             |s| {
                 s.tags.keys().any(|k| k.starts_with(TAG_SYNC))
-                    && s.tags.values().any(|v| v.starts_with(sync))
+                    && s.tags.values().any(|v| v.starts_with(agent))
             },
-            |s| s.tags.get(TAG_SYNC).map(String::as_str) == Some(sync),
+            |s| {
+                s.tags.get(TAG_SYNC).map(String::as_str) == Some(sync)
+                    && s.tags.get(TAG_AGENT).map(String::as_str) == Some(agent)
+            },
         )
         .await
     }
@@ -1481,7 +1485,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn list_by_sync_filters_exactly_and_counts_pages() {
+    async fn list_owned_filters_exactly_and_counts_pages() {
         let s = MemoryStore::new();
         for i in 0..150 {
             seed(&s, &format!("app/{i:03}"), "app", i % 10 == 0);
@@ -1489,33 +1493,64 @@ mod tests {
         for i in 0..100 {
             seed(&s, &format!("prod/{i:03}"), "app-prod", false);
         }
-        // Tag value "app" under another key: AWS's tag filters still match it.
+        // A fleet: the same sync name on other hosts. "web-010" starts
+        // with "web-01": AWS's tag-value prefix filter still sends it.
+        for (host, n) in [("web-02", 500), ("web-010", 40)] {
+            for i in 0..n {
+                let mut tags = owned_tags("app");
+                tags.insert(TAG_AGENT.to_owned(), host.to_owned());
+                s.insert(
+                    RemoteSecret {
+                        name: format!("{host}/{i:03}"),
+                        tags,
+                        ..Default::default()
+                    },
+                    None,
+                );
+            }
+        }
+        // Our id as a value under another key: AWS's tag filters match it.
         s.insert(
             RemoteSecret {
                 name: "other".into(),
                 tags: BTreeMap::from([
                     (TAG_SYNC.to_owned(), "billing".to_owned()),
-                    ("team".to_owned(), "app".to_owned()),
+                    ("team".to_owned(), "web-01".to_owned()),
                 ]),
                 ..Default::default()
             },
             None,
         );
-        seed(&s, "unrelated", "billing", false);
 
-        let app = s.list_by_sync("app").await.expect("list");
+        let app = s.list_owned("web-01", "app").await.expect("list");
         assert_eq!(app.len(), 150);
         assert!(app.iter().all(|r| r.tags[TAG_SYNC] == "app"));
+        assert!(app.iter().all(|r| r.tags[TAG_AGENT] == "web-01"));
         assert_eq!(app.iter().filter(|r| r.pending_deletion).count(), 15);
-        // Server side "app" matched 150 + 100 (prefix) + 1 (other key) = 251: 3 pages.
+        // Server side "web-01" matched 150 + 100 (our other sync) + 40
+        // (prefix) + 1 (other key) = 291: 3 pages; web-02's 500 never.
         assert_eq!(s.calls()[OP_LIST], 3);
 
         s.reset_calls();
-        assert_eq!(s.list_by_sync("app-prod").await.expect("list").len(), 100);
-        assert_eq!(s.calls()[OP_LIST], 1);
+        let web02 = s.list_owned("web-02", "app").await.expect("list");
+        assert_eq!(web02.len(), 500);
+        assert_eq!(s.calls()[OP_LIST], 5);
 
         s.reset_calls();
-        assert!(s.list_by_sync("none").await.expect("list").is_empty());
+        assert!(
+            s.list_owned("web-01", "none")
+                .await
+                .expect("list")
+                .is_empty()
+        );
+        assert_eq!(s.calls()[OP_LIST], 3, "the agent's listing, filtered here");
+        s.reset_calls();
+        assert!(
+            s.list_owned("nobody", "app")
+                .await
+                .expect("list")
+                .is_empty()
+        );
         assert_eq!(s.calls()[OP_LIST], 1, "an empty listing is still one call");
     }
 
@@ -1593,7 +1628,7 @@ mod tests {
         s.create_secret(&req("a", "v", "t")).await.expect("create");
         s.delete_secret("a", 7).await.expect("schedule");
         assert!(s.get("a").expect("a").0.pending_deletion);
-        assert!(s.list_by_sync("app").await.expect("list")[0].pending_deletion);
+        assert!(s.list_owned("web-01", "app").await.expect("list")[0].pending_deletion);
         s.restore_secret("a").await.expect("restore");
         assert!(!s.get("a").expect("a").0.pending_deletion);
         s.restore_secret("a")
@@ -1661,7 +1696,7 @@ mod tests {
             },
             1,
         );
-        assert!(s.list_by_sync("app").await.is_ok());
+        assert!(s.list_owned("web-01", "app").await.is_ok());
         assert!(s.get_values(&["a".into()]).await.is_err());
         assert!(s.get_values(&["a".into()]).await.is_ok());
     }
@@ -1681,10 +1716,13 @@ mod tests {
             1,
         );
         assert!(matches!(
-            s.list_by_sync("app").await,
+            s.list_owned("web-01", "app").await,
             Err(StoreError::Throttled { op: OP_LIST, .. })
         ));
-        assert_eq!(s.list_by_sync("app").await.expect("list").len(), 150);
+        assert_eq!(
+            s.list_owned("web-01", "app").await.expect("list").len(),
+            150
+        );
     }
 
     #[test]
@@ -1727,7 +1765,7 @@ mod tests {
             seed(&s, &format!("n{i:03}"), "app", false);
         }
         let start = Instant::now();
-        s.list_by_sync("app").await.expect("list");
+        s.list_owned("web-01", "app").await.expect("list");
         assert_eq!(
             Instant::now() - start,
             Duration::from_millis(120),
@@ -1800,7 +1838,7 @@ mod tests {
         assert_eq!(s.calls()[OP_CREATE], 60, "a throttled call is still a call");
         assert_eq!(s.names().len(), 50, "throttled calls change nothing");
         // Reads have their own bucket (none set here): not throttled.
-        s.list_by_sync("app").await.expect("list");
+        s.list_owned("web-01", "app").await.expect("list");
         // After 0.5 s, 25 tokens are back.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (throttled, _) = burst_of_creates(&s, 30, 100).await;
@@ -1820,7 +1858,7 @@ mod tests {
             per_second: 5,
             burst: 5,
         }));
-        s.list_by_sync("app").await.expect("3 pages fit");
+        s.list_owned("web-01", "app").await.expect("3 pages fit");
         let ids: Vec<String> = (0..40).map(|i| format!("n{i:03}")).collect();
         s.get_values(&ids).await.expect("2 batches fit");
         let err = s.get_values(&ids).await.expect_err("6th call throttled");
@@ -1890,7 +1928,7 @@ mod tests {
             .expect("unreplicate");
         s.delete_secret("a", 7).await.expect("delete");
         s.restore_secret("a").await.expect("restore");
-        s.list_by_sync("app").await.expect("list");
+        s.list_owned("web-01", "app").await.expect("list");
         s.lookup_names(&["a".into()]).await.expect("lookup");
         s.get_values(&["a".into()]).await.expect("get");
         s.probe().await.expect("probe");

@@ -211,10 +211,14 @@ impl StoreError {
 /// A secrets backend. Implementations pace and retry on their own; errors
 /// that come out are final for this attempt.
 pub trait SecretStore: Send + Sync + 'static {
-    /// Secrets tagged `secretsync:sync=<sync>` (any agent), pending deletion
-    /// included. Cheap: paged listing filtered server-side by tag.
-    fn list_by_sync(
+    /// Secrets tagged `secretsync:agent=<agent>` and
+    /// `secretsync:sync=<sync>`, pending deletion included. Filtered
+    /// server-side by the agent's id, not the sync's name: a fleet whose
+    /// hosts all run a sync `app` would otherwise list every host's secrets
+    /// on every host (the listing stays as large as this agent's own).
+    fn list_owned(
         &self,
+        agent: &str,
         sync: &str,
     ) -> impl Future<Output = Result<Vec<RemoteSecret>, StoreError>> + Send;
 

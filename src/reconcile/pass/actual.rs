@@ -114,7 +114,7 @@ pub(super) async fn read_listing<S: SecretStore>(
     known: &KnownValues,
 ) -> Result<Actual, StoreError> {
     let mut actual = Actual::default();
-    for r in store.list_by_sync(&spec.sync_name).await? {
+    for r in store.list_owned(&spec.agent_id, &spec.sync_name).await? {
         actual.secrets.insert(r.name.clone(), r);
     }
     let unknown: Vec<String> = desired

@@ -38,7 +38,7 @@ pub(super) fn timeout_config(call_timeout: Duration) -> TimeoutConfig {
 /// and aws-config's STS/SSO/IMDS providers): rustls on ring with the
 /// system's root certificates. Chosen here, not by SDK features, so the
 /// binary carries one TLS stack (see the `Cargo.toml` comment).
-fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+pub(super) fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
     use aws_smithy_http_client::tls;
     aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(

@@ -54,7 +54,7 @@ use super::{
     ValueRead, WriteResult,
 };
 use crate::metrics::Metrics;
-use crate::naming::TAG_SYNC;
+use crate::naming::{TAG_AGENT, TAG_SYNC};
 use crate::secret::SecretValue;
 
 /// Attempts per call, first one included. The SDK default is 3; we allow 5
@@ -176,18 +176,22 @@ use interceptor::*;
 use read::*;
 
 impl SecretStore for AwsStore {
-    async fn list_by_sync(&self, sync: &str) -> Result<Vec<RemoteSecret>, StoreError> {
+    async fn list_owned(&self, agent: &str, sync: &str) -> Result<Vec<RemoteSecret>, StoreError> {
         // Server-side both filters are prefix matches and are not tied to
-        // the same tag, so the exact match is checked here.
+        // the same tag (any tag value starting with the agent's id), so the
+        // exact match is checked here.
         let filters = vec![
             filter(FilterNameStringType::TagKey, vec![TAG_SYNC.to_owned()]),
-            filter(FilterNameStringType::TagValue, vec![sync.to_owned()]),
+            filter(FilterNameStringType::TagValue, vec![agent.to_owned()]),
         ];
         let result = self.list_all(filters).await.map(|entries| {
             entries
                 .into_iter()
                 .filter_map(to_remote)
-                .filter(|s| s.tags.get(TAG_SYNC).map(String::as_str) == Some(sync))
+                .filter(|s| {
+                    s.tags.get(TAG_SYNC).map(String::as_str) == Some(sync)
+                        && s.tags.get(TAG_AGENT).map(String::as_str) == Some(agent)
+                })
                 .collect::<Vec<_>>()
         });
         log_call(OP_LIST, sync, &result);
@@ -906,6 +910,7 @@ mod tests {
         SecretListEntry::builder()
             .name(name)
             .arn(format!("{ARN}{name}-AbCdEf"))
+            .tags(Tag::builder().key(TAG_AGENT).value("web-01").build())
             .tags(Tag::builder().key(TAG_SYNC).value(sync).build())
             .tags(Tag::builder().key("team").value("payments").build())
             .secret_versions_to_stages("v-old", vec!["AWSPREVIOUS".to_owned()])
@@ -914,7 +919,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn list_by_sync_follows_pages_and_filters_exactly() {
+    async fn list_owned_follows_pages_and_filters_exactly() {
         let is_sync_filter = |req: &sm::operation::list_secrets::ListSecretsInput| {
             let f = req.filters();
             req.include_planned_deletion() == Some(true)
@@ -923,14 +928,20 @@ mod tests {
                 && f[0].key() == Some(&FilterNameStringType::TagKey)
                 && f[0].values() == [TAG_SYNC]
                 && f[1].key() == Some(&FilterNameStringType::TagValue)
-                && f[1].values() == ["app"]
+                && f[1].values() == ["web-01"]
         };
         let page1 = mock!(sm::Client::list_secrets)
             .match_requests(move |req| is_sync_filter(req) && req.next_token().is_none())
             .then_output(|| {
+                let mut neighbour = entry("app/N", "app");
+                neighbour.tags = Some(vec![
+                    Tag::builder().key(TAG_AGENT).value("web-010").build(),
+                    Tag::builder().key(TAG_SYNC).value("app").build(),
+                ]);
                 ListSecretsOutput::builder()
                     .secret_list(entry("app/A", "app"))
-                    .secret_list(entry("prod/B", "app-prod")) // prefix match server-side
+                    .secret_list(entry("prod/B", "app-prod")) // another sync of ours
+                    .secret_list(neighbour) // tag values match by prefix server-side
                     .next_token("page-2")
                     .build()
             });
@@ -944,7 +955,7 @@ mod tests {
                 ListSecretsOutput::builder().secret_list(pending).build()
             });
         let store = mocked(&[&page1, &page2]);
-        let got = store.list_by_sync("app").await.expect("list");
+        let got = store.list_owned("web-01", "app").await.expect("list");
         assert_eq!((page1.num_calls(), page2.num_calls()), (1, 1));
         let names: Vec<&str> = got.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["app/A", "app/C"]);
@@ -962,7 +973,7 @@ mod tests {
         let rule = mock!(sm::Client::list_secrets)
             .then_output(|| ListSecretsOutput::builder().next_token("same").build());
         let store = mocked(&[&rule]);
-        let err = store.list_by_sync("app").await.expect_err("loop");
+        let err = store.list_owned("web-01", "app").await.expect_err("loop");
         assert!(
             matches!(
                 err,
@@ -1267,6 +1278,7 @@ mod tests {
     /// A client for a real local endpoint, with the production retry policy.
     fn real_client(endpoint: &str, call_timeout: Duration) -> AwsStore {
         let conf = base_config()
+            .http_client(https_client())
             .endpoint_url(endpoint)
             .timeout_config(timeout_config(call_timeout))
             .build();
