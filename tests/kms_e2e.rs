@@ -14,6 +14,7 @@ use support::{Fault, op};
 fn kms_client(w: &World) -> aws_sdk_kms::Client {
     let conf = aws_sdk_kms::Config::builder()
         .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+        .http_client(support::plain_http_client())
         .region(aws_sdk_kms::config::Region::new("us-east-1"))
         .endpoint_url(&w.moto.endpoint)
         .credentials_provider(aws_sdk_kms::config::Credentials::new(

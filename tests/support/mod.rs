@@ -539,6 +539,9 @@ pub fn sdk_config(endpoint: &str) -> aws_sdk_secretsmanager::config::Builder {
     let partition = NEXT_PARTITION.fetch_add(1, Ordering::Relaxed);
     aws_sdk_secretsmanager::Config::builder()
         .behavior_version(BehaviorVersion::latest())
+        // The SDK crates are built without their default HTTPS client (the
+        // binary builds its own); the emulator speaks plain HTTP.
+        .http_client(plain_http_client())
         .region(Region::new(REGION))
         .endpoint_url(endpoint)
         .credentials_provider(Credentials::new(
@@ -557,6 +560,11 @@ pub fn sdk_config(endpoint: &str) -> aws_sdk_secretsmanager::config::Builder {
         )
         .retry_config(RetryConfig::standard().with_max_attempts(3))
         .retry_partition(RetryPartition::new(format!("secretsync-test-{partition}")))
+}
+
+/// An HTTP (no TLS) client for SDK clients that talk to the local emulator.
+pub fn plain_http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    aws_smithy_http_client::Builder::new().build_http()
 }
 
 /// A client for `endpoint` (moto or a [`FaultProxy`]) with the [`sdk_config`] defaults.
