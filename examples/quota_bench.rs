@@ -231,7 +231,9 @@ struct Sample {
 async fn store_only(store: &MemoryStore, names: &[String], scenario: usize, keys: usize) {
     use secretsync::secret::SecretValue;
     use secretsync::store::{CreateSecret, SecretStore};
-    let _ = store.list_owned("bench", "bench").await;
+    let _ = store
+        .list_owned("bench", "bench", secretsync::store::OwnerFilter::Sync)
+        .await;
     match scenario {
         0 => {
             let _ = store

@@ -538,10 +538,11 @@ async fn first_sync_of_1000_keys_lists_the_prefix_once() {
     assert_eq!(h.value("prod-other/K0001"), "elsewhere");
 }
 
-/// A fleet runs the same sync name on every host: one host's listing
-/// carries its own secrets, not the 500 of its neighbours.
+/// A fleet runs the same sync name on every host. The first listing (by
+/// the sync's name) pages through the neighbours' 500 secrets; seeing
+/// that, the sync lists by the agent's id from then on: one page.
 #[tokio::test]
-async fn listing_is_per_agent_in_a_fleet_with_one_sync_name() {
+async fn listing_switches_to_the_agent_id_in_a_fleet_with_one_sync_name() {
     let mut h = Harness::new(JobBuilder::new(), &[("app.env", "A=1\nB=2\n")]);
     for i in 0..500 {
         let mut t = owned(&[]);
@@ -549,14 +550,46 @@ async fn listing_is_per_agent_in_a_fleet_with_one_sync_name() {
         seed(&h.store, &format!("web-02/K{i:03}"), t, "theirs");
     }
     assert_synced(&h.pass().await);
-    h.job.known = Default::default();
+    assert_eq!(
+        h.call(OP_LIST),
+        6,
+        "5 pages by sync name + the prefix lookup"
+    );
     h.store.reset_calls();
     assert_synced(&h.pass().await);
     assert_eq!(
         h.store.calls(),
-        BTreeMap::from([(OP_LIST, 1), (OP_BATCH_GET, 1)]),
+        BTreeMap::from([(OP_LIST, 1)]),
         "one page of our own two secrets"
     );
+}
+
+/// A host with several syncs keeps listing by sync name: by its id it
+/// would page through all of its syncs' secrets for each one.
+#[tokio::test]
+async fn listing_stays_by_sync_name_on_a_host_with_many_syncs() {
+    let mut h = Harness::new(JobBuilder::new(), &[("app.env", "A=1\n")]);
+    for i in 0..300 {
+        seed(
+            &h.store,
+            &format!("other/K{i:03}"),
+            owned(&[])
+                .into_iter()
+                .map(|(k, v)| {
+                    if k == TAG_SYNC {
+                        (k, "billing".to_string())
+                    } else {
+                        (k, v)
+                    }
+                })
+                .collect(),
+            "x",
+        );
+    }
+    assert_synced(&h.pass().await);
+    h.store.reset_calls();
+    assert_synced(&h.pass().await);
+    assert_eq!(h.store.calls(), BTreeMap::from([(OP_LIST, 1)]));
 }
 
 /// A prefix shared with many foreign secrets (the names' common prefix is
@@ -579,6 +612,36 @@ async fn first_sync_falls_back_to_lookups_when_the_prefix_is_crowded() {
 }
 
 // --------------------------------------------------- transient failures
+
+/// When AWS throttles a call through all retries, the rest of the pass is
+/// not sent (the account's quota is spent, and other hosts share it); those
+/// secrets are PENDING and the next pass sends them.
+#[tokio::test]
+async fn a_throttled_pass_stops_sending_and_the_next_one_finishes() {
+    let body: String = (0..100).map(|i| format!("K{i:03}=v{i}\n")).collect();
+    let mut h = Harness::new(JobBuilder::new(), &[("app.env", &body)]);
+    h.store.fail_next(OP_CREATE, throttled(), 1);
+    let pass = h.pass().await;
+    assert!(pass.transient && pass.throttled);
+    let creates = h.call(OP_CREATE);
+    assert!(
+        creates <= 1 + apply::DEFAULT_CONCURRENCY as u64,
+        "{creates} creates after the throttle"
+    );
+    let views = pass.report.secrets.as_ref().expect("secrets");
+    let not_sent = views
+        .iter()
+        .filter(|s| s.message.as_deref() == Some("not sent: AWS throttled this pass; will retry"))
+        .count();
+    assert!(not_sent >= 100 - creates as usize, "{not_sent} not sent");
+    assert!(
+        views
+            .iter()
+            .all(|s| matches!(s.state, SecretState::Synced | SecretState::Pending))
+    );
+    assert_synced(&h.pass().await);
+    assert_eq!(h.store.names().len(), 100);
+}
 
 #[tokio::test]
 async fn transient_put_failure_is_pending_then_converges_without_duplicate_versions() {

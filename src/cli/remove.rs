@@ -11,7 +11,7 @@ use crate::exit::Exit;
 use crate::reconcile::plan::{Ownership, ownership_of};
 use crate::reconcile::{SyncJob, aws_connection};
 use crate::store::aws::AwsStore;
-use crate::store::{Connection, RemoteSecret, SecretStore, StoreError};
+use crate::store::{Connection, OwnerFilter, RemoteSecret, SecretStore, StoreError};
 
 /// Recovery window used when the sync is no longer in the config.
 pub const DEFAULT_RECOVERY_DAYS: u8 = 7;
@@ -121,8 +121,13 @@ pub async fn remove(config_path: &Path, name: &str, yes: bool) -> Exit {
             return Exit::Unreachable;
         }
     };
-    let found = match store.list_owned(&config.agent.id, name).await {
-        Ok(f) => owned_live(f, &config.agent.id, name),
+    // By the agent's id: on a fleet host that bounds the listing by what
+    // this host owns, whatever other hosts call their syncs.
+    let found = match store
+        .list_owned(&config.agent.id, name, OwnerFilter::Agent)
+        .await
+    {
+        Ok(f) => owned_live(f.secrets, &config.agent.id, name),
         Err(e) => {
             eprintln!("error: cannot list secrets: {e}");
             return Exit::Failed;

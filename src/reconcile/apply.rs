@@ -80,8 +80,13 @@ pub async fn apply<S: SecretStore>(store: Arc<S>, plan: &Plan, concurrency: usiz
     let mut results: BTreeMap<String, (Option<String>, Option<StoreError>)> = BTreeMap::new();
     let mut queue = groups.into_iter();
     let mut tasks: JoinSet<(String, GroupResult)> = JoinSet::new();
+    // Once AWS has throttled a call through all of the SDK's retries, the
+    // account's quota is spent: starting more secrets would only add to
+    // it (other hosts share that quota). They wait for the pass's retry.
+    let mut throttled = false;
+    let mut started: BTreeSet<String> = BTreeSet::new();
     loop {
-        while tasks.len() < concurrency.max(1) {
+        while !throttled && tasks.len() < concurrency.max(1) {
             let Some((name, indices)) = queue.next() else {
                 break;
             };
@@ -91,6 +96,7 @@ pub async fn apply<S: SecretStore>(store: Arc<S>, plan: &Plan, concurrency: usiz
                 .collect();
             let store = Arc::clone(&store);
             let name = name.to_string();
+            started.insert(name.clone());
             tasks.spawn(tracing::Instrument::in_current_span(async move {
                 let mut done = Vec::with_capacity(steps.len());
                 let mut version = None;
@@ -124,6 +130,7 @@ pub async fn apply<S: SecretStore>(store: Arc<S>, plan: &Plan, concurrency: usiz
                 for (i, o) in done {
                     outcomes[i] = o;
                 }
+                throttled |= failure.as_ref().is_some_and(StoreError::is_throttled);
                 results.insert(name, (version, failure));
             }
             // A panicking task is a bug; its secrets are marked ERROR below.
@@ -149,6 +156,10 @@ pub async fn apply<S: SecretStore>(store: Arc<S>, plan: &Plan, concurrency: usiz
                 }
                 Some((Some(version), None)) => s.version_id = Some(version.clone()),
                 Some((None, None)) => {}
+                None if had_calls && !started.contains(&s.name) => {
+                    s.state = SecretState::Pending;
+                    s.message = Some("not sent: AWS throttled this pass; will retry".into());
+                }
                 None if had_calls => {
                     s.state = SecretState::Error;
                     s.message = Some("internal error: apply task did not finish".into());

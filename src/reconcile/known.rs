@@ -20,7 +20,7 @@ use hmac::Mac;
 
 use crate::reconcile::plan::TokenKey;
 use crate::secret::SecretValue;
-use crate::store::RemoteSecret;
+use crate::store::{LIST_PAGE_MAX, OwnerFilter, RemoteSecret};
 
 /// What [`KnownValues::compare`] can say without reading the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +46,49 @@ struct Memory {
     /// The last full listing, kept up to date with our own value writes;
     /// dropped by anything else we change.
     listing: Option<BTreeMap<String, RemoteSecret>>,
+    /// What each owned-listing filter cost when last used.
+    scans: Scans,
+}
+
+/// Entries AWS sent for an owned listing, and how many of them were ours.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scan {
+    /// Entries the server-side filter let through.
+    pub scanned: usize,
+    /// Of those, this sync's own.
+    pub kept: usize,
+}
+
+/// The last [`Scan`] of each [`OwnerFilter`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scans {
+    /// Filtered by the sync's name.
+    pub by_sync: Option<Scan>,
+    /// Filtered by the agent's id.
+    pub by_agent: Option<Scan>,
+}
+
+impl Scans {
+    /// The filter for the next owned listing: by sync name until that
+    /// listing wastes a page or more on other agents' secrets (a fleet
+    /// sharing the sync's name), then by agent id; once both were tried,
+    /// whichever let fewer entries through.
+    pub fn choose(&self) -> OwnerFilter {
+        let page = usize::try_from(LIST_PAGE_MAX).unwrap_or(100);
+        match (self.by_sync, self.by_agent) {
+            (Some(s), Some(a)) if a.scanned < s.scanned => OwnerFilter::Agent,
+            (Some(s), None) if s.scanned >= s.kept + page => OwnerFilter::Agent,
+            _ => OwnerFilter::Sync,
+        }
+    }
+
+    /// Remembers what a listing by `by` cost.
+    pub fn record(&mut self, by: OwnerFilter, scan: Scan) {
+        match by {
+            OwnerFilter::Sync => self.by_sync = Some(scan),
+            OwnerFilter::Agent => self.by_agent = Some(scan),
+        }
+    }
 }
 
 /// Per-sync memory of values in AWS, shared by the passes of one sync (a
@@ -151,6 +194,16 @@ impl KnownValues {
         self.lock().listing = Some(secrets.clone());
     }
 
+    /// The filter the next owned listing should use ([`Scans::choose`]).
+    pub fn owner_filter(&self) -> OwnerFilter {
+        self.lock().scans.choose()
+    }
+
+    /// Remembers what an owned listing cost.
+    pub fn record_scan(&self, by: OwnerFilter, scan: Scan) {
+        self.lock().scans.record(by, scan);
+    }
+
     /// Stops trusting the listing: the next pass lists in full.
     pub fn drop_listing(&self) {
         self.lock().listing = None;
@@ -178,6 +231,29 @@ impl KnownValues {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn owner_filter_choice_table() {
+        let scan = |scanned, kept| Some(Scan { scanned, kept });
+        let cases = [
+            (None, None, OwnerFilter::Sync),
+            // By sync name, little waste: stay.
+            (scan(120, 100), None, OwnerFilter::Sync),
+            (scan(199, 100), None, OwnerFilter::Sync),
+            // A page or more of other agents' secrets: try the agent id.
+            (scan(200, 100), None, OwnerFilter::Agent),
+            (scan(50_000, 50), None, OwnerFilter::Agent),
+            // Both tried: the cheaper one.
+            (scan(50_000, 50), scan(50, 50), OwnerFilter::Agent),
+            (scan(300, 100), scan(1_000, 100), OwnerFilter::Sync),
+            (scan(300, 100), scan(300, 100), OwnerFilter::Sync),
+        ];
+        for (by_sync, by_agent, want) in cases {
+            let scans = Scans { by_sync, by_agent };
+            assert_eq!(scans.choose(), want, "{scans:?}");
+        }
+    }
+
     use super::*;
 
     fn v(s: &str) -> SecretValue {

@@ -21,12 +21,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::aws::{INITIAL_BACKOFF, MAX_ATTEMPTS, MAX_BACKOFF};
 use super::kms::KmsCache;
 use super::pacing::Pacer;
 use super::{
     AWS_MANAGED_KMS_ALIAS, BATCH_GET_MAX, CreateSecret, KeyIdentity, LIST_PAGE_MAX,
-    NAME_FILTER_MAX, RemoteSecret, RemoteValue, ReplicaStatus, RetryNote, SecretStore, StoreError,
-    ValueRead, WriteResult,
+    NAME_FILTER_MAX, Owned, OwnerFilter, RemoteSecret, RemoteValue, ReplicaStatus, RetryNote,
+    SecretStore, StoreError, ValueRead, WriteResult,
 };
 use crate::naming::{
     MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TAGS, MAX_VALUE_BYTES, TAG_AGENT, TAG_SYNC,
@@ -113,11 +114,23 @@ const MSG_CREATE_SCHEDULED: &str = "You can't create this secret because a secre
 /// latency, then fails if an outage or an injected fault says so, and only
 /// then acts, as a real request would: a call AWS rejects is still a call.
 /// The lock is never held across an `.await`.
+///
+/// One `MemoryStore` is one account and Region. [`MemoryStore::client`]
+/// gives more handles on the same account, each with its own client-side
+/// pacing and retries, as separate agents (hosts) of a fleet would have:
+/// the quotas and the secrets are shared, the pacers are not.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
     /// `DescribeKey` answers, cached like the AWS store's.
     kms_cache: KmsCache,
+    /// Client-side pacing as the AWS store does it; `None` = not paced.
+    pacing: Mutex<Option<Arc<Pacing>>>,
+    /// Retry throttled calls as the AWS SDK's standard mode does.
+    sdk_retries: std::sync::atomic::AtomicBool,
+    /// What this handle sent and how many of those AWS throttled.
+    sent: std::sync::atomic::AtomicU64,
+    throttled_here: std::sync::atomic::AtomicU64,
 }
 
 /// Account and region of generated KMS key ARNs.
@@ -133,8 +146,6 @@ struct Inner {
     outage: Option<StoreError>,
     latency: Duration,
     retry_note: Option<RetryNote>,
-    /// Client-side pacing as the AWS store does it; `None` = not paced.
-    pacing: Option<Arc<Pacing>>,
     write_quota: Option<Bucket>,
     read_quota: Option<Bucket>,
     /// Calls answered with `ThrottlingException` by a quota.
@@ -314,10 +325,37 @@ impl MemoryStore {
     /// of 0 leaves that kind unpaced. Benchmarks use this so the in-memory
     /// store is paced like AWS would be; tests leave it off.
     pub fn set_pacing(&self, max_read_tps: u32, max_write_tps: u32) {
-        self.lock().pacing = Some(Arc::new(Pacing {
+        *self.pacing.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(Pacing {
             reads: Pacer::for_rate(max_read_tps),
             writes: Pacer::for_rate(max_write_tps),
         }));
+    }
+
+    /// Another client of the same account (secrets, quotas, faults and call
+    /// counts shared), with no pacing or retries of its own until set:
+    /// one agent of a fleet.
+    pub fn client(&self) -> MemoryStore {
+        MemoryStore {
+            inner: Arc::clone(&self.inner),
+            ..MemoryStore::default()
+        }
+    }
+
+    /// Retries throttled calls on this handle as the AWS store's SDK client
+    /// does (standard mode: up to [`MAX_ATTEMPTS`] attempts, full-jitter
+    /// exponential backoff from [`INITIAL_BACKOFF`], capped at
+    /// [`MAX_BACKOFF`]), so a fleet benchmark sees the retries AWS would.
+    /// Without it a throttled call fails at once, as tests expect.
+    pub fn set_sdk_retries(&self, on: bool) {
+        self.sdk_retries
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Attempts this handle sent (retries included), and how many of them
+    /// a quota throttled.
+    pub fn client_calls(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.sent.load(Relaxed), self.throttled_here.load(Relaxed))
     }
 
     /// Enforces a quota shared by all write operations ([`WRITE_OPS`]),
@@ -472,10 +510,45 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One simulated AWS call: pace, count, wait, then maybe fail.
+    /// One simulated AWS call, retried like the SDK when
+    /// [`Self::set_sdk_retries`] is on.
     async fn call(&self, op: &'static str) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let attempts = if self.sdk_retries.load(Relaxed) {
+            MAX_ATTEMPTS
+        } else {
+            1
+        };
+        let mut attempt = 1;
+        loop {
+            self.sent.fetch_add(1, Relaxed);
+            match self.attempt(op).await {
+                Err(e @ StoreError::Throttled { .. }) => {
+                    self.throttled_here.fetch_add(1, Relaxed);
+                    if attempt >= attempts {
+                        return Err(e);
+                    }
+                    // The SDK's standard backoff: uniform in [0, 1) times
+                    // the doubling base, capped.
+                    let base = INITIAL_BACKOFF
+                        .checked_mul(1u32 << (attempt - 1).min(16))
+                        .unwrap_or(MAX_BACKOFF);
+                    tokio::time::sleep(base.mul_f64(fastrand::f64()).min(MAX_BACKOFF)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt: pace, count, wait, then maybe fail.
+    async fn attempt(&self, op: &'static str) -> Result<(), StoreError> {
         let is_write = WRITE_OPS.contains(&op);
-        let pacing = self.lock().pacing.clone();
+        let pacing = self
+            .pacing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         if let Some(p) = pacing {
             if is_write {
                 p.writes.acquire().await;
@@ -535,19 +608,21 @@ impl MemoryStore {
         Ok(self
             .list_pages(server, exact, usize::MAX)
             .await?
-            .unwrap_or_default())
+            .unwrap_or_default()
+            .0)
     }
 
-    /// [`Self::list_paged`] stopped after `max_pages` pages; `None` when
-    /// more remained.
+    /// [`Self::list_paged`] stopped after `max_pages` pages, with the
+    /// number of entries the pages carried; `None` when more remained.
     async fn list_pages(
         &self,
         server: impl Fn(&RemoteSecret) -> bool,
         exact: impl Fn(&RemoteSecret) -> bool,
         max_pages: usize,
-    ) -> Result<Option<Vec<RemoteSecret>>, StoreError> {
+    ) -> Result<Option<(Vec<RemoteSecret>, usize)>, StoreError> {
         let page_size = usize::try_from(LIST_PAGE_MAX).unwrap_or(100);
         let mut out = Vec::new();
+        let mut scanned = 0;
         let mut page = 0usize;
         loop {
             if page >= max_pages {
@@ -558,6 +633,7 @@ impl MemoryStore {
             let matching: Vec<&Entry> =
                 inner.secrets.values().filter(|e| server(&e.meta)).collect();
             let start = page * page_size;
+            scanned += matching.len().saturating_sub(start).min(page_size);
             out.extend(
                 matching
                     .iter()
@@ -567,7 +643,7 @@ impl MemoryStore {
                     .map(|e| e.meta.clone()),
             );
             if start + page_size >= matching.len() {
-                return Ok(Some(out));
+                return Ok(Some((out, scanned)));
             }
             page += 1;
         }
@@ -784,19 +860,32 @@ impl Inner {
 }
 
 impl SecretStore for MemoryStore {
-    async fn list_owned(&self, agent: &str, sync: &str) -> Result<Vec<RemoteSecret>, StoreError> {
+    async fn list_owned(
+        &self,
+        agent: &str,
+        sync: &str,
+        by: OwnerFilter,
+    ) -> Result<Owned, StoreError> {
+        let value = match by {
+            OwnerFilter::Sync => sync,
+            OwnerFilter::Agent => agent,
+        };
         // AWS: tag-key and tag-value are independent prefix filters.
-        self.list_paged(
-            |s| {
-                s.tags.keys().any(|k| k.starts_with(TAG_SYNC))
-                    && s.tags.values().any(|v| v.starts_with(agent))
-            },
-            |s| {
-                s.tags.get(TAG_SYNC).map(String::as_str) == Some(sync)
-                    && s.tags.get(TAG_AGENT).map(String::as_str) == Some(agent)
-            },
-        )
-        .await
+        let (secrets, scanned) = self
+            .list_pages(
+                |s| {
+                    s.tags.keys().any(|k| k.starts_with(TAG_SYNC))
+                        && s.tags.values().any(|v| v.starts_with(value))
+                },
+                |s| {
+                    s.tags.get(TAG_SYNC).map(String::as_str) == Some(sync)
+                        && s.tags.get(TAG_AGENT).map(String::as_str) == Some(agent)
+                },
+                usize::MAX,
+            )
+            .await?
+            .unwrap_or_default();
+        Ok(Owned { secrets, scanned })
     }
 
     async fn lookup_names(&self, names: &[String]) -> Result<Vec<RemoteSecret>, StoreError> {
@@ -833,12 +922,14 @@ impl SecretStore for MemoryStore {
         if prefix.is_empty() {
             return Err(StoreError::Config("empty prefix".into()));
         }
-        self.list_pages(
-            |s| s.name.starts_with(prefix),
-            |s| s.name.starts_with(prefix),
-            max_pages,
-        )
-        .await
+        Ok(self
+            .list_pages(
+                |s| s.name.starts_with(prefix),
+                |s| s.name.starts_with(prefix),
+                max_pages,
+            )
+            .await?
+            .map(|(secrets, _)| secrets))
     }
 
     async fn get_values(&self, ids: &[String]) -> Result<Vec<ValueRead>, StoreError> {
@@ -1522,35 +1613,45 @@ mod tests {
             None,
         );
 
-        let app = s.list_owned("web-01", "app").await.expect("list");
-        assert_eq!(app.len(), 150);
-        assert!(app.iter().all(|r| r.tags[TAG_SYNC] == "app"));
-        assert!(app.iter().all(|r| r.tags[TAG_AGENT] == "web-01"));
-        assert_eq!(app.iter().filter(|r| r.pending_deletion).count(), 15);
-        // Server side "web-01" matched 150 + 100 (our other sync) + 40
-        // (prefix) + 1 (other key) = 291: 3 pages; web-02's 500 never.
+        // By the agent's id: ours, our other sync, the "web-010" prefix
+        // match and "other" = 150 + 100 + 40 + 1 = 291 entries, 3 pages.
+        let app = s
+            .list_owned("web-01", "app", OwnerFilter::Agent)
+            .await
+            .expect("list");
+        assert_eq!((app.secrets.len(), app.scanned), (150, 291));
+        assert!(app.secrets.iter().all(|r| r.tags[TAG_SYNC] == "app"));
+        assert!(app.secrets.iter().all(|r| r.tags[TAG_AGENT] == "web-01"));
+        assert_eq!(
+            app.secrets.iter().filter(|r| r.pending_deletion).count(),
+            15
+        );
         assert_eq!(s.calls()[OP_LIST], 3);
 
+        // By the sync's name: every host's "app" (150 + 100 "app-prod" +
+        // 500 + 40) = 790 entries, 8 pages, for the same 150.
         s.reset_calls();
-        let web02 = s.list_owned("web-02", "app").await.expect("list");
-        assert_eq!(web02.len(), 500);
+        let by_sync = s
+            .list_owned("web-01", "app", OwnerFilter::Sync)
+            .await
+            .expect("list");
+        assert_eq!((by_sync.secrets.len(), by_sync.scanned), (150, 790));
+        assert_eq!(s.calls()[OP_LIST], 8);
+
+        s.reset_calls();
+        let web02 = s
+            .list_owned("web-02", "app", OwnerFilter::Agent)
+            .await
+            .expect("list");
+        assert_eq!(web02.secrets.len(), 500);
         assert_eq!(s.calls()[OP_LIST], 5);
 
         s.reset_calls();
-        assert!(
-            s.list_owned("web-01", "none")
-                .await
-                .expect("list")
-                .is_empty()
-        );
-        assert_eq!(s.calls()[OP_LIST], 3, "the agent's listing, filtered here");
-        s.reset_calls();
-        assert!(
-            s.list_owned("nobody", "app")
-                .await
-                .expect("list")
-                .is_empty()
-        );
+        let none = s
+            .list_owned("nobody", "app", OwnerFilter::Agent)
+            .await
+            .expect("list");
+        assert!(none.secrets.is_empty());
         assert_eq!(s.calls()[OP_LIST], 1, "an empty listing is still one call");
     }
 
@@ -1628,7 +1729,13 @@ mod tests {
         s.create_secret(&req("a", "v", "t")).await.expect("create");
         s.delete_secret("a", 7).await.expect("schedule");
         assert!(s.get("a").expect("a").0.pending_deletion);
-        assert!(s.list_owned("web-01", "app").await.expect("list")[0].pending_deletion);
+        assert!(
+            s.list_owned("web-01", "app", OwnerFilter::Sync)
+                .await
+                .expect("list")
+                .secrets[0]
+                .pending_deletion
+        );
         s.restore_secret("a").await.expect("restore");
         assert!(!s.get("a").expect("a").0.pending_deletion);
         s.restore_secret("a")
@@ -1696,7 +1803,11 @@ mod tests {
             },
             1,
         );
-        assert!(s.list_owned("web-01", "app").await.is_ok());
+        assert!(
+            s.list_owned("web-01", "app", OwnerFilter::Sync)
+                .await
+                .is_ok()
+        );
         assert!(s.get_values(&["a".into()]).await.is_err());
         assert!(s.get_values(&["a".into()]).await.is_ok());
     }
@@ -1716,11 +1827,15 @@ mod tests {
             1,
         );
         assert!(matches!(
-            s.list_owned("web-01", "app").await,
+            s.list_owned("web-01", "app", OwnerFilter::Sync).await,
             Err(StoreError::Throttled { op: OP_LIST, .. })
         ));
         assert_eq!(
-            s.list_owned("web-01", "app").await.expect("list").len(),
+            s.list_owned("web-01", "app", OwnerFilter::Sync)
+                .await
+                .expect("list")
+                .secrets
+                .len(),
             150
         );
     }
@@ -1765,7 +1880,9 @@ mod tests {
             seed(&s, &format!("n{i:03}"), "app", false);
         }
         let start = Instant::now();
-        s.list_owned("web-01", "app").await.expect("list");
+        s.list_owned("web-01", "app", OwnerFilter::Sync)
+            .await
+            .expect("list");
         assert_eq!(
             Instant::now() - start,
             Duration::from_millis(120),
@@ -1826,6 +1943,40 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn clients_share_the_account_and_retry_like_the_sdk() {
+        fastrand::seed(3); // the backoff's jitter, reproducible
+        let account = MemoryStore::new();
+        account.set_write_quota(Some(Quota {
+            per_second: 1,
+            burst: 1,
+        }));
+        let (a, b) = (account.client(), account.client());
+        b.set_sdk_retries(true);
+        a.create_secret(&req("a/1", "one", "t1"))
+            .await
+            .expect("takes the only token");
+        // Without retries a throttled call fails at once.
+        let started = Instant::now();
+        assert!(matches!(
+            a.create_secret(&req("a/2", "two", "t2")).await,
+            Err(StoreError::Throttled { .. })
+        ));
+        assert_eq!(a.client_calls(), (2, 1));
+        // With them it backs off (full jitter, doubling from 1 s) until the
+        // bucket has a token again, and lands.
+        b.create_secret(&req("b/1", "three", "t3"))
+            .await
+            .expect("retried until the quota allowed it");
+        let (sent, throttled) = b.client_calls();
+        assert_eq!(sent, throttled + 1, "every attempt but the last throttled");
+        assert!(started.elapsed() < MAX_BACKOFF * MAX_ATTEMPTS);
+        // One account: all three see the same secrets and counts.
+        assert_eq!(account.names(), ["a/1", "b/1"]);
+        assert_eq!(account.calls()[OP_CREATE], sent + 2);
+        assert_eq!(account.throttled(), throttled + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn write_quota_throttles_beyond_the_bucket_and_refills() {
         let s = Arc::new(MemoryStore::new());
         s.set_write_quota(Some(Quota {
@@ -1838,7 +1989,9 @@ mod tests {
         assert_eq!(s.calls()[OP_CREATE], 60, "a throttled call is still a call");
         assert_eq!(s.names().len(), 50, "throttled calls change nothing");
         // Reads have their own bucket (none set here): not throttled.
-        s.list_owned("web-01", "app").await.expect("list");
+        s.list_owned("web-01", "app", OwnerFilter::Sync)
+            .await
+            .expect("list");
         // After 0.5 s, 25 tokens are back.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (throttled, _) = burst_of_creates(&s, 30, 100).await;
@@ -1858,7 +2011,9 @@ mod tests {
             per_second: 5,
             burst: 5,
         }));
-        s.list_owned("web-01", "app").await.expect("3 pages fit");
+        s.list_owned("web-01", "app", OwnerFilter::Sync)
+            .await
+            .expect("3 pages fit");
         let ids: Vec<String> = (0..40).map(|i| format!("n{i:03}")).collect();
         s.get_values(&ids).await.expect("2 batches fit");
         let err = s.get_values(&ids).await.expect_err("6th call throttled");
@@ -1928,7 +2083,9 @@ mod tests {
             .expect("unreplicate");
         s.delete_secret("a", 7).await.expect("delete");
         s.restore_secret("a").await.expect("restore");
-        s.list_owned("web-01", "app").await.expect("list");
+        s.list_owned("web-01", "app", OwnerFilter::Sync)
+            .await
+            .expect("list");
         s.lookup_names(&["a".into()]).await.expect("lookup");
         s.get_values(&["a".into()]).await.expect("get");
         s.probe().await.expect("probe");

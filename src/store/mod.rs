@@ -208,19 +208,43 @@ impl StoreError {
     }
 }
 
+/// Which tag value narrows an owned listing server-side. By the sync's
+/// name suits a host with several syncs; by the agent's id suits a fleet
+/// whose hosts share a sync name (by name, each host would page through
+/// every host's secrets). The pass picks from what earlier listings cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerFilter {
+    /// Tag value = the sync's name.
+    Sync,
+    /// Tag value = the agent's id.
+    Agent,
+}
+
+/// An owned listing, and how many entries AWS sent for it (what the
+/// server-side filter let through: the pages paid for).
+#[derive(Debug, Clone, Default)]
+pub struct Owned {
+    /// The secrets that matched exactly.
+    pub secrets: Vec<RemoteSecret>,
+    /// Entries AWS returned before the exact match.
+    pub scanned: usize,
+}
+
 /// A secrets backend. Implementations pace and retry on their own; errors
 /// that come out are final for this attempt.
 pub trait SecretStore: Send + Sync + 'static {
     /// Secrets tagged `secretsync:agent=<agent>` and
-    /// `secretsync:sync=<sync>`, pending deletion included. Filtered
-    /// server-side by the agent's id, not the sync's name: a fleet whose
-    /// hosts all run a sync `app` would otherwise list every host's secrets
-    /// on every host (the listing stays as large as this agent's own).
+    /// `secretsync:sync=<sync>`, pending deletion included. `by` says
+    /// which of the two tag values narrows the listing server-side (AWS's
+    /// tag filters match by prefix and are not tied to one key, so the
+    /// exact match is made here); [`Owned::scanned`] tells the caller what
+    /// that choice cost (see [`OwnerFilter`]).
     fn list_owned(
         &self,
         agent: &str,
         sync: &str,
-    ) -> impl Future<Output = Result<Vec<RemoteSecret>, StoreError>> + Send;
+        by: OwnerFilter,
+    ) -> impl Future<Output = Result<Owned, StoreError>> + Send;
 
     /// Secrets whose names are exactly in `names` (any owner), pending
     /// deletion included; used for names the sync does not own yet.

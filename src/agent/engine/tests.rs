@@ -282,6 +282,21 @@ async fn drift_is_repaired_at_the_agents_phase_of_the_interval() {
     h.stop().await;
 }
 
+/// Over a long run the agent checks once per interval, not less (the
+/// phase moves the checks, it does not stretch them).
+#[tokio::test(start_paused = true)]
+async fn drift_checks_run_once_per_interval() {
+    use crate::store::memory::OP_LIST;
+    let h = Harness::start_synced("A=1\n", "", "  reconcile_interval: 1m\n").await;
+    tokio::time::sleep(Duration::from_secs(150)).await;
+    h.store.reset_calls();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    settle().await;
+    let lists = h.store.calls().get(OP_LIST).copied().unwrap_or(0);
+    assert!((9..=11).contains(&lists), "{lists} checks in 10 intervals");
+    h.stop().await;
+}
+
 /// A reload (a config rollout reaches every host at once) keeps the drift
 /// schedule: the check does not move to reload + interval.
 #[tokio::test(start_paused = true)]

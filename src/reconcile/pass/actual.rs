@@ -4,6 +4,7 @@
 use super::*;
 use std::collections::BTreeSet;
 
+use crate::reconcile::known::Scan;
 use crate::store::NAME_FILTER_MAX;
 
 /// Reads what AWS holds for `desired`: owned secrets by tag, same-named
@@ -114,7 +115,16 @@ pub(super) async fn read_listing<S: SecretStore>(
     known: &KnownValues,
 ) -> Result<Actual, StoreError> {
     let mut actual = Actual::default();
-    for r in store.list_owned(&spec.agent_id, &spec.sync_name).await? {
+    let by = known.owner_filter();
+    let owned = store
+        .list_owned(&spec.agent_id, &spec.sync_name, by)
+        .await?;
+    let scan = Scan {
+        scanned: owned.scanned,
+        kept: owned.secrets.len(),
+    };
+    known.record_scan(by, scan);
+    for r in owned.secrets {
         actual.secrets.insert(r.name.clone(), r);
     }
     let unknown: Vec<String> = desired

@@ -50,8 +50,8 @@ use sm::types::{Filter, FilterNameStringType, ReplicaRegionType, SecretListEntry
 use super::pacing::Pacer;
 use super::{
     BATCH_GET_MAX, Connection, CreateSecret, KeyIdentity, KmsKeyInfo, LIST_PAGE_MAX,
-    NAME_FILTER_MAX, RemoteSecret, RemoteValue, ReplicaStatus, RetryNote, SecretStore, StoreError,
-    ValueRead, WriteResult,
+    NAME_FILTER_MAX, Owned, OwnerFilter, RemoteSecret, RemoteValue, ReplicaStatus, RetryNote,
+    SecretStore, StoreError, ValueRead, WriteResult,
 };
 use crate::metrics::Metrics;
 use crate::naming::{TAG_AGENT, TAG_SYNC};
@@ -176,23 +176,31 @@ use interceptor::*;
 use read::*;
 
 impl SecretStore for AwsStore {
-    async fn list_owned(&self, agent: &str, sync: &str) -> Result<Vec<RemoteSecret>, StoreError> {
-        // Server-side both filters are prefix matches and are not tied to
-        // the same tag (any tag value starting with the agent's id), so the
-        // exact match is checked here.
+    async fn list_owned(
+        &self,
+        agent: &str,
+        sync: &str,
+        by: OwnerFilter,
+    ) -> Result<Owned, StoreError> {
+        let value = match by {
+            OwnerFilter::Sync => sync,
+            OwnerFilter::Agent => agent,
+        };
         let filters = vec![
             filter(FilterNameStringType::TagKey, vec![TAG_SYNC.to_owned()]),
-            filter(FilterNameStringType::TagValue, vec![agent.to_owned()]),
+            filter(FilterNameStringType::TagValue, vec![value.to_owned()]),
         ];
         let result = self.list_all(filters).await.map(|entries| {
-            entries
+            let scanned = entries.len();
+            let secrets = entries
                 .into_iter()
                 .filter_map(to_remote)
                 .filter(|s| {
                     s.tags.get(TAG_SYNC).map(String::as_str) == Some(sync)
                         && s.tags.get(TAG_AGENT).map(String::as_str) == Some(agent)
                 })
-                .collect::<Vec<_>>()
+                .collect();
+            Owned { secrets, scanned }
         });
         log_call(OP_LIST, sync, &result);
         result
@@ -955,7 +963,12 @@ mod tests {
                 ListSecretsOutput::builder().secret_list(pending).build()
             });
         let store = mocked(&[&page1, &page2]);
-        let got = store.list_owned("web-01", "app").await.expect("list");
+        let owned = store
+            .list_owned("web-01", "app", OwnerFilter::Agent)
+            .await
+            .expect("list");
+        assert_eq!(owned.scanned, 4, "what the server-side filter let through");
+        let got = owned.secrets;
         assert_eq!((page1.num_calls(), page2.num_calls()), (1, 1));
         let names: Vec<&str> = got.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["app/A", "app/C"]);
@@ -969,11 +982,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn list_owned_by_sync_filters_on_the_sync_name() {
+        let rule = mock!(sm::Client::list_secrets)
+            .match_requests(|req| req.filters()[1].values() == ["app"])
+            .then_output(|| {
+                ListSecretsOutput::builder()
+                    .secret_list(entry("app/A", "app"))
+                    .secret_list(entry("app/B", "app-prod"))
+                    .build()
+            });
+        let store = mocked(&[&rule]);
+        let owned = store
+            .list_owned("web-01", "app", OwnerFilter::Sync)
+            .await
+            .expect("list");
+        assert_eq!(rule.num_calls(), 1);
+        assert_eq!((owned.secrets.len(), owned.scanned), (1, 2));
+    }
+
+    #[tokio::test]
     async fn repeated_next_token_is_an_error_not_a_loop() {
         let rule = mock!(sm::Client::list_secrets)
             .then_output(|| ListSecretsOutput::builder().next_token("same").build());
         let store = mocked(&[&rule]);
-        let err = store.list_owned("web-01", "app").await.expect_err("loop");
+        let err = store
+            .list_owned("web-01", "app", OwnerFilter::Agent)
+            .await
+            .expect_err("loop");
         assert!(
             matches!(
                 err,
