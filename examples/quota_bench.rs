@@ -232,7 +232,12 @@ async fn store_only(store: &MemoryStore, names: &[String], scenario: usize, keys
     use secretsync::secret::SecretValue;
     use secretsync::store::{CreateSecret, SecretStore};
     let _ = store
-        .list_owned("bench", "bench", secretsync::store::OwnerFilter::Sync)
+        .list_owned(
+            "bench",
+            "bench",
+            secretsync::store::OwnerFilter::Sync,
+            usize::MAX,
+        )
         .await;
     match scenario {
         0 => {

@@ -539,8 +539,8 @@ async fn first_sync_of_1000_keys_lists_the_prefix_once() {
 }
 
 /// A fleet runs the same sync name on every host. The first listing (by
-/// the sync's name) pages through the neighbours' 500 secrets; seeing
-/// that, the sync lists by the agent's id from then on: one page.
+/// the sync's name) stops after two pages of the neighbours' 500 secrets
+/// and lists by the agent's id; from then on only that: one page.
 #[tokio::test]
 async fn listing_switches_to_the_agent_id_in_a_fleet_with_one_sync_name() {
     let mut h = Harness::new(JobBuilder::new(), &[("app.env", "A=1\nB=2\n")]);
@@ -552,8 +552,8 @@ async fn listing_switches_to_the_agent_id_in_a_fleet_with_one_sync_name() {
     assert_synced(&h.pass().await);
     assert_eq!(
         h.call(OP_LIST),
-        6,
-        "5 pages by sync name + the prefix lookup"
+        4,
+        "2 capped pages by sync name, 1 by agent id, 1 prefix lookup"
     );
     h.store.reset_calls();
     assert_synced(&h.pass().await);

@@ -124,8 +124,9 @@ pub async fn remove(config_path: &Path, name: &str, yes: bool) -> Exit {
     // By the agent's id: on a fleet host that bounds the listing by what
     // this host owns, whatever other hosts call their syncs.
     let found = match store
-        .list_owned(&config.agent.id, name, OwnerFilter::Agent)
+        .list_owned(&config.agent.id, name, OwnerFilter::Agent, usize::MAX)
         .await
+        .and_then(|f| f.ok_or_else(StoreError::unfinished_listing))
     {
         Ok(f) => owned_live(f.secrets, &config.agent.id, name),
         Err(e) => {

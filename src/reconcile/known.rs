@@ -199,6 +199,18 @@ impl KnownValues {
         self.lock().scans.choose()
     }
 
+    /// How many secrets of this sync the last owned listing found.
+    pub fn owned_seen(&self) -> usize {
+        let scans = self.lock().scans;
+        scans
+            .by_sync
+            .into_iter()
+            .chain(scans.by_agent)
+            .map(|s| s.kept)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Remembers what an owned listing cost.
     pub fn record_scan(&self, by: OwnerFilter, scan: Scan) {
         self.lock().scans.record(by, scan);

@@ -865,13 +865,14 @@ impl SecretStore for MemoryStore {
         agent: &str,
         sync: &str,
         by: OwnerFilter,
-    ) -> Result<Owned, StoreError> {
+        max_pages: usize,
+    ) -> Result<Option<Owned>, StoreError> {
         let value = match by {
             OwnerFilter::Sync => sync,
             OwnerFilter::Agent => agent,
         };
         // AWS: tag-key and tag-value are independent prefix filters.
-        let (secrets, scanned) = self
+        Ok(self
             .list_pages(
                 |s| {
                     s.tags.keys().any(|k| k.starts_with(TAG_SYNC))
@@ -881,11 +882,10 @@ impl SecretStore for MemoryStore {
                     s.tags.get(TAG_SYNC).map(String::as_str) == Some(sync)
                         && s.tags.get(TAG_AGENT).map(String::as_str) == Some(agent)
                 },
-                usize::MAX,
+                max_pages,
             )
             .await?
-            .unwrap_or_default();
-        Ok(Owned { secrets, scanned })
+            .map(|(secrets, scanned)| Owned { secrets, scanned }))
     }
 
     async fn lookup_names(&self, names: &[String]) -> Result<Vec<RemoteSecret>, StoreError> {
@@ -1616,9 +1616,10 @@ mod tests {
         // By the agent's id: ours, our other sync, the "web-010" prefix
         // match and "other" = 150 + 100 + 40 + 1 = 291 entries, 3 pages.
         let app = s
-            .list_owned("web-01", "app", OwnerFilter::Agent)
+            .list_owned("web-01", "app", OwnerFilter::Agent, usize::MAX)
             .await
-            .expect("list");
+            .expect("list")
+            .expect("ended");
         assert_eq!((app.secrets.len(), app.scanned), (150, 291));
         assert!(app.secrets.iter().all(|r| r.tags[TAG_SYNC] == "app"));
         assert!(app.secrets.iter().all(|r| r.tags[TAG_AGENT] == "web-01"));
@@ -1632,25 +1633,28 @@ mod tests {
         // 500 + 40) = 790 entries, 8 pages, for the same 150.
         s.reset_calls();
         let by_sync = s
-            .list_owned("web-01", "app", OwnerFilter::Sync)
+            .list_owned("web-01", "app", OwnerFilter::Sync, usize::MAX)
             .await
-            .expect("list");
+            .expect("list")
+            .expect("ended");
         assert_eq!((by_sync.secrets.len(), by_sync.scanned), (150, 790));
         assert_eq!(s.calls()[OP_LIST], 8);
 
         s.reset_calls();
         let web02 = s
-            .list_owned("web-02", "app", OwnerFilter::Agent)
+            .list_owned("web-02", "app", OwnerFilter::Agent, usize::MAX)
             .await
-            .expect("list");
+            .expect("list")
+            .expect("ended");
         assert_eq!(web02.secrets.len(), 500);
         assert_eq!(s.calls()[OP_LIST], 5);
 
         s.reset_calls();
         let none = s
-            .list_owned("nobody", "app", OwnerFilter::Agent)
+            .list_owned("nobody", "app", OwnerFilter::Agent, usize::MAX)
             .await
-            .expect("list");
+            .expect("list")
+            .expect("ended");
         assert!(none.secrets.is_empty());
         assert_eq!(s.calls()[OP_LIST], 1, "an empty listing is still one call");
     }
@@ -1730,9 +1734,10 @@ mod tests {
         s.delete_secret("a", 7).await.expect("schedule");
         assert!(s.get("a").expect("a").0.pending_deletion);
         assert!(
-            s.list_owned("web-01", "app", OwnerFilter::Sync)
+            s.list_owned("web-01", "app", OwnerFilter::Sync, usize::MAX)
                 .await
                 .expect("list")
+                .expect("ended")
                 .secrets[0]
                 .pending_deletion
         );
@@ -1804,7 +1809,7 @@ mod tests {
             1,
         );
         assert!(
-            s.list_owned("web-01", "app", OwnerFilter::Sync)
+            s.list_owned("web-01", "app", OwnerFilter::Sync, usize::MAX)
                 .await
                 .is_ok()
         );
@@ -1827,13 +1832,15 @@ mod tests {
             1,
         );
         assert!(matches!(
-            s.list_owned("web-01", "app", OwnerFilter::Sync).await,
+            s.list_owned("web-01", "app", OwnerFilter::Sync, usize::MAX)
+                .await,
             Err(StoreError::Throttled { op: OP_LIST, .. })
         ));
         assert_eq!(
-            s.list_owned("web-01", "app", OwnerFilter::Sync)
+            s.list_owned("web-01", "app", OwnerFilter::Sync, usize::MAX)
                 .await
                 .expect("list")
+                .expect("ended")
                 .secrets
                 .len(),
             150
@@ -1880,9 +1887,10 @@ mod tests {
             seed(&s, &format!("n{i:03}"), "app", false);
         }
         let start = Instant::now();
-        s.list_owned("web-01", "app", OwnerFilter::Sync)
+        s.list_owned("web-01", "app", OwnerFilter::Sync, usize::MAX)
             .await
-            .expect("list");
+            .expect("list")
+            .expect("ended");
         assert_eq!(
             Instant::now() - start,
             Duration::from_millis(120),
@@ -1989,9 +1997,10 @@ mod tests {
         assert_eq!(s.calls()[OP_CREATE], 60, "a throttled call is still a call");
         assert_eq!(s.names().len(), 50, "throttled calls change nothing");
         // Reads have their own bucket (none set here): not throttled.
-        s.list_owned("web-01", "app", OwnerFilter::Sync)
+        s.list_owned("web-01", "app", OwnerFilter::Sync, usize::MAX)
             .await
-            .expect("list");
+            .expect("list")
+            .expect("ended");
         // After 0.5 s, 25 tokens are back.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (throttled, _) = burst_of_creates(&s, 30, 100).await;
@@ -2011,7 +2020,7 @@ mod tests {
             per_second: 5,
             burst: 5,
         }));
-        s.list_owned("web-01", "app", OwnerFilter::Sync)
+        s.list_owned("web-01", "app", OwnerFilter::Sync, usize::MAX)
             .await
             .expect("3 pages fit");
         let ids: Vec<String> = (0..40).map(|i| format!("n{i:03}")).collect();
@@ -2083,9 +2092,10 @@ mod tests {
             .expect("unreplicate");
         s.delete_secret("a", 7).await.expect("delete");
         s.restore_secret("a").await.expect("restore");
-        s.list_owned("web-01", "app", OwnerFilter::Sync)
+        s.list_owned("web-01", "app", OwnerFilter::Sync, usize::MAX)
             .await
-            .expect("list");
+            .expect("list")
+            .expect("ended");
         s.lookup_names(&["a".into()]).await.expect("lookup");
         s.get_values(&["a".into()]).await.expect("get");
         s.probe().await.expect("probe");

@@ -189,6 +189,15 @@ impl StoreError {
         matches!(self, Self::Throttled { .. } | Self::Unavailable { .. })
     }
 
+    /// An uncapped listing stops only when it never ends (a broken page
+    /// token): an outage, never an empty listing.
+    pub fn unfinished_listing() -> Self {
+        Self::Unavailable {
+            op: "ListSecrets",
+            message: "the listing did not end".into(),
+        }
+    }
+
     /// AWS refused the call for its rate (quota), not for an outage.
     pub fn is_throttled(&self) -> bool {
         matches!(self, Self::Throttled { .. })
@@ -238,13 +247,15 @@ pub trait SecretStore: Send + Sync + 'static {
     /// which of the two tag values narrows the listing server-side (AWS's
     /// tag filters match by prefix and are not tied to one key, so the
     /// exact match is made here); [`Owned::scanned`] tells the caller what
-    /// that choice cost (see [`OwnerFilter`]).
+    /// that choice cost (see [`OwnerFilter`]). `None` when the listing did
+    /// not end within `max_pages` pages.
     fn list_owned(
         &self,
         agent: &str,
         sync: &str,
         by: OwnerFilter,
-    ) -> impl Future<Output = Result<Owned, StoreError>> + Send;
+        max_pages: usize,
+    ) -> impl Future<Output = Result<Option<Owned>, StoreError>> + Send;
 
     /// Secrets whose names are exactly in `names` (any owner), pending
     /// deletion included; used for names the sync does not own yet.

@@ -5,7 +5,7 @@ use super::*;
 use std::collections::BTreeSet;
 
 use crate::reconcile::known::Scan;
-use crate::store::NAME_FILTER_MAX;
+use crate::store::{NAME_FILTER_MAX, OwnerFilter};
 
 /// Reads what AWS holds for `desired`: owned secrets by tag, same-named
 /// unowned ones by name, values of those the planner compares, and the
@@ -115,16 +115,7 @@ pub(super) async fn read_listing<S: SecretStore>(
     known: &KnownValues,
 ) -> Result<Actual, StoreError> {
     let mut actual = Actual::default();
-    let by = known.owner_filter();
-    let owned = store
-        .list_owned(&spec.agent_id, &spec.sync_name, by)
-        .await?;
-    let scan = Scan {
-        scanned: owned.scanned,
-        kept: owned.secrets.len(),
-    };
-    known.record_scan(by, scan);
-    for r in owned.secrets {
+    for r in list_owned(store, spec, desired, known).await? {
         actual.secrets.insert(r.name.clone(), r);
     }
     let unknown: Vec<String> = desired
@@ -140,6 +131,52 @@ pub(super) async fn read_listing<S: SecretStore>(
     }
     known.set_listing(&actual.secrets);
     Ok(actual)
+}
+
+/// This sync's own secrets, listed by the tag value the last listings
+/// say is cheaper ([`KnownValues::owner_filter`]). A listing by the sync's
+/// name is capped at one page more than the sync's own secrets need: a
+/// fleet's first listing (nothing remembered yet, after a restart too)
+/// then costs a few pages before it lists by the agent's id, not a page
+/// per 100 secrets of every host that shares the sync's name.
+async fn list_owned<S: SecretStore>(
+    store: &S,
+    spec: &MappingSpec,
+    desired: &Desired,
+    known: &KnownValues,
+) -> Result<Vec<RemoteSecret>, StoreError> {
+    let page = usize::try_from(crate::store::LIST_PAGE_MAX).unwrap_or(100);
+    let own = desired.secrets.len().max(known.owned_seen());
+    let (agent, sync) = (spec.agent_id.as_str(), spec.sync_name.as_str());
+    if known.owner_filter() == OwnerFilter::Sync {
+        let cap = own / page + 2;
+        if let Some(owned) = store
+            .list_owned(agent, sync, OwnerFilter::Sync, cap)
+            .await?
+        {
+            known.record_scan(OwnerFilter::Sync, scan_of(&owned));
+            return Ok(owned.secrets);
+        }
+        // Capped: at least that many entries were someone else's.
+        let wasted = Scan {
+            scanned: cap * page,
+            kept: own,
+        };
+        known.record_scan(OwnerFilter::Sync, wasted);
+    }
+    let owned = store
+        .list_owned(agent, sync, OwnerFilter::Agent, usize::MAX)
+        .await?
+        .ok_or_else(StoreError::unfinished_listing)?;
+    known.record_scan(OwnerFilter::Agent, scan_of(&owned));
+    Ok(owned.secrets)
+}
+
+fn scan_of(owned: &crate::store::Owned) -> Scan {
+    Scan {
+        scanned: owned.scanned,
+        kept: owned.secrets.len(),
+    }
 }
 
 /// Finds the secrets named in `names` (any owner). Names are looked up

@@ -198,14 +198,6 @@ impl AwsStore {
             reads: Arc::clone(&self.reads),
         }
     }
-
-    /// All `ListSecrets` pages for `filters`, pending deletion included.
-    pub(super) async fn list_all(
-        &self,
-        filters: Vec<Filter>,
-    ) -> Result<Vec<SecretListEntry>, StoreError> {
-        self.reader().list_all(filters).await
-    }
 }
 
 /// The identity in a `DescribeKey` answer: the key id is the last part of

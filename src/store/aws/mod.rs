@@ -181,7 +181,8 @@ impl SecretStore for AwsStore {
         agent: &str,
         sync: &str,
         by: OwnerFilter,
-    ) -> Result<Owned, StoreError> {
+        max_pages: usize,
+    ) -> Result<Option<Owned>, StoreError> {
         let value = match by {
             OwnerFilter::Sync => sync,
             OwnerFilter::Agent => agent,
@@ -190,7 +191,12 @@ impl SecretStore for AwsStore {
             filter(FilterNameStringType::TagKey, vec![TAG_SYNC.to_owned()]),
             filter(FilterNameStringType::TagValue, vec![value.to_owned()]),
         ];
-        let result = self.list_all(filters).await.map(|entries| {
+        let pages = self
+            .reader()
+            .list_pages(filters, max_pages.min(MAX_PAGES))
+            .await;
+        let result = pages.map(|entries| {
+            let entries = entries?;
             let scanned = entries.len();
             let secrets = entries
                 .into_iter()
@@ -200,7 +206,7 @@ impl SecretStore for AwsStore {
                         && s.tags.get(TAG_AGENT).map(String::as_str) == Some(agent)
                 })
                 .collect();
-            Owned { secrets, scanned }
+            Some(Owned { secrets, scanned })
         });
         log_call(OP_LIST, sync, &result);
         result
@@ -964,9 +970,10 @@ mod tests {
             });
         let store = mocked(&[&page1, &page2]);
         let owned = store
-            .list_owned("web-01", "app", OwnerFilter::Agent)
+            .list_owned("web-01", "app", OwnerFilter::Agent, usize::MAX)
             .await
-            .expect("list");
+            .expect("list")
+            .expect("ended");
         assert_eq!(owned.scanned, 4, "what the server-side filter let through");
         let got = owned.secrets;
         assert_eq!((page1.num_calls(), page2.num_calls()), (1, 1));
@@ -993,9 +1000,10 @@ mod tests {
             });
         let store = mocked(&[&rule]);
         let owned = store
-            .list_owned("web-01", "app", OwnerFilter::Sync)
+            .list_owned("web-01", "app", OwnerFilter::Sync, 1)
             .await
-            .expect("list");
+            .expect("list")
+            .expect("one page");
         assert_eq!(rule.num_calls(), 1);
         assert_eq!((owned.secrets.len(), owned.scanned), (1, 2));
     }
@@ -1006,7 +1014,7 @@ mod tests {
             .then_output(|| ListSecretsOutput::builder().next_token("same").build());
         let store = mocked(&[&rule]);
         let err = store
-            .list_owned("web-01", "app", OwnerFilter::Agent)
+            .list_owned("web-01", "app", OwnerFilter::Agent, usize::MAX)
             .await
             .expect_err("loop");
         assert!(
