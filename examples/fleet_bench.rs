@@ -510,18 +510,17 @@ async fn run(a: &Args) -> Vec<String> {
     drop(root);
 
     // With start_jitter sized by the quota arithmetic (docs/fleet.md):
-    // the writes (or reads) of the whole fleet over the quota.
-    let install_jitter = install_min;
-    let restart_jitter = restart_min;
+    // twice the fleet's writes (or reads) over the quota, so that random
+    // starts leave headroom.
     for (label, jitter, first_install) in [
         (
-            "first install, `start_jitter` = N·K/50",
-            install_jitter,
+            "first install, `start_jitter` = 2·N·K/50",
+            install_min * 2,
             true,
         ),
         (
-            "restart, `start_jitter` = N·reads/100",
-            restart_jitter,
+            "restart, `start_jitter` = 2·N·reads/100",
+            restart_min * 2,
             false,
         ),
     ] {

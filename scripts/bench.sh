@@ -67,6 +67,12 @@ cargo bench --bench pure -- "${criterion_args[@]}" >&2
 echo "==> quota benchmark (examples/quota_bench.rs)" >&2
 cargo run --release --example quota_bench -- "${quick[@]}" >"$out_dir/quota.md"
 
+echo "==> fleet simulation (examples/fleet_bench.rs)" >&2
+cargo run --release --example fleet_bench -- "${quick[@]}" >"$out_dir/fleet.md"
+
+echo "==> footprint: size, RSS/RssAnon at 3 and 1,000 keys, CPU (benches/footprint.py)" >&2
+"$moto_python" benches/footprint.py --moto "$moto_server" --bin "release=$bin" >"$out_dir/footprint.md"
+
 echo "==> agent: propagation, calls per edit, idle (benches/agent_bench.py)" >&2
 agent_args=()
 [[ ${#quick[@]} -gt 0 ]] && agent_args=(--edits 10 --idle-seconds 10)
@@ -86,6 +92,12 @@ echo "==> side by side on moto (benches/compare.py)" >&2
     echo "### Against an AWS-like store: quota, pacing, engine overhead"
     echo
     cat "$out_dir/quota.md"
+    echo
+    cat "$out_dir/fleet.md"
+    echo
+    echo "### Footprint of the release binary"
+    echo
+    cat "$out_dir/footprint.md"
     echo
     cat "$out_dir/compare.md"
     echo
