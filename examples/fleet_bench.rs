@@ -10,8 +10,10 @@
 //!   bucket for all writes, one 100-TPS bucket for all reads (stricter than
 //!   AWS, which has higher limits for `DescribeSecret`);
 //! - per agent, the AWS store's own client-side pacing (`max_read_tps`,
-//!   `max_write_tps`) and the SDK's retries of throttled calls (standard
-//!   mode: 5 attempts, full-jitter backoff from 1 s up to 20 s).
+//!   `max_write_tps`) with its congestion control (a throttled attempt
+//!   slows the agent's pacer, see `store::pacing`), and the SDK's retries
+//!   of throttled calls (standard mode: up to 5 attempts, full-jitter
+//!   backoff from 1 s up to 20 s; none once the pacer is backing off).
 //!
 //! Scenarios, in order on one account: the fleet's first install, a restart
 //! of every agent at once (a deploy), a rollout that changes one key on
@@ -510,17 +512,17 @@ async fn run(a: &Args) -> Vec<String> {
     drop(root);
 
     // With start_jitter sized by the quota arithmetic (docs/fleet.md):
-    // twice the fleet's writes (or reads) over the quota, so that random
-    // starts leave headroom.
+    // 1.5 × the fleet's writes (or reads) over the quota, so that random
+    // starts leave headroom and the pacers absorb the rest.
     for (label, jitter, first_install) in [
         (
-            "first install, `start_jitter` = 2·N·K/50",
-            install_min * 2,
+            "first install, `start_jitter` = 1.5·N·K/50",
+            install_min * 3 / 2,
             true,
         ),
         (
-            "restart, `start_jitter` = 2·N·reads/100",
-            restart_min * 2,
+            "restart, `start_jitter` = 1.5·N·reads/100",
+            restart_min * 3 / 2,
             false,
         ),
     ] {

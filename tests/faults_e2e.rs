@@ -123,19 +123,26 @@ fn note(what: &str, took: Duration) {
     eprintln!("[faults_e2e] {what}: {:.1} s", took.as_secs_f64());
 }
 
-/// 500 secrets, initial sync, ~30% of *all* requests throttled (seeded, so
-/// one call can be throttled several attempts in a row).
+/// 500 secrets, initial sync, with the agent's pacing set far above AWS's
+/// quota (`max_write_tps: 1000` against 50 `CreateSecret`/s enforced by the
+/// proxy, as AWS enforces it per account): the agent must find the quota
+/// from the throttles (its pacer halves its rate on a throttle and wins it
+/// back per success) instead of retrying into it.
 ///
 /// Budget, measured against a fault-free initial sync of the same files in
 /// the same test: `total requests <= 1.5 × fault-free + throttled`, where
 /// "throttled" is the number of requests the proxy answered with
-/// ThrottlingException. Each of those costs exactly one extra request (its
-/// retry, by the SDK or by the engine's next pass); the 1.5 × allows for the
-/// re-reads (ListSecrets, BatchGetSecretValue) of passes the engine has to
-/// repeat when the SDK's retry quota runs dry. Also: every value right, one
-/// version per secret, converged within a bound.
+/// ThrottlingException. Each of those costs at most one extra request (its
+/// retry, by the SDK or by the engine's next pass). Throttled requests stay
+/// a small share: without congestion control, sending at 1,000/s into a
+/// 50/s quota throttles most attempts. Also: every value right, one version
+/// per secret, converged within a bound.
+///
+/// (A fault that throttles a fixed share of requests whatever the rate is
+/// not how AWS quotas behave, and it now drives the agent to its slowest
+/// pace, one call a minute: see docs/fleet.md, section 5.)
 #[test]
-fn throttling_30_percent_during_500_secret_initial_sync() {
+fn over_the_quota_during_500_secret_initial_sync_the_agent_slows_to_it() {
     const N: usize = 500;
     const LIMIT: Duration = Duration::from_secs(120);
     let w = World::new();
@@ -158,22 +165,18 @@ fn throttling_30_percent_during_500_secret_initial_sync() {
     let creates = baseline_calls.get("CreateSecret").copied().unwrap_or(0);
     assert!(creates > N as u64, "{baseline_calls:?}");
 
-    // Same files, same empty AWS, 30% throttled.
+    // Same files, same empty AWS, AWS's quotas enforced.
     reset_world(&w);
-    w.proxy.inject(Fault::ThrottleRandom {
-        op: None,
-        percent: 30,
-        seed: 8,
-    });
+    w.proxy.enforce_aws_quotas();
     let t = Instant::now();
     let agent = Agent::start(&w);
     let s = wait_synced_within(&w, &agent, "app", LIMIT);
     let took = t.elapsed();
-    note("500-secret initial sync, 30% throttled", took);
+    note("500-secret initial sync at 1,000/s into a 50/s quota", took);
     assert_eq!(s["counts"]["synced"], N + 1, "{}", s["counts"]);
     w.wait_quiet(DEBOUNCE * 3);
     let total = w.proxy.total();
-    let throttled = w.proxy.faults_fired();
+    let throttled = w.proxy.quota_throttles();
     let calls = w.proxy.calls();
     eprintln!(
         "[faults_e2e] fault-free requests {baseline} {baseline_calls:?}; \
@@ -192,9 +195,18 @@ fn throttling_30_percent_during_500_secret_initial_sync() {
     }
     let share = throttled as f64 / total as f64;
     assert!(
-        (0.2..0.4).contains(&share),
-        "the proxy throttled {throttled} of {total} requests; the test wants about 30%"
+        throttled > 0,
+        "the quota never throttled: the test no longer exercises anything"
     );
+    assert!(
+        share < 0.10,
+        "the proxy throttled {throttled} of {total} requests: the agent did not slow down"
+    );
+    // 500 creates at 50/s take 10 s. A lone host configured far above the
+    // quota overshoots: a one-second quota window throttles every call it
+    // sends in that second, and each throttle halves its rate, down to about
+    // one call a second, won back 1/128 per success. Measured 67 s; the
+    // bound is LIMIT (wait_synced_within).
     let budget = baseline * 3 / 2 + throttled;
     assert!(
         total <= budget,

@@ -613,9 +613,10 @@ async fn first_sync_falls_back_to_lookups_when_the_prefix_is_crowded() {
 
 // --------------------------------------------------- transient failures
 
-/// When AWS throttles a call through all retries, the rest of the pass is
-/// not sent (the account's quota is spent, and other hosts share it); those
-/// secrets are PENDING and the next pass sends them.
+/// A throttled failure or two do not stop a pass (the store's pacer slows
+/// the rest down); after [`apply::THROTTLED_FAILURES_MAX`] the account's
+/// quota is clearly spent (other hosts share it): the rest of the pass is
+/// not sent, those secrets are PENDING and the next pass sends them.
 #[tokio::test]
 async fn a_throttled_pass_stops_sending_and_the_next_one_finishes() {
     let body: String = (0..100).map(|i| format!("K{i:03}=v{i}\n")).collect();
@@ -623,10 +624,24 @@ async fn a_throttled_pass_stops_sending_and_the_next_one_finishes() {
     h.store.fail_next(OP_CREATE, throttled(), 1);
     let pass = h.pass().await;
     assert!(pass.transient && pass.throttled);
+    assert_eq!(
+        h.call(OP_CREATE),
+        100,
+        "one throttled failure: the pass went on"
+    );
+    assert_eq!(h.store.names().len(), 99);
+    assert_synced(&h.pass().await);
+
+    let body: String = (0..100).map(|i| format!("K{i:03}=v{i}\n")).collect();
+    let mut h = Harness::new(JobBuilder::new(), &[("app.env", &body)]);
+    let limit = apply::THROTTLED_FAILURES_MAX as u64;
+    h.store.fail_next(OP_CREATE, throttled(), limit as u32);
+    let pass = h.pass().await;
+    assert!(pass.transient && pass.throttled);
     let creates = h.call(OP_CREATE);
     assert!(
-        creates <= 1 + apply::DEFAULT_CONCURRENCY as u64,
-        "{creates} creates after the throttle"
+        creates <= limit + apply::DEFAULT_CONCURRENCY as u64,
+        "{creates} creates after {limit} throttled failures"
     );
     let views = pass.report.secrets.as_ref().expect("secrets");
     let not_sent = views

@@ -62,6 +62,11 @@ async fn run_step<S: SecretStore>(
 
 type GroupResult = (Vec<(usize, Outcome)>, Option<String>, Option<StoreError>);
 
+/// Throttled failures after which a pass starts no more secrets. One or two
+/// are a fleet's normal congestion (each slows the store's pacer, see
+/// `store::pacing`); this many in one pass means the quota is spent.
+pub const THROTTLED_FAILURES_MAX: usize = 8;
+
 /// Applies `plan` through `store`, at most `concurrency` secrets at once.
 ///
 /// Tasks are started as earlier ones finish, so a plan of thousands of
@@ -80,13 +85,14 @@ pub async fn apply<S: SecretStore>(store: Arc<S>, plan: &Plan, concurrency: usiz
     let mut results: BTreeMap<String, (Option<String>, Option<StoreError>)> = BTreeMap::new();
     let mut queue = groups.into_iter();
     let mut tasks: JoinSet<(String, GroupResult)> = JoinSet::new();
-    // Once AWS has throttled a call through all of the SDK's retries, the
-    // account's quota is spent: starting more secrets would only add to
-    // it (other hosts share that quota). They wait for the pass's retry.
-    let mut throttled = false;
+    // A call AWS throttled through the store's retries slows the store's
+    // pacer, which spaces the rest of the pass out; the pass goes on. After
+    // THROTTLED_FAILURES_MAX such failures the account's quota is clearly
+    // spent (other hosts share it): the rest waits for the pass's retry.
+    let mut throttled_failures = 0;
     let mut started: BTreeSet<String> = BTreeSet::new();
     loop {
-        while !throttled && tasks.len() < concurrency.max(1) {
+        while throttled_failures < THROTTLED_FAILURES_MAX && tasks.len() < concurrency.max(1) {
             let Some((name, indices)) = queue.next() else {
                 break;
             };
@@ -130,7 +136,9 @@ pub async fn apply<S: SecretStore>(store: Arc<S>, plan: &Plan, concurrency: usiz
                 for (i, o) in done {
                     outcomes[i] = o;
                 }
-                throttled |= failure.as_ref().is_some_and(StoreError::is_throttled);
+                if failure.as_ref().is_some_and(StoreError::is_throttled) {
+                    throttled_failures += 1;
+                }
                 results.insert(name, (version, failure));
             }
             // A panicking task is a bug; its secrets are marked ERROR below.

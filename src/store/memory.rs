@@ -510,8 +510,12 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One simulated AWS call, retried like the SDK when
-    /// [`Self::set_sdk_retries`] is on.
+    /// One simulated AWS call as the AWS store makes it: paced once (the
+    /// pacer is taken before the SDK call, not per attempt), then attempts,
+    /// each outcome fed back to the pacer, a throttled one retried like the
+    /// SDK when [`Self::set_sdk_retries`] is on and the pacer still calls a
+    /// retry reasonable (as in the agent's AWS store, whose attempt
+    /// observer forbids it otherwise).
     async fn call(&self, op: &'static str) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering::Relaxed;
         let attempts = if self.sdk_retries.load(Relaxed) {
@@ -519,13 +523,30 @@ impl MemoryStore {
         } else {
             1
         };
+        let pacing = self
+            .pacing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let pacer = pacing.as_ref().map(|p| {
+            if WRITE_OPS.contains(&op) {
+                &p.writes
+            } else {
+                &p.reads
+            }
+        });
+        if let Some(p) = pacer {
+            p.acquire().await;
+        }
         let mut attempt = 1;
         loop {
             self.sent.fetch_add(1, Relaxed);
+            let sent_at = Instant::now();
             match self.attempt(op).await {
                 Err(e @ StoreError::Throttled { .. }) => {
                     self.throttled_here.fetch_add(1, Relaxed);
-                    if attempt >= attempts {
+                    let retry_ok = pacer.is_none_or(|p| p.throttled(sent_at));
+                    if attempt >= attempts || !retry_ok {
                         return Err(e);
                     }
                     // The SDK's standard backoff: uniform in [0, 1) times
@@ -536,26 +557,21 @@ impl MemoryStore {
                     tokio::time::sleep(base.mul_f64(fastrand::f64()).min(MAX_BACKOFF)).await;
                     attempt += 1;
                 }
-                other => return other,
+                other => {
+                    if other.is_ok() {
+                        if let Some(p) = pacer {
+                            p.succeeded();
+                        }
+                    }
+                    return other;
+                }
             }
         }
     }
 
-    /// One attempt: pace, count, wait, then maybe fail.
+    /// One attempt: count, wait, then maybe fail.
     async fn attempt(&self, op: &'static str) -> Result<(), StoreError> {
         let is_write = WRITE_OPS.contains(&op);
-        let pacing = self
-            .pacing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some(p) = pacing {
-            if is_write {
-                p.writes.acquire().await;
-            } else {
-                p.reads.acquire().await;
-            }
-        }
         let latency = {
             let mut inner = self.lock();
             *inner.calls.entry(op).or_default() += 1;
@@ -1985,6 +2001,43 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_congested_client_fails_throttled_calls_instead_of_retrying() {
+        fastrand::seed(5);
+        let account = MemoryStore::new();
+        let host = account.client();
+        host.set_sdk_retries(true);
+        host.set_pacing(50, 20);
+        // Every write throttled: the first throttle at full rate is worth a
+        // retry (one more attempt); the retry's throttle, with the pacer now
+        // slowed, is not: two attempts, not MAX_ATTEMPTS.
+        account.set_write_quota(Some(Quota {
+            per_second: 0,
+            burst: 0,
+        }));
+        assert!(matches!(
+            host.create_secret(&req("h/1", "one", "t1")).await,
+            Err(StoreError::Throttled { .. })
+        ));
+        assert_eq!(host.client_calls(), (2, 2));
+        // Still slowed: the next call's single throttled attempt fails it.
+        assert!(matches!(
+            host.create_secret(&req("h/2", "two", "t2")).await,
+            Err(StoreError::Throttled { .. })
+        ));
+        assert_eq!(host.client_calls(), (3, 3));
+        // Once the quota allows, successes win the rate back and calls land.
+        account.set_write_quota(None);
+        for i in 0..600 {
+            host.create_secret(&req(&format!("h/ok{i}"), "v", &format!("k{i}")))
+                .await
+                .expect("quota lifted");
+        }
+        assert_eq!(host.client_calls(), (603, 3));
+        let p = host.pacing.lock().expect("pacing").clone().expect("set");
+        assert_eq!(p.writes.current_rate(), 20.0, "back at the configured rate");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn write_quota_throttles_beyond_the_bucket_and_refills() {
         let s = Arc::new(MemoryStore::new());
         s.set_write_quota(Some(Quota {
@@ -2051,13 +2104,14 @@ mod tests {
         let (throttled, _) = burst_of_creates(&s, 200, 0).await;
         assert_eq!(throttled, 150);
         tokio::time::sleep(Duration::from_secs(5)).await;
-        // Paced at 45/s (burst 23): none throttled, and it takes as long as
-        // the pacing says: (200 − 23) / 45 s, plus one call's latency.
+        // Paced at 45/s: none throttled, and it takes as long as the pacing
+        // says. The pacer starts with an empty bucket (one call at once,
+        // then one per 1/45 s): 199 / 45 s, plus one call's latency.
         s.set_pacing(50, 45);
         s.record_call_times(true);
         let (throttled, took) = burst_of_creates(&s, 200, 1000).await;
         assert_eq!(throttled, 0);
-        let expected = Duration::from_secs(1) * 177 / 45 + Duration::from_millis(20);
+        let expected = Duration::from_secs(1) * 199 / 45 + Duration::from_millis(20);
         assert!(
             took >= expected - Duration::from_millis(5)
                 && took <= expected + Duration::from_millis(25),

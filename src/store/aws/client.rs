@@ -136,18 +136,25 @@ impl AwsStore {
             .timeout_config()
             .and_then(|t| t.operation_attempt_timeout());
         let attempts = AttemptObserver::new(call_timeout);
-        let conf = client
-            .config()
-            .to_builder()
-            .retry_classifier(attempts.clone())
-            .build();
+        let reads = Arc::new(Pacer::for_rate(max_read_tps));
+        let writes = Arc::new(Pacer::for_rate(max_write_tps));
+        let observed = |observer: AttemptObserver| {
+            let conf = client
+                .config()
+                .to_builder()
+                .retry_classifier(observer.clone())
+                .interceptor(observer)
+                .build();
+            sm::Client::from_conf(conf)
+        };
         Self {
-            client: sm::Client::from_conf(conf),
+            client: observed(attempts.feeding(Arc::clone(&reads))),
+            writer: observed(attempts.feeding(Arc::clone(&writes))),
             attempts,
             kms: None,
             kms_cache: Default::default(),
-            reads: Arc::new(Pacer::for_rate(max_read_tps)),
-            writes: Pacer::for_rate(max_write_tps),
+            reads,
+            writes,
         }
     }
 

@@ -24,6 +24,11 @@
 //!   for paged listings), before it is sent; SDK-internal retries of that call
 //!   are not paced again (they are already spaced by backoff and limited by
 //!   the retry quota; pacing inside an attempt would eat into its timeout).
+//!   Every attempt's outcome is fed back to its pacer, which slows down
+//!   when AWS throttles (a fleet shares one quota) and tells the SDK not
+//!   to retry a throttled attempt once it is backing off: the engine's
+//!   pass-level backoff, with full jitter, takes over (see
+//!   [`super::pacing`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::error::Error as StdError;
@@ -99,14 +104,19 @@ const OP_DESCRIBE_KEY: &str = "kms:DescribeKey";
 /// the pacers are lock-light.
 #[derive(Debug)]
 pub struct AwsStore {
+    /// For reads; its attempts feed the read pacer.
     client: sm::Client,
+    /// The same client configuration for writes; its attempts feed the
+    /// write pacer (one client per pacer, so that the attempt observer
+    /// knows whose rate a throttle lowers).
+    writer: sm::Client,
     /// KMS in the same region with the same credentials, for `check`'s
     /// key probe only (the agent never calls KMS itself).
     kms: Option<aws_sdk_kms::Client>,
     /// `DescribeKey` answers for [`SecretStore::resolve_kms_key`].
     kms_cache: super::kms::KmsCache,
     reads: Arc<Pacer>,
-    writes: Pacer,
+    writes: Arc<Pacer>,
     attempts: AttemptObserver,
 }
 
@@ -306,7 +316,7 @@ impl SecretStore for AwsStore {
                 .collect()
         });
         let result = self
-            .client
+            .writer
             .create_secret()
             .name(&req.name)
             .client_request_token(&req.token)
@@ -333,7 +343,7 @@ impl SecretStore for AwsStore {
     ) -> Result<WriteResult, StoreError> {
         self.writes.acquire().await;
         let result = self
-            .client
+            .writer
             .put_secret_value()
             .secret_id(name)
             .secret_string(value.expose())
@@ -360,7 +370,7 @@ impl SecretStore for AwsStore {
         }
         self.writes.acquire().await;
         let result = self
-            .client
+            .writer
             .tag_resource()
             .secret_id(name)
             .set_tags(Some(sdk_tags(tags)))
@@ -378,7 +388,7 @@ impl SecretStore for AwsStore {
         }
         self.writes.acquire().await;
         let result = self
-            .client
+            .writer
             .untag_resource()
             .secret_id(name)
             .set_tag_keys(Some(keys.to_vec()))
@@ -401,7 +411,7 @@ impl SecretStore for AwsStore {
         }
         self.writes.acquire().await;
         let result = self
-            .client
+            .writer
             .update_secret()
             .secret_id(name)
             .set_kms_key_id(kms_key_id.map(str::to_owned))
@@ -416,7 +426,7 @@ impl SecretStore for AwsStore {
 
     async fn delete_secret(&self, name: &str, recovery_window_days: u8) -> Result<(), StoreError> {
         self.writes.acquire().await;
-        let mut call = self.client.delete_secret().secret_id(name);
+        let mut call = self.writer.delete_secret().secret_id(name);
         call = if recovery_window_days == 0 {
             call.force_delete_without_recovery(true)
         } else {
@@ -438,7 +448,7 @@ impl SecretStore for AwsStore {
     async fn restore_secret(&self, name: &str) -> Result<(), StoreError> {
         self.writes.acquire().await;
         let result = self
-            .client
+            .writer
             .restore_secret()
             .secret_id(name)
             .send()
@@ -498,7 +508,7 @@ impl SecretStore for AwsStore {
         }
         self.writes.acquire().await;
         let result = self
-            .client
+            .writer
             .replicate_secret_to_regions()
             .secret_id(name)
             .set_add_replica_regions(Some(
@@ -521,7 +531,7 @@ impl SecretStore for AwsStore {
         }
         self.writes.acquire().await;
         let result = self
-            .client
+            .writer
             .remove_regions_from_replication()
             .secret_id(name)
             .set_remove_replica_regions(Some(regions.to_vec()))
@@ -576,9 +586,11 @@ pub struct AwsStoreFactory {
 impl super::StoreFactory for AwsStoreFactory {
     type Store = AwsStore;
     async fn connect(&self, conn: &Connection) -> Result<Arc<AwsStore>, StoreError> {
-        AwsStore::connect_with_metrics(conn, self.metrics.clone())
-            .await
-            .map(Arc::new)
+        let store = AwsStore::connect_with_metrics(conn, self.metrics.clone()).await?;
+        // The agent retries passes with full jitter: a congested call may
+        // fail rather than retry into the quota (see `store::pacing`).
+        store.attempts.fail_fast_when_congested();
+        Ok(Arc::new(store))
     }
 }
 
@@ -612,6 +624,10 @@ mod tests {
 
     /// A store whose client answers from `rules` (first matching rule wins).
     fn mocked(rules: &[&Rule]) -> AwsStore {
+        mocked_paced(rules, 0, 0)
+    }
+
+    fn mocked_paced(rules: &[&Rule], max_read_tps: u32, max_write_tps: u32) -> AwsStore {
         let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
         for rule in rules {
             interceptor = interceptor.with_rule(rule);
@@ -620,7 +636,7 @@ mod tests {
             .http_client(create_mock_http_client())
             .interceptor(interceptor)
             .build();
-        AwsStore::from_client(sm::Client::from_conf(conf), 0, 0)
+        AwsStore::from_client(sm::Client::from_conf(conf), max_read_tps, max_write_tps)
     }
 
     /// An AWS JSON-1.1 error response as Secrets Manager sends it.
@@ -797,6 +813,54 @@ mod tests {
                 assert_eq!(*op, "CreateSecret");
             }
         }
+    }
+
+    /// Congestion control through the SDK: the write client's attempts feed
+    /// the write pacer. A throttle at full rate is retried; once the pacer
+    /// is backing off, a throttled attempt ends the call in the agent (the
+    /// engine's jittered pass retry takes over) instead of up to
+    /// MAX_ATTEMPTS more. One-shot commands keep the SDK's retries.
+    #[tokio::test(start_paused = true)]
+    async fn a_backing_off_store_stops_retrying_throttled_attempts() {
+        use sm::operation::describe_secret::DescribeSecretOutput;
+        let rule = mock!(sm::Client::put_secret_value)
+            .then_http_response(|| aws_error(400, "ThrottlingException", "Rate exceeded"));
+        let reads = mock!(sm::Client::describe_secret)
+            .then_output(|| DescribeSecretOutput::builder().name("a").build());
+        let mut interceptor = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
+        interceptor = interceptor.with_rule(&rule).with_rule(&reads);
+        let conf = base_config()
+            .http_client(create_mock_http_client())
+            .interceptor(interceptor)
+            .build();
+        let store = AwsStore::from_client(sm::Client::from_conf(conf), 50, 20);
+        store.attempts.fail_fast_when_congested();
+        let err = store
+            .put_value("a", &SecretValue::new("v"), &token())
+            .await
+            .expect_err("throttled");
+        assert!(err.is_throttled(), "{err}");
+        assert_eq!(rule.num_calls(), 2, "one retry, then the pacer says stop");
+        store
+            .put_value("a", &SecretValue::new("v"), &token())
+            .await
+            .expect_err("throttled");
+        assert_eq!(rule.num_calls(), 3, "still backing off: no retry at all");
+        assert!(store.writes.current_rate() < 20.0);
+        // Reads have their own pacer, untouched by the writes' throttling.
+        store.describe_secret("a").await.expect("read");
+        assert_eq!(store.reads.current_rate(), 50.0);
+
+        // Without fail-fast (one-shot commands): every attempt is retried.
+        let rule = mock!(sm::Client::put_secret_value)
+            .then_http_response(|| aws_error(400, "ThrottlingException", "Rate exceeded"));
+        let store = mocked_paced(&[&rule], 50, 20);
+        store
+            .put_value("a", &SecretValue::new("v"), &token())
+            .await
+            .expect_err("throttled");
+        assert_eq!(rule.num_calls(), MAX_ATTEMPTS as usize);
+        assert!(store.writes.current_rate() < 20.0, "it still slows down");
     }
 
     #[tokio::test(start_paused = true)]
