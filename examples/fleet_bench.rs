@@ -19,13 +19,15 @@
 //! of every agent at once (a deploy), a rollout that changes one key on
 //! every host within 60 s, and one hour of drift checks. Each is reported
 //! against its quota-bound minimum. The first install and the restart run
-//! again on a fresh account with `agent.start_jitter` sized as
-//! docs/fleet.md says.
+//! again on a fresh account with the settings docs/fleet.md recommends
+//! for a fleet: `agent.start_jitter` sized by the quota arithmetic and
+//! each host paced at a tenth of the quotas ("fleet pacing": 5 writes/s,
+//! 10 reads/s; `--write-tps` / `--read-tps` change it).
 //!
 //! Virtual time (tokio's paused clock): an hour of a 1,000-host fleet takes
 //! seconds of CPU. Run: `cargo run --release --example fleet_bench --
-//! [--quick] [--agents N] [--keys K]` (`scripts/bench.sh` does). Prints
-//! Markdown.
+//! [--quick] [--agents N] [--keys K] [--jittered-only]` (`scripts/bench.sh`
+//! does). Prints Markdown.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -63,6 +65,11 @@ const INTERVAL: Duration = Duration::from_secs(600);
 /// A scenario that has not converged after this is reported as such.
 const GIVE_UP: Duration = Duration::from_secs(6 * 3600);
 
+/// Per-host pacing docs/fleet.md recommends on a fleet (writes, reads): a
+/// tenth of each quota, so that the hosts busy at one moment are many small
+/// senders, not two or three large ones.
+const FLEET_TPS: (u32, u32) = (5, 10);
+
 /// Goals (issue 16).
 const CONVERGE_GOAL: f64 = 2.0;
 const THROTTLED_GOAL: f64 = 0.05;
@@ -71,12 +78,19 @@ const STARVATION_GOAL: f64 = 3.0;
 struct Args {
     agents: usize,
     keys: usize,
+    /// Run only the scenarios with `start_jitter` (for tuning).
+    jittered_only: bool,
+    /// `aws.max_write_tps` / `max_read_tps` of the jittered scenarios' hosts
+    /// (default: [`FLEET_TPS`]).
+    tps: (u32, u32),
 }
 
 fn args() -> Args {
     let mut a = Args {
         agents: 1000,
         keys: 50,
+        jittered_only: false,
+        tps: FLEET_TPS,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -89,6 +103,13 @@ fn args() -> Args {
             "--quick" => a.agents = 200,
             "--agents" => a.agents = number(),
             "--keys" => a.keys = number(),
+            "--jittered-only" => a.jittered_only = true,
+            "--write-tps" => {
+                a.tps.0 = u32::try_from(number()).expect("--write-tps fits u32");
+            }
+            "--read-tps" => {
+                a.tps.1 = u32::try_from(number()).expect("--read-tps fits u32");
+            }
             other => panic!("unknown argument {other}"),
         }
     }
@@ -122,7 +143,13 @@ struct Host {
 }
 
 impl Host {
-    fn new(root: &Path, i: usize, keys: usize, start_jitter: Duration) -> Host {
+    fn new(
+        root: &Path,
+        i: usize,
+        keys: usize,
+        start_jitter: Duration,
+        tps: Option<(u32, u32)>,
+    ) -> Host {
         let dir = root.join(format!("host-{i:04}"));
         std::fs::create_dir_all(&dir).expect("host dir");
         let env = dir.join("app.env");
@@ -130,13 +157,16 @@ impl Host {
         let yaml = format!(
             "agent:\n  id: host-{i:04}\n  state_dir: {d}/state\n  socket: {d}/ctl.sock\n  \
              reconcile_interval: {interval}s\n  start_jitter: {jitter}ms\n\
-             aws:\n  region: us-east-1\n\
+             aws:\n  region: us-east-1\n{tps}\
              syncs:\n  - name: app\n    source:\n      files: [{env}]\n    destination:\n      \
              key_schema: \"host-{i:04}/{{{{secretKey}}}}\"\n",
             d = dir.display(),
             env = env.display(),
             interval = INTERVAL.as_secs(),
             jitter = start_jitter.as_millis(),
+            tps = tps.map_or(String::new(), |(w, r)| format!(
+                "  max_write_tps: {w}\n  max_read_tps: {r}\n"
+            )),
         );
         std::fs::write(dir.join("agent.yaml"), yaml).expect("config");
         Host { dir, env }
@@ -482,53 +512,56 @@ async fn run(a: &Args) -> Vec<String> {
         Duration::from_secs_f64(n * reads_at_start / f64::from(READ_QUOTA.per_second));
     let mut rows = vec![];
 
-    // Default settings: everything at once.
-    let root = tempfile::tempdir().expect("tempdir");
-    let hosts: Vec<Host> = (0..a.agents)
-        .map(|i| Host::new(root.path(), i, a.keys, Duration::ZERO))
-        .collect();
-    let account = new_account();
-    let (agents, row) = start_fleet(
-        "first install, all hosts at once",
-        &hosts,
-        &account,
-        install_min,
-    )
-    .await;
-    rows.push(row.cells());
-    stop_all(agents).await;
-    let (agents, row) = start_fleet(
-        "restart of every agent at once",
-        &hosts,
-        &account,
-        restart_min,
-    )
-    .await;
-    rows.push(row.cells());
-    rows.push(rollout(&hosts, &agents, &account, a.keys).await.cells());
-    rows.push(drift_row(&drift_hour(&agents, &account).await));
-    stop_all(agents).await;
-    drop(hosts);
-    drop(root);
+    if !a.jittered_only {
+        // Default settings: everything at once.
+        let root = tempfile::tempdir().expect("tempdir");
+        let hosts: Vec<Host> = (0..a.agents)
+            .map(|i| Host::new(root.path(), i, a.keys, Duration::ZERO, None))
+            .collect();
+        let account = new_account();
+        let (agents, row) = start_fleet(
+            "first install, all hosts at once",
+            &hosts,
+            &account,
+            install_min,
+        )
+        .await;
+        rows.push(row.cells());
+        stop_all(agents).await;
+        let (agents, row) = start_fleet(
+            "restart of every agent at once",
+            &hosts,
+            &account,
+            restart_min,
+        )
+        .await;
+        rows.push(row.cells());
+        rows.push(rollout(&hosts, &agents, &account, a.keys).await.cells());
+        rows.push(drift_row(&drift_hour(&agents, &account).await));
+        stop_all(agents).await;
+        drop(hosts);
+        drop(root);
+    }
 
-    // With start_jitter sized by the quota arithmetic (docs/fleet.md):
-    // 1.5 × the fleet's writes (or reads) over the quota, so that random
-    // starts leave headroom and the pacers absorb the rest.
+    // The fleet settings docs/fleet.md recommends: start_jitter sized by
+    // the quota arithmetic (1.5 × the fleet's writes or reads over the
+    // quota, so that random starts leave headroom and the pacers absorb the
+    // rest) and each host paced at a tenth of the quotas (FLEET_TPS).
     for (label, jitter, first_install) in [
         (
-            "first install, `start_jitter` = 1.5·N·K/50",
+            "first install, `start_jitter` = 1.5·N·K/50, fleet pacing",
             install_min * 3 / 2,
             true,
         ),
         (
-            "restart, `start_jitter` = 1.5·N·reads/100",
+            "restart, `start_jitter` = 1.5·N·reads/100, fleet pacing",
             restart_min * 3 / 2,
             false,
         ),
     ] {
         let root = tempfile::tempdir().expect("tempdir");
         let hosts: Vec<Host> = (0..a.agents)
-            .map(|i| Host::new(root.path(), i, a.keys, jitter))
+            .map(|i| Host::new(root.path(), i, a.keys, jitter, Some(a.tps)))
             .collect();
         let account = new_account();
         let (agents, row) = start_fleet(label, &hosts, &account, install_min).await;
