@@ -26,8 +26,8 @@
 //!
 //! Virtual time (tokio's paused clock): an hour of a 1,000-host fleet takes
 //! seconds of CPU. Run: `cargo run --release --example fleet_bench --
-//! [--quick] [--agents N] [--keys K] [--jittered-only]` (`scripts/bench.sh`
-//! does). Prints Markdown.
+//! [--quick] [--agents N] [--keys K] [--jittered-only] [--seed S]`
+//! (`scripts/bench.sh` does). Prints Markdown.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -83,6 +83,9 @@ struct Args {
     /// `aws.max_write_tps` / `max_read_tps` of the jittered scenarios' hosts
     /// (default: [`FLEET_TPS`]).
     tps: (u32, u32),
+    /// Seed of the random start times, jitter and retries: the same seed
+    /// gives the same run (everything runs on one thread).
+    seed: Option<u64>,
 }
 
 fn args() -> Args {
@@ -91,6 +94,7 @@ fn args() -> Args {
         keys: 50,
         jittered_only: false,
         tps: FLEET_TPS,
+        seed: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -104,6 +108,7 @@ fn args() -> Args {
             "--agents" => a.agents = number(),
             "--keys" => a.keys = number(),
             "--jittered-only" => a.jittered_only = true,
+            "--seed" => a.seed = Some(number() as u64),
             "--write-tps" => {
                 a.tps.0 = u32::try_from(number()).expect("--write-tps fits u32");
             }
@@ -580,6 +585,9 @@ async fn run(a: &Args) -> Vec<String> {
 
 fn main() {
     let a = args();
+    if let Some(seed) = a.seed {
+        fastrand::seed(seed);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
